@@ -1,0 +1,65 @@
+"""All settings of the service: environment variables with the prefix PROMPTBANK_."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Read from the environment (PROMPTBANK_*) or a .env file; every field has a safe default."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMPTBANK_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Where the SQLite file and converted model live.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file in the data directory."
+    )
+    model_path: Path | None = Field(
+        default=None,
+        description="A local Hugging Face causal-LM folder; default is the bundled SmolLM2-135M-Instruct.",
+    )
+    model_name: str | None = Field(default=None, description="Name recorded with prompts; default: folder name.")
+    device: str = Field(default="auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: float32 on cpu, bfloat16 (or float16) on cuda."
+    )
+    load_model: bool = Field(default=True, description="Load the frozen model at start-up (off: API only).")
+    run_worker: bool = Field(default=True, description="Run one training worker thread inside the API process.")
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest accepted dataset upload.")
+    max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
+    max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
+    infer_batch_size: int = Field(default=16, gt=0, description="Rows per forward pass at inference.")
+    worker_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a running job's worker reports.")
+    heartbeat_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="A running job silent this long is re-queued (its worker died)."
+    )
+    max_job_attempts: int = Field(default=3, ge=1, description="Tries per job before it is marked failed.")
+    log_level: str = Field(default="INFO")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_postgres_url(cls, value: str | None) -> str | None:
+        # psycopg 3 is the driver we ship; accept the common short forms of a PostgreSQL URL.
+        if value is None:
+            return None
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL in force: the setting, or a SQLite file inside data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'promptbank.db').resolve()}"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
