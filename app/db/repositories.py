@@ -1,0 +1,212 @@
+"""Every query of the service. Repositories add, find and change rows; they never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, defer
+
+from app.db.base import utcnow
+from app.db.models import Dataset, Job, JobEvent, JobStatus, Prompt, Task
+
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
+
+
+class TaskRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, task: Task) -> Task:
+        self.session.add(task)
+        self.session.flush()
+        return task
+
+    def get(self, task_id: int) -> Task | None:
+        return self.session.get(Task, task_id)
+
+    def get_by_name(self, name: str) -> Task | None:
+        return self.session.scalar(select(Task).where(Task.name == name))
+
+    def list(self, *, limit: int, offset: int) -> Sequence[Task]:
+        return self.session.scalars(select(Task).order_by(Task.id).limit(limit).offset(offset)).all()
+
+    def with_active_jobs(self, task_ids: Sequence[int]) -> set[int]:
+        """Ids among task_ids that have a queued or running job."""
+        if not task_ids:
+            return set()
+        rows = self.session.scalars(
+            select(Job.task_id).where(Job.task_id.in_(task_ids), Job.status.in_(ACTIVE_STATUSES)).distinct()
+        )
+        return set(rows)
+
+    def delete(self, task: Task) -> None:
+        self.session.delete(task)
+        self.session.flush()
+
+
+class DatasetRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, dataset: Dataset) -> Dataset:
+        self.session.add(dataset)
+        self.session.flush()
+        return dataset
+
+    def get(self, dataset_id: int, *, with_examples: bool = False) -> Dataset | None:
+        options = [] if with_examples else [defer(Dataset.examples)]
+        return self.session.get(Dataset, dataset_id, options=options)
+
+    def list(self, *, limit: int, offset: int) -> Sequence[Dataset]:
+        stmt = select(Dataset).options(defer(Dataset.examples)).order_by(Dataset.id).limit(limit).offset(offset)
+        return self.session.scalars(stmt).all()
+
+    def active_job_ids(self, dataset_id: int) -> list[int]:
+        stmt = select(Job.id).where(
+            Job.status.in_(ACTIVE_STATUSES),
+            (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id),
+        )
+        return list(self.session.scalars(stmt))
+
+    def delete(self, dataset: Dataset) -> None:
+        self.session.delete(dataset)
+        self.session.flush()
+
+
+class PromptRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add_version(self, prompt: Prompt) -> Prompt:
+        """Insert the prompt as the task's next version number."""
+        latest = self.session.scalar(select(func.max(Prompt.version)).where(Prompt.task_id == prompt.task_id))
+        prompt.version = (latest or 0) + 1
+        self.session.add(prompt)
+        self.session.flush()
+        return prompt
+
+    def get(self, prompt_id: int, *, with_tensors: bool = False) -> Prompt | None:
+        options = [] if with_tensors else [defer(Prompt.tensors)]
+        return self.session.get(Prompt, prompt_id, options=options)
+
+    def list(self, *, task_id: int | None, limit: int, offset: int) -> Sequence[Prompt]:
+        stmt = select(Prompt).options(defer(Prompt.tensors)).order_by(Prompt.id).limit(limit).offset(offset)
+        if task_id is not None:
+            stmt = stmt.where(Prompt.task_id == task_id)
+        return self.session.scalars(stmt).all()
+
+    def latest_for_task(self, task_id: int, *, excluding: int | None = None) -> Prompt | None:
+        stmt = select(Prompt).options(defer(Prompt.tensors)).where(Prompt.task_id == task_id)
+        if excluding is not None:
+            stmt = stmt.where(Prompt.id != excluding)
+        return self.session.scalar(stmt.order_by(Prompt.version.desc()).limit(1))
+
+    def delete(self, prompt: Prompt) -> None:
+        self.session.delete(prompt)
+        self.session.flush()
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, job: Job) -> Job:
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def get(self, job_id: int) -> Job | None:
+        return self.session.get(Job, job_id)
+
+    def list(self, *, task_id: int | None, status: JobStatus | None, limit: int, offset: int) -> Sequence[Job]:
+        stmt = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+        if task_id is not None:
+            stmt = stmt.where(Job.task_id == task_id)
+        if status is not None:
+            stmt = stmt.where(Job.status == status)
+        return self.session.scalars(stmt).all()
+
+    def add_event(self, job_id: int, kind: str, message: str = "", data: dict[str, Any] | None = None) -> None:
+        self.session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data or {}))
+        self.session.flush()
+
+    def events(self, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:
+        stmt = (
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+        return self.session.scalars(stmt).all()
+
+    def claim(self, worker_id: str, now: datetime | None = None) -> int | None:
+        """Atomically move the best queued job to running for this worker; its id, or None.
+
+        One statement: on PostgreSQL the inner SELECT takes the row with FOR UPDATE SKIP LOCKED, so two
+        workers never pick the same job; SQLite ignores the clause but serialises writers (BEGIN IMMEDIATE).
+        """
+        now = now or utcnow()
+        candidate = (
+            select(Job.id)
+            .where(Job.status == JobStatus.queued)
+            .order_by(Job.priority.desc(), Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(Job)
+            .where(Job.id == candidate, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.running,
+                worker_id=worker_id,
+                attempts=Job.attempts + 1,
+                heartbeat_at=now,
+                started_at=now,
+                error=None,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def heartbeat(self, job_id: int, worker_id: str, progress: dict[str, Any] | None) -> bool | None:
+        """Record liveness (and progress); the job's cancel flag, or None when this worker lost the job."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values["progress"] = progress
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running)
+            .values(**values)
+            .returning(Job.cancel_requested)
+            .execution_options(synchronize_session=False)
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def finish(self, job_id: int, worker_id: str, status: JobStatus, **values: Any) -> bool:
+        """Mark a running job of this worker finished; False when the job is no longer this worker's."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running)
+            .values(status=status, finished_at=utcnow(), **values)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        return self.session.execute(stmt).scalar_one_or_none() is not None
+
+    def stale_running(self, timeout: timedelta) -> Sequence[Job]:
+        """Running jobs whose worker has been silent longer than timeout, locked for this transaction."""
+        cutoff = utcnow() - timeout
+        stmt = (
+            select(Job)
+            .where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
+            .with_for_update(skip_locked=True)
+        )
+        return self.session.scalars(stmt).all()
+
+    def delete_for_task(self, task_id: int) -> None:
+        self.session.execute(delete(Job).where(Job.task_id == task_id))
