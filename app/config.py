@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="A running job silent this long is re-queued (its worker died)."
     )
     max_job_attempts: int = Field(default=3, ge=1, description="Tries per job before it is marked failed.")
+    auto_migrate: bool = Field(
+        default=True, description="Run Alembic migrations at start-up (turn off where a migrate job does it)."
+    )
     log_level: str = Field(default="INFO")
 
     @field_validator("database_url")

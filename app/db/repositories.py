@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, defer
 
 from app.db.base import utcnow
@@ -198,6 +198,17 @@ class JobRepository:
         )
         return self.session.execute(stmt).scalar_one_or_none() is not None
 
+    def release(self, job_id: int, worker_id: str) -> bool:
+        """Hand a running job back to the queue without counting the attempt (its worker is shutting down)."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running)
+            .values(status=JobStatus.queued, worker_id=None, attempts=Job.attempts - 1)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        return self.session.execute(stmt).scalar_one_or_none() is not None
+
     def stale_running(self, timeout: timedelta) -> Sequence[Job]:
         """Running jobs whose worker has been silent longer than timeout, locked for this transaction."""
         cutoff = utcnow() - timeout
@@ -207,6 +218,3 @@ class JobRepository:
             .with_for_update(skip_locked=True)
         )
         return self.session.scalars(stmt).all()
-
-    def delete_for_task(self, task_id: int) -> None:
-        self.session.execute(delete(Job).where(Job.task_id == task_id))

@@ -1,0 +1,70 @@
+"""Annotated dependencies: a route signature reads like a sentence (def get_task(task: TaskDep) -> TaskOut)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.models import Task
+from app.engine.runtime import ModelRuntime
+from app.services.tasks import resolve_task
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for a request that may write: committed when the route returns, rolled back on any error."""
+    with request.app.state.session_factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session for a request that only reads (never holds SQLite's write lock)."""
+    with request.app.state.read_session_factory() as session:
+        yield session
+
+
+def get_runtime(request: Request) -> ModelRuntime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+# scope="function": commit before the response is sent, so a failed commit can never follow a 2xx.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+
+
+def _task_for_write(session: SessionDep, task: Annotated[str, Path(description="Task id or name")]) -> Task:
+    return resolve_task(session, task)
+
+
+def _task_for_read(session: ReadSessionDep, task: Annotated[str, Path(description="Task id or name")]) -> Task:
+    return resolve_task(session, task)
+
+
+TaskDep = Annotated[Task, Depends(_task_for_read)]
+WritableTaskDep = Annotated[Task, Depends(_task_for_write)]
+
+
+def _page_limit(limit: int = Query(100, ge=1, le=1000, description="Most rows to return.")) -> int:
+    return limit
+
+
+def _page_offset(offset: int = Query(0, ge=0, description="Rows to skip.")) -> int:
+    return offset
+
+
+LimitDep = Annotated[int, Depends(_page_limit)]
+OffsetDep = Annotated[int, Depends(_page_offset)]

@@ -1,0 +1,34 @@
+"""Liveness and readiness: the model is loaded and the database answers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.api.deps import RuntimeDep
+from app.api.schemas import Health, ModelHealth
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", responses={503: {"model": Health}})
+def healthz(request: Request, runtime: RuntimeDep) -> JSONResponse:
+    """200 when the model is loaded and the database is reachable, else 503 with what is missing."""
+    try:
+        with request.app.state.read_session_factory() as session:
+            session.execute(text("SELECT 1"))
+        database = True
+    except Exception:
+        database = False
+    model = runtime.model
+    model_health = ModelHealth(
+        loaded=model is not None,
+        name=model.identity.name if model else None,
+        fingerprint=model.identity.fingerprint if model else None,
+        device=str(model.device) if model else None,
+        error=str(runtime.error) if runtime.error else (None if runtime.enabled else "model loading is switched off"),
+    )
+    ok = database and (model is not None or not runtime.enabled)
+    body = Health(status="ok" if ok else "degraded", model=model_health, database=database)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

@@ -1,0 +1,52 @@
+"""Tasks: a name, a kind, labels and a template; trained prompts hang off a task."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy.orm import Session
+
+from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, SessionDep, TaskDep, WritableTaskDep
+from app.api.schemas import ErrorResponse, TaskCreate, TaskOut
+from app.db.models import Task
+from app.services import tasks as service
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+
+def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
+    statuses = service.task_statuses(session, tasks)
+    return [
+        TaskOut(
+            id=t.id, name=t.name, kind=t.kind, labels=t.labels, template=t.template,
+            status=statuses[t.id], active_prompt_id=t.active_prompt_id, created_at=t.created_at,  # type: ignore[arg-type]
+        )
+        for t in tasks
+    ]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"model": ErrorResponse}})
+def create_task(body: TaskCreate, session: SessionDep) -> TaskOut:
+    """Create an untrained task."""
+    task = service.create_task(session, name=body.name, kind=body.kind, labels=body.labels, template=body.template)
+    return task_out(session, [task])[0]
+
+
+@router.get("")
+def list_tasks(session: ReadSessionDep, limit: LimitDep, offset: OffsetDep) -> list[TaskOut]:
+    """List tasks with their training status."""
+    return task_out(session, service.list_tasks(session, limit=limit, offset=offset))
+
+
+@router.get("/{task}", responses={404: {"model": ErrorResponse}})
+def get_task(task: TaskDep, session: ReadSessionDep) -> TaskOut:
+    """One task, by id or name."""
+    return task_out(session, [task])[0]
+
+
+@router.delete("/{task}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorResponse}})
+def delete_task(task: WritableTaskDep, session: SessionDep) -> Response:
+    """Delete a task with its prompts and jobs."""
+    service.delete_task(session, task)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,193 @@
+"""Request and response bodies of the HTTP API (the contract; add fields, never rename them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.engine.prompt_tuning import PromptTuningConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="What went wrong and what to fix.")
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# --- datasets -------------------------------------------------------------------------------------------
+
+
+
+
+class DatasetCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    examples: list[dict[str, Any]] = Field(description='[{"input": "...", "output": "..."}, ...]')
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    num_examples: int
+    labels: list[str]
+    created_at: datetime
+
+
+class DatasetDetail(DatasetOut):
+    preview: list[dict[str, str]] = Field(description="The first few examples.")
+
+
+# --- tasks ----------------------------------------------------------------------------------------------
+
+TaskStatus = Literal["untrained", "training", "ready"]
+
+
+class TaskCreate(Strict):
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$",
+        description="Unique; starts with a letter (so it never reads as an id).",
+    )
+    kind: Literal["classification", "generation"]
+    labels: list[str] = Field(default_factory=list, description="Required (two or more) for classification.")
+    template: str | None = Field(
+        default=None, max_length=2000, description='Must contain "{input}"; a default is chosen per kind.'
+    )
+
+
+class TaskOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    labels: list[str]
+    template: str
+    status: TaskStatus
+    active_prompt_id: int | None
+    created_at: datetime
+
+
+# --- jobs -----------------------------------------------------------------------------------------------
+
+
+class JobCreate(Strict):
+    type: Literal["train"] = "train"
+    task: str | int = Field(description="Task id or name.")
+    dataset_id: int
+    validation_dataset_id: int | None = None
+    hyperparameters: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+
+
+class JobProgress(BaseModel):
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+
+
+class JobOut(BaseModel):
+    id: int
+    type: str
+    task: int
+    task_name: str
+    dataset_id: int | None
+    validation_dataset_id: int | None
+    status: str
+    progress: JobProgress
+    hyperparameters: dict[str, Any]
+    result_prompt_id: int | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    message: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+# --- prompts --------------------------------------------------------------------------------------------
+
+
+class BaseModelIdentity(BaseModel):
+    name: str
+    fingerprint: str
+
+
+class PromptOut(BaseModel):
+    id: int
+    task: int
+    version: int
+    active: bool
+    method: str
+    num_virtual_tokens: int
+    hidden_size: int
+    base_model: BaseModelIdentity
+    size_bytes: int
+    metrics: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    job_id: int | None
+    dataset_id: int | None
+    created_at: datetime
+
+
+# --- inference ------------------------------------------------------------------------------------------
+
+
+class InferRequest(Strict):
+    task: str | int = Field(description="Task id or name.")
+    inputs: list[str] = Field(min_length=1)
+    max_new_tokens: int = Field(default=32, ge=1, le=512, description="Generation tasks only.")
+    stop: list[str] = Field(default_factory=list, max_length=8, description="Generation: cut at these strings.")
+
+
+class ClassificationOutput(BaseModel):
+    label: str
+    scores: dict[str, float]
+
+
+class GenerationOutput(BaseModel):
+    text: str
+
+
+class InferResponse(BaseModel):
+    task: str
+    prompt_id: int
+    outputs: list[ClassificationOutput] | list[GenerationOutput]
+
+
+# --- health ---------------------------------------------------------------------------------------------
+
+
+class ModelHealth(BaseModel):
+    loaded: bool
+    name: str | None = None
+    fingerprint: str | None = None
+    device: str | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    model: ModelHealth
+    database: bool

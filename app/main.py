@@ -1,0 +1,73 @@
+"""create_app(): the lifespan builds the database engine and the ModelRuntime once per process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.routes import datasets, health, infer, jobs, prompts, tasks
+from app.config import Settings
+from app.db.session import make_engine, make_read_session_factory, make_session_factory
+from app.engine.runtime import ModelRuntime
+from app.migrate import upgrade
+from app.model_loading import load_configured_model
+from workers.cli import worker_settings
+from workers.main import Worker
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None) -> FastAPI:
+    """The ASGI app; runtime is injectable so tests can serve a tiny in-process model."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        if settings.auto_migrate:
+            upgrade(url)
+        engine = make_engine(url)
+        model_runtime = runtime or ModelRuntime(
+            (lambda: load_configured_model(settings)) if settings.load_model else None
+        )
+        model_runtime.start()
+        app.state.settings = settings
+        app.state.session_factory = make_session_factory(engine)
+        app.state.read_session_factory = make_read_session_factory(engine)
+        app.state.runtime = model_runtime
+        worker: Worker | None = None
+        thread: threading.Thread | None = None
+        if settings.run_worker and model_runtime.enabled:
+            worker = Worker(app.state.session_factory, model_runtime.wait, worker_settings(settings))
+            thread = threading.Thread(target=worker.run, name="promptbank-worker", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            if worker is not None and thread is not None:
+                worker.stop.set()  # a running job goes back to the queue at its next step
+                thread.join(timeout=60)
+            if runtime is None:
+                model_runtime.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="promptbank",
+        version="0.1.0",
+        summary="Many NLP tasks on one frozen language model; each task is a learned soft prompt.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (health, tasks, datasets, jobs, prompts, infer):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,79 @@
+"""Dataset use cases: store a validated upload, list, inspect, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Dataset
+from app.db.repositories import DatasetRepository
+from app.errors import Conflict, InvalidInput, NotFound
+from app.services.dataset_parsing import Example, dataset_labels, parse_examples, parse_upload
+
+PREVIEW_EXAMPLES = 5
+
+
+def _store(session: Session, name: str, examples: list[Example]) -> Dataset:
+    dataset = Dataset(
+        name=name,
+        num_examples=len(examples),
+        labels=dataset_labels(examples),
+        examples=[{"input": example.input, "output": example.output} for example in examples],
+    )
+    return DatasetRepository(session).add(dataset)
+
+
+def create_from_upload(
+    session: Session, *, data: bytes, filename: str | None, content_type: str | None, name: str | None,
+    max_examples: int,
+) -> Dataset:
+    """Parse and validate an uploaded JSONL/CSV file, then store it whole (or not at all)."""
+    examples = parse_upload(data, filename, content_type, max_examples=max_examples)
+    return _store(session, (name or filename or "dataset").strip()[:200] or "dataset", examples)
+
+
+def create_from_body(session: Session, *, name: str, items: list[dict[str, Any]], max_examples: int) -> Dataset:
+    """Validate the examples of a JSON body, then store them."""
+    return _store(session, name, parse_examples(items, max_examples=max_examples))
+
+
+def get_dataset(session: Session, dataset_id: int, *, with_examples: bool = False) -> Dataset:
+    dataset = DatasetRepository(session).get(dataset_id, with_examples=with_examples)
+    if dataset is None:
+        raise NotFound(f"no dataset with id {dataset_id}; GET /v1/datasets lists them", code="dataset_not_found")
+    return dataset
+
+
+def list_datasets(session: Session, *, limit: int, offset: int) -> Sequence[Dataset]:
+    return DatasetRepository(session).list(limit=limit, offset=offset)
+
+
+def delete_dataset(session: Session, dataset_id: int) -> None:
+    """Delete a dataset unless a queued or running job still needs it."""
+    repo = DatasetRepository(session)
+    dataset = get_dataset(session, dataset_id)
+    busy = repo.active_job_ids(dataset_id)
+    if busy:
+        raise Conflict(
+            f"dataset {dataset_id} is used by unfinished job(s) {', '.join(map(str, busy))}; "
+            "cancel them or wait until they finish",
+            code="dataset_in_use",
+        )
+    repo.delete(dataset)
+
+
+def check_labels(dataset: Dataset, labels: list[str]) -> None:
+    """Refuse a classification dataset whose outputs are not among the task's labels."""
+    declared = set(labels)
+    unknown = [label for label in dataset.labels if label not in declared]
+    if not unknown:
+        return
+    lines = [i + 1 for i, ex in enumerate(dataset.examples) if ex["output"] not in declared][:10]
+    raise InvalidInput(
+        f"dataset {dataset.id} has outputs that are not labels of the task: {', '.join(map(repr, unknown[:10]))} "
+        f"(examples {', '.join(map(str, lines))}); declare them on the task or fix the dataset",
+        code="labels_not_declared",
+        details={"unknown_labels": unknown, "examples": lines},
+    )

@@ -1,0 +1,113 @@
+"""Job use cases on the API side: enqueue a training job, inspect it, cancel it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, Task
+from app.db.repositories import JobRepository
+from app.engine.model import FrozenModel
+from app.engine.prompt_tuning import PromptTuningConfig
+from app.engine.text import encode_example
+from app.errors import Conflict, InvalidInput, NotFound
+from app.services.datasets import check_labels, get_dataset
+from app.services.tasks import task_spec
+
+
+def check_fits_context(model: FrozenModel, task: Task, examples: list[dict[str, str]], virtual_tokens: int) -> None:
+    """Refuse examples that do not fit the model's context once the prompt is prepended."""
+    spec = task_spec(task)
+    for index, example in enumerate(examples):
+        encoded = encode_example(model, spec, example["input"], example["output"])
+        needed = virtual_tokens + len(encoded.input_ids) + len(encoded.target_ids)
+        if needed > model.max_positions:
+            raise InvalidInput(
+                f"example {index + 1} needs {needed} tokens with the {virtual_tokens}-token prompt, more than the "
+                f"model's context of {model.max_positions}; shorten it or use fewer virtual tokens",
+                code="input_too_long",
+                details={"example": index + 1, "tokens": needed, "context": model.max_positions},
+            )
+
+
+def enqueue_training(
+    session: Session,
+    *,
+    task: Task,
+    dataset_id: int,
+    validation_dataset_id: int | None,
+    config: PromptTuningConfig,
+    priority: int,
+    max_attempts: int,
+    model: FrozenModel | None,
+) -> Job:
+    """Validate a training request against its task and data, then queue it."""
+    datasets = [get_dataset(session, dataset_id, with_examples=True)]
+    if validation_dataset_id is not None:
+        datasets.append(get_dataset(session, validation_dataset_id, with_examples=True))
+    if validation_dataset_id is None and datasets[0].num_examples < 2:
+        raise InvalidInput(
+            f"dataset {dataset_id} has {datasets[0].num_examples} example; training needs at least 2 "
+            "(one is held out for validation) or a validation_dataset_id",
+            code="dataset_too_small",
+        )
+    for dataset in datasets:
+        if task.kind == "classification":
+            check_labels(dataset, task.labels)
+        if model is not None:  # an API-only replica has no tokenizer; the worker repeats this check
+            check_fits_context(model, task, dataset.examples, config.num_virtual_tokens)
+    repo = JobRepository(session)
+    job = repo.add(
+        Job(
+            type="train",
+            task_id=task.id,
+            dataset_id=dataset_id,
+            validation_dataset_id=validation_dataset_id,
+            hyperparameters=config.model_dump(mode="json"),
+            status=JobStatus.queued,
+            priority=priority,
+            progress={"step": 0, "total_steps": config.steps},
+            max_attempts=max_attempts,
+        )
+    )
+    repo.add_event(job.id, "queued", f"training job queued for task {task.name!r}", {"priority": priority})
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id}; GET /v1/jobs lists them", code="job_not_found")
+    return job
+
+
+def list_jobs(
+    session: Session, *, task: Task | None, status: JobStatus | None, limit: int, offset: int
+) -> Sequence[Job]:
+    return JobRepository(session).list(
+        task_id=task.id if task else None, status=status, limit=limit, offset=offset
+    )
+
+
+def job_events(session: Session, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:
+    get_job(session, job_id)
+    return JobRepository(session).events(job_id, after_id=after_id, limit=limit)
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """Cancel a queued job at once; ask a running job's worker to stop at its next step."""
+    job = get_job(session, job_id)
+    repo = JobRepository(session)
+    if job.status in FINISHED_STATUSES:
+        raise Conflict(f"job {job_id} already finished ({job.status.value}); nothing to cancel", code="job_finished")
+    if job.status == JobStatus.queued:
+        job.status = JobStatus.cancelled
+        job.finished_at = utcnow()
+        repo.add_event(job.id, "cancelled", "cancelled before it started")
+    elif not job.cancel_requested:
+        job.cancel_requested = True
+        repo.add_event(job.id, "cancel_requested", "cancel requested; the worker stops at its next step")
+    session.flush()
+    return job

@@ -1,0 +1,90 @@
+"""Prompt versions: list, inspect, delete (with fallback of the active version), activate, store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Prompt, Task
+from app.db.repositories import PromptRepository, TaskRepository
+from app.engine.model import ModelIdentity
+from app.errors import NotFound
+
+
+def get_prompt(session: Session, prompt_id: int, *, with_tensors: bool = False) -> Prompt:
+    prompt = PromptRepository(session).get(prompt_id, with_tensors=with_tensors)
+    if prompt is None:
+        raise NotFound(f"no prompt with id {prompt_id}; GET /v1/prompts lists them", code="prompt_not_found")
+    return prompt
+
+
+def list_prompts(session: Session, *, task: Task | None, limit: int, offset: int) -> Sequence[Prompt]:
+    return PromptRepository(session).list(task_id=task.id if task else None, limit=limit, offset=offset)
+
+
+def active_ids(session: Session, prompts: Sequence[Prompt]) -> set[int]:
+    """Which of these prompts are their task's active version."""
+    repo = TaskRepository(session)
+    tasks = {p.task_id: repo.get(p.task_id) for p in prompts}
+    return {p.id for p in prompts if (t := tasks[p.task_id]) is not None and t.active_prompt_id == p.id}
+
+
+def delete_prompt(session: Session, prompt_id: int) -> None:
+    """Delete a version; if it was active, the task falls back to its latest remaining version (or untrained)."""
+    repo = PromptRepository(session)
+    prompt = get_prompt(session, prompt_id)
+    task = TaskRepository(session).get(prompt.task_id)
+    if task is not None and task.active_prompt_id == prompt.id:
+        previous = repo.latest_for_task(task.id, excluding=prompt.id)
+        task.active_prompt_id = previous.id if previous else None
+    repo.delete(prompt)
+
+
+def activate_prompt(session: Session, prompt_id: int) -> Prompt:
+    """Make a stored version its task's active prompt (a rollback or roll-forward)."""
+    prompt = get_prompt(session, prompt_id)
+    task = TaskRepository(session).get(prompt.task_id)
+    assert task is not None  # prompts are deleted with their task
+    task.active_prompt_id = prompt.id
+    session.flush()
+    return prompt
+
+
+def store_prompt(
+    session: Session,
+    *,
+    task_id: int,
+    tensors: bytes,
+    method: str,
+    num_virtual_tokens: int,
+    hidden_size: int,
+    identity: ModelIdentity,
+    metrics: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    job_id: int | None,
+    dataset_id: int | None,
+) -> Prompt:
+    """Store a trained prompt as the task's next version and make it active."""
+    prompt = PromptRepository(session).add_version(
+        Prompt(
+            task_id=task_id,
+            method=method,
+            num_virtual_tokens=num_virtual_tokens,
+            hidden_size=hidden_size,
+            base_model_name=identity.name,
+            base_model_fingerprint=identity.fingerprint,
+            tensors=tensors,
+            size_bytes=len(tensors),
+            metrics=metrics,
+            hyperparameters=hyperparameters,
+            job_id=job_id,
+            dataset_id=dataset_id,
+        )
+    )
+    task = TaskRepository(session).get(task_id)
+    if task is not None:
+        task.active_prompt_id = prompt.id
+    session.flush()
+    return prompt

@@ -1,0 +1,96 @@
+"""Task use cases: create, find by id or name, list with status, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Task
+from app.db.repositories import TaskRepository
+from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
+from app.errors import Conflict, InvalidInput, NotFound
+
+PLACEHOLDER = "{input}"
+MAX_LABEL_CHARS = 100
+
+
+def task_spec(task: Task) -> TaskSpec:
+    """The engine's view of a task (no database objects cross into the engine)."""
+    return TaskSpec(kind=task.kind, template=task.template, labels=tuple(task.labels))  # type: ignore[arg-type]
+
+
+def resolve_task(session: Session, ref: str | int) -> Task:
+    """A task by its id or its unique name, or NotFound."""
+    repo = TaskRepository(session)
+    text = str(ref).strip()
+    task = repo.get(int(text)) if text.isdigit() else repo.get_by_name(text)
+    if task is None:
+        raise NotFound(f"no task with id or name {text!r}; GET /v1/tasks lists them", code="task_not_found")
+    return task
+
+
+def _validate_labels(kind: str, labels: list[str]) -> list[str]:
+    if kind == "generation":
+        if labels:
+            raise InvalidInput("a generation task takes no labels; remove \"labels\"", code="labels_not_allowed")
+        return []
+    cleaned = [label.strip() for label in labels]
+    if len(cleaned) < 2:
+        raise InvalidInput("a classification task needs at least two labels", code="labels_required")
+    for index, label in enumerate(cleaned):
+        if not label or len(label) > MAX_LABEL_CHARS:
+            raise InvalidInput(
+                f"labels[{index}] must be 1 to {MAX_LABEL_CHARS} characters (leading/trailing spaces are dropped)",
+                code="invalid_label",
+            )
+    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    if duplicates:
+        raise InvalidInput(f"labels must be distinct; repeated: {', '.join(duplicates)}", code="duplicate_labels")
+    return cleaned
+
+
+def _validate_template(kind: str, template: str | None) -> str:
+    if template is None:
+        return DEFAULT_TEMPLATES[kind]
+    if PLACEHOLDER not in template:
+        raise InvalidInput('template must contain the placeholder "{input}"', code="invalid_template")
+    return template
+
+
+def create_task(session: Session, *, name: str, kind: str, labels: list[str], template: str | None) -> Task:
+    """Validate and store a new untrained task."""
+    repo = TaskRepository(session)
+    if repo.get_by_name(name) is not None:
+        raise Conflict(f"a task named {name!r} already exists; pick another name", code="task_name_taken")
+    task = Task(name=name, kind=kind, labels=_validate_labels(kind, labels), template=_validate_template(kind, template))
+    try:
+        with session.begin_nested():
+            repo.add(task)
+    except IntegrityError:  # a concurrent request took the name between our check and the insert
+        raise Conflict(f"a task named {name!r} already exists; pick another name", code="task_name_taken") from None
+    return task
+
+
+def task_statuses(session: Session, tasks: Sequence[Task]) -> dict[int, str]:
+    """untrained / training (a queued or running job) / ready (an active prompt), per task id."""
+    training = TaskRepository(session).with_active_jobs([task.id for task in tasks])
+    statuses: dict[int, str] = {}
+    for task in tasks:
+        if task.id in training:
+            statuses[task.id] = "training"
+        elif task.active_prompt_id is not None:
+            statuses[task.id] = "ready"
+        else:
+            statuses[task.id] = "untrained"
+    return statuses
+
+
+def list_tasks(session: Session, *, limit: int, offset: int) -> Sequence[Task]:
+    return TaskRepository(session).list(limit=limit, offset=offset)
+
+
+def delete_task(session: Session, task: Task) -> None:
+    """Delete a task with its prompts, jobs and events; a worker running one of its jobs stops at its next beat."""
+    TaskRepository(session).delete(task)

@@ -1,0 +1,37 @@
+"""Standalone worker process: load the model, then claim jobs until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+from app.config import Settings
+from app.db.session import make_engine, make_session_factory
+from app.model_loading import load_configured_model
+from workers.main import Worker, WorkerSettings
+
+
+def worker_settings(settings: Settings) -> WorkerSettings:
+    return WorkerSettings(
+        poll_seconds=settings.worker_poll_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+    )
+
+
+def main() -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = make_engine(settings.resolved_database_url)
+    model = load_configured_model(settings)
+    worker = Worker(make_session_factory(engine), lambda: model, worker_settings(settings))
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("signal %s: finishing after the current step", signum)
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker.run()
+    engine.dispose()
