@@ -39,7 +39,7 @@ class Example:
 
 @dataclass(frozen=True)
 class LineError:
-    """One bad record: `line` is 1-based in the file, or the 0-based index into a JSON body's examples."""
+    """One bad record: `line` counts from 1, in the file's lines or in a JSON body's examples (kind "example")."""
 
     line: int
     message: str
@@ -92,7 +92,7 @@ def parse_examples(items: Sequence[Any], *, max_examples: int) -> list[Example]:
         raise _too_large(max_examples)
     examples: list[Example] = []
     errors: list[LineError] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(items, start=1):  # counted from 1, like file lines
         problems = _object_problems(item)
         if problems:
             errors.append(LineError(index, "; ".join(problems), kind="example"))

@@ -280,17 +280,17 @@ def test_binary_file_of_unknown_kind_is_unsupported():
 # --- JSON body -----------------------------------------------------------------------------------------
 
 
-def test_json_body_errors_are_keyed_by_example_index():
+def test_json_body_errors_name_examples_counted_from_one():
     items = [{"input": "a", "output": "b"}, {"input": "a"}, "text", {"input": "a", "output": 1, "x": 2}]
     with pytest.raises(DatasetInvalid) as caught:
         parse_examples(items, max_examples=LIMIT)
     error = caught.value
-    assert error.message == 'dataset has 3 invalid examples; first: example 1: missing field "output"'
+    assert error.message == 'dataset has 3 invalid examples; first: example 2: missing field "output"'
     assert error.details == [
-        {"example": 1, "message": 'missing field "output"'},
-        {"example": 2, "message": 'expected an object with "input" and "output", got a string'},
+        {"example": 2, "message": 'missing field "output"'},
+        {"example": 3, "message": 'expected an object with "input" and "output", got a string'},
         {
-            "example": 3,
+            "example": 4,
             "message": 'unexpected field "x"; only "input" and "output" are allowed; '
             'field "output" must be a string, got a number',
         },
