@@ -90,8 +90,12 @@ class Worker:
             if job_id is not None:
                 job = repo.get(job_id)
                 assert job is not None
-                repo.add_event(job_id, "started", f"worker {self.worker_id} started attempt {job.attempts}",
-                               {"worker_id": self.worker_id, "attempt": job.attempts})
+                repo.add_event(
+                    job_id,
+                    "started",
+                    f"worker {self.worker_id} started attempt {job.attempts}",
+                    {"worker_id": self.worker_id, "attempt": job.attempts},
+                )
             return job_id
 
     def requeue_stale(self) -> None:
@@ -109,8 +113,11 @@ class Worker:
                     repo.add_event(job.id, "failed", job.error)
                 else:
                     job.status = JobStatus.queued
-                    repo.add_event(job.id, "requeued", f"{silent}; queued again (attempt {job.attempts} of "
-                                   f"{job.max_attempts} used)")
+                    repo.add_event(
+                        job.id,
+                        "requeued",
+                        f"{silent}; queued again (attempt {job.attempts} of {job.max_attempts} used)",
+                    )
                 job.worker_id = None
 
     # -- one job ---------------------------------------------------------------------------------------------
@@ -156,30 +163,49 @@ class Worker:
             config = PromptTuningConfig.model_validate(job.hyperparameters)
             train, val = _load_examples(session, job)
             model = self.get_model()
-            check_fits_context(model, task, [{"input": i, "output": o} for i, o in train + (val or [])],
-                               config.num_virtual_tokens)
+            check_fits_context(
+                model, task, [{"input": i, "output": o} for i, o in train + (val or [])], config.num_virtual_tokens
+            )
             meta = {"dataset_id": job.dataset_id, "hyperparameters": job.hyperparameters}
         beat.progress = {"step": 0, "total_steps": config.steps}
         result = train_prompt_tuning(
-            model, spec, train, val, config,
-            on_step=beat.on_step, on_eval=beat.on_eval, should_stop=beat.should_stop,
+            model,
+            spec,
+            train,
+            val,
+            config,
+            on_step=beat.on_step,
+            on_eval=beat.on_eval,
+            should_stop=beat.should_stop,
         )
         tensors = prompt_to_bytes(result.prompt, {"method": METHOD, "base_model": model.identity.fingerprint})
         with self.sessions.begin() as session:
             repo = JobRepository(session)
             prompt = store_prompt(
-                session, task_id=task_id, tensors=tensors, method=METHOD,
-                num_virtual_tokens=int(result.prompt.shape[0]), hidden_size=int(result.prompt.shape[1]),
-                identity=model.identity, metrics=result.metrics, hyperparameters=meta["hyperparameters"],
-                job_id=job_id, dataset_id=meta["dataset_id"],
+                session,
+                task_id=task_id,
+                tensors=tensors,
+                method=METHOD,
+                num_virtual_tokens=int(result.prompt.shape[0]),
+                hidden_size=int(result.prompt.shape[1]),
+                identity=model.identity,
+                metrics=result.metrics,
+                hyperparameters=meta["hyperparameters"],
+                job_id=job_id,
+                dataset_id=meta["dataset_id"],
             )
             progress = {**beat.progress, "step": config.steps, "total_steps": config.steps}
-            if not repo.finish(job_id, self.worker_id, JobStatus.succeeded, result_prompt_id=prompt.id,
-                               progress=progress):
+            if not repo.finish(
+                job_id, self.worker_id, JobStatus.succeeded, result_prompt_id=prompt.id, progress=progress
+            ):
                 session.rollback()
                 raise JobLost(job_id)
-            repo.add_event(job_id, "succeeded", f"stored prompt {prompt.id} (version {prompt.version}) from "
-                           f"step {result.best_step}", {"prompt_id": prompt.id, "metrics": result.metrics})
+            repo.add_event(
+                job_id,
+                "succeeded",
+                f"stored prompt {prompt.id} (version {prompt.version}) from step {result.best_step}",
+                {"prompt_id": prompt.id, "metrics": result.metrics},
+            )
         return JobStatus.succeeded, {}
 
 
@@ -245,8 +271,12 @@ class _Heartbeat:
 
     def on_eval(self, report: EvalReport) -> None:
         self.progress.update(val_loss=report.val_loss, val_accuracy=report.val_accuracy)
-        data = {"step": report.step, "val_loss": report.val_loss, "val_accuracy": report.val_accuracy,
-                "loss": self.progress.get("loss")}
+        data = {
+            "step": report.step,
+            "val_loss": report.val_loss,
+            "val_accuracy": report.val_accuracy,
+            "loss": self.progress.get("loss"),
+        }
         acc = "" if report.val_accuracy is None else f", val_accuracy {report.val_accuracy:.4f}"
         self.beat(event=("metrics", f"step {report.step}: val_loss {report.val_loss:.4f}{acc}", data))
 

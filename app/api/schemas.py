@@ -27,8 +27,6 @@ class ErrorResponse(BaseModel):
 # --- datasets -------------------------------------------------------------------------------------------
 
 
-
-
 class DatasetCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     examples: list[dict[str, Any]] = Field(description='[{"input": "...", "output": "..."}, ...]')

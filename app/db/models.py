@@ -70,9 +70,7 @@ class Task(Base):
     prompts: Mapped[list[Prompt]] = relationship(
         back_populates="task", cascade="all, delete-orphan", passive_deletes=True
     )
-    jobs: Mapped[list[Job]] = relationship(
-        back_populates="task", cascade="all, delete-orphan", passive_deletes=True
-    )
+    jobs: Mapped[list[Job]] = relationship(back_populates="task", cascade="all, delete-orphan", passive_deletes=True)
 
 
 class Dataset(Base):
@@ -94,9 +92,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
-    )
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     validation_dataset_id: Mapped[int | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
     )
@@ -153,9 +149,7 @@ class Prompt(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
-    dataset_id: Mapped[int | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
-    )
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     task: Mapped[Task] = relationship(back_populates="prompts")

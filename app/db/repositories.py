@@ -135,10 +135,7 @@ class JobRepository:
 
     def events(self, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:
         stmt = (
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-            .order_by(JobEvent.id)
-            .limit(limit)
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
         )
         return self.session.scalars(stmt).all()
 

@@ -26,7 +26,12 @@ def _store(session: Session, name: str, examples: list[Example]) -> Dataset:
 
 
 def create_from_upload(
-    session: Session, *, data: bytes, filename: str | None, content_type: str | None, name: str | None,
+    session: Session,
+    *,
+    data: bytes,
+    filename: str | None,
+    content_type: str | None,
+    name: str | None,
     max_examples: int,
 ) -> Dataset:
     """Parse and validate an uploaded JSONL/CSV file, then store it whole (or not at all)."""

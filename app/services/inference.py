@@ -84,7 +84,8 @@ def infer(
         scores = runtime.run(classify, tensor, spec, inputs, batch_size=batch_size)
         outputs = [{"label": max(row, key=row.__getitem__), "scores": row} for row in scores]
     else:
-        texts = runtime.run(generate, tensor, spec, inputs, max_new_tokens=max_new_tokens, stop=stop,
-                            batch_size=batch_size)
+        texts = runtime.run(
+            generate, tensor, spec, inputs, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size
+        )
         outputs = [{"text": text} for text in texts]
     return InferResult(task=task, prompt_id=prompt.id, outputs=outputs)

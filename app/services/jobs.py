@@ -86,9 +86,7 @@ def get_job(session: Session, job_id: int) -> Job:
 def list_jobs(
     session: Session, *, task: Task | None, status: JobStatus | None, limit: int, offset: int
 ) -> Sequence[Job]:
-    return JobRepository(session).list(
-        task_id=task.id if task else None, status=status, limit=limit, offset=offset
-    )
+    return JobRepository(session).list(task_id=task.id if task else None, status=status, limit=limit, offset=offset)
 
 
 def job_events(session: Session, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:

@@ -34,7 +34,7 @@ def resolve_task(session: Session, ref: str | int) -> Task:
 def _validate_labels(kind: str, labels: list[str]) -> list[str]:
     if kind == "generation":
         if labels:
-            raise InvalidInput("a generation task takes no labels; remove \"labels\"", code="labels_not_allowed")
+            raise InvalidInput('a generation task takes no labels; remove "labels"', code="labels_not_allowed")
         return []
     cleaned = [label.strip() for label in labels]
     if len(cleaned) < 2:
@@ -64,7 +64,9 @@ def create_task(session: Session, *, name: str, kind: str, labels: list[str], te
     repo = TaskRepository(session)
     if repo.get_by_name(name) is not None:
         raise Conflict(f"a task named {name!r} already exists; pick another name", code="task_name_taken")
-    task = Task(name=name, kind=kind, labels=_validate_labels(kind, labels), template=_validate_template(kind, template))
+    task = Task(
+        name=name, kind=kind, labels=_validate_labels(kind, labels), template=_validate_template(kind, template)
+    )
     try:
         with session.begin_nested():
             repo.add(task)

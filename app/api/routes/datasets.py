@@ -75,23 +75,30 @@ async def read_upload(request: Request, settings: SettingsDep) -> Upload:
             if len(data) > limit:
                 raise PayloadTooLarge(f"the file is over the limit of {limit} bytes (PROMPTBANK_MAX_UPLOAD_BYTES)")
             name = form.get("name")
-            return Upload(data=data, filename=file.filename, content_type=file.content_type,
-                          name=name if isinstance(name, str) else None)
+            return Upload(
+                data=data,
+                filename=file.filename,
+                content_type=file.content_type,
+                name=name if isinstance(name, str) else None,
+            )
     if content_type.startswith("application/json") or not content_type:
         raw = await _read_limited(request, limit)
         try:
             parsed: Any = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"the request body is not valid JSON ({exc}); send a JSON object",
-                               code="invalid_json") from exc
+            raise InvalidInput(
+                f"the request body is not valid JSON ({exc}); send a JSON object", code="invalid_json"
+            ) from exc
         try:
             return Upload(body=DatasetCreate.model_validate(parsed))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise InvalidInput(f"{where}: {first['msg']}", code="validation_error",
-                               details=[{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                                        for e in exc.errors()]) from exc
+            raise InvalidInput(
+                f"{where}: {first['msg']}",
+                code="validation_error",
+                details=[{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()],
+            ) from exc
     raise UnsupportedMediaType(
         f"unsupported content type {content_type!r}; upload a file as multipart/form-data or send application/json"
     )
@@ -100,18 +107,28 @@ async def read_upload(request: Request, settings: SettingsDep) -> Upload:
 UploadDep = Annotated[Upload, Depends(read_upload)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=UPLOAD_DOC,
-             responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=UPLOAD_DOC,
+    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
 def create_dataset(upload: UploadDep, session: SessionDep, settings: SettingsDep) -> DatasetOut:
     """Upload a dataset (JSONL/CSV file, or JSON examples); every line is validated."""
     if upload.body is not None:
-        dataset = service.create_from_body(session, name=upload.body.name, items=upload.body.examples,
-                                           max_examples=settings.max_examples)
+        dataset = service.create_from_body(
+            session, name=upload.body.name, items=upload.body.examples, max_examples=settings.max_examples
+        )
     else:
         assert upload.data is not None
-        dataset = service.create_from_upload(session, data=upload.data, filename=upload.filename,
-                                             content_type=upload.content_type, name=upload.name,
-                                             max_examples=settings.max_examples)
+        dataset = service.create_from_upload(
+            session,
+            data=upload.data,
+            filename=upload.filename,
+            content_type=upload.content_type,
+            name=upload.name,
+            max_examples=settings.max_examples,
+        )
     return DatasetOut.model_validate(dataset)
 
 
@@ -129,8 +146,11 @@ def get_dataset(dataset_id: int, session: ReadSessionDep) -> DatasetDetail:
     return DatasetDetail(**DatasetOut.model_validate(dataset).model_dump(), preview=preview)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
 def delete_dataset(dataset_id: int, session: SessionDep) -> Response:
     """Delete a dataset no unfinished job needs."""
     service.delete_dataset(session, dataset_id)

@@ -13,16 +13,26 @@ from app.services.tasks import resolve_task
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 
-@router.post("/infer", responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                                  503: {"model": ErrorResponse}})
-def run_inference(body: InferRequest, session: ReadSessionDep, runtime: RuntimeDep,
-                  settings: SettingsDep) -> InferResponse:
+@router.post(
+    "/infer", responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+)
+def run_inference(
+    body: InferRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
+) -> InferResponse:
     """Classify or generate with the task's active prompt."""
     if len(body.inputs) > settings.max_infer_inputs:
-        raise InvalidInput(f"at most {settings.max_infer_inputs} inputs per call; split the request",
-                           code="too_many_inputs")
-    result = infer(session, runtime, resolve_task(session, body.task), body.inputs,
-                   max_new_tokens=body.max_new_tokens, stop=body.stop, batch_size=settings.infer_batch_size)
+        raise InvalidInput(
+            f"at most {settings.max_infer_inputs} inputs per call; split the request", code="too_many_inputs"
+        )
+    result = infer(
+        session,
+        runtime,
+        resolve_task(session, body.task),
+        body.inputs,
+        max_new_tokens=body.max_new_tokens,
+        stop=body.stop,
+        batch_size=settings.infer_batch_size,
+    )
     return InferResponse.model_validate(
         {"task": result.task.name, "prompt_id": result.prompt_id, "outputs": result.outputs}
     )

@@ -16,29 +16,47 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 def job_out(session: Session, job: Job) -> JobOut:
     return JobOut(
-        id=job.id, type=job.type, task=job.task_id, task_name=job.task.name, dataset_id=job.dataset_id,
-        validation_dataset_id=job.validation_dataset_id, status=job.status.value,
-        progress=JobProgress.model_validate(job.progress or {}), hyperparameters=job.hyperparameters,
-        result_prompt_id=job.result_prompt_id, error=job.error, attempts=job.attempts,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        id=job.id,
+        type=job.type,
+        task=job.task_id,
+        task_name=job.task.name,
+        dataset_id=job.dataset_id,
+        validation_dataset_id=job.validation_dataset_id,
+        status=job.status.value,
+        progress=JobProgress.model_validate(job.progress or {}),
+        hyperparameters=job.hyperparameters,
+        result_prompt_id=job.result_prompt_id,
+        error=job.error,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
     )
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED,
-             responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
+)
 def create_job(body: JobCreate, session: SessionDep, runtime: RuntimeDep, settings: SettingsDep) -> JobOut:
     """Queue a job that trains the task's prompt on a dataset."""
     job = service.enqueue_training(
-        session, task=resolve_task(session, body.task), dataset_id=body.dataset_id,
-        validation_dataset_id=body.validation_dataset_id, config=body.hyperparameters, priority=body.priority,
-        max_attempts=settings.max_job_attempts, model=runtime.model,
+        session,
+        task=resolve_task(session, body.task),
+        dataset_id=body.dataset_id,
+        validation_dataset_id=body.validation_dataset_id,
+        config=body.hyperparameters,
+        priority=body.priority,
+        max_attempts=settings.max_job_attempts,
+        model=runtime.model,
     )
     return job_out(session, job)
 
 
 @router.get("")
 def list_jobs(
-    session: ReadSessionDep, limit: LimitDep, offset: OffsetDep,
+    session: ReadSessionDep,
+    limit: LimitDep,
+    offset: OffsetDep,
     task: str | None = Query(None, description="Only this task's jobs (id or name)."),
     status: JobStatus | None = Query(None, description="Only jobs in this status."),
 ) -> list[JobOut]:
@@ -56,15 +74,20 @@ def get_job(job_id: int, session: ReadSessionDep) -> JobOut:
 
 @router.get("/{job_id}/events", responses={404: {"model": ErrorResponse}})
 def get_job_events(
-    job_id: int, session: ReadSessionDep, limit: LimitDep,
+    job_id: int,
+    session: ReadSessionDep,
+    limit: LimitDep,
     after: int = Query(0, ge=0, description="Only events with an id above this (for polling)."),
 ) -> list[JobEventOut]:
     """The job's ordered log: queued, started, metrics, finished or failed with the reason."""
     return [JobEventOut.model_validate(e) for e in service.job_events(session, job_id, after_id=after, limit=limit)]
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
-             responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
 def cancel_job(job_id: int, session: SessionDep) -> JobOut:
     """Cancel a queued job now, or a running one at its next step."""
     return job_out(session, service.cancel_job(session, job_id))

@@ -18,11 +18,20 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
     active = service.active_ids(session, prompts)
     return [
         PromptOut(
-            id=p.id, task=p.task_id, version=p.version, active=p.id in active, method=p.method,
-            num_virtual_tokens=p.num_virtual_tokens, hidden_size=p.hidden_size,
+            id=p.id,
+            task=p.task_id,
+            version=p.version,
+            active=p.id in active,
+            method=p.method,
+            num_virtual_tokens=p.num_virtual_tokens,
+            hidden_size=p.hidden_size,
             base_model=BaseModelIdentity(name=p.base_model_name, fingerprint=p.base_model_fingerprint),
-            size_bytes=p.size_bytes, metrics=p.metrics, hyperparameters=p.hyperparameters, job_id=p.job_id,
-            dataset_id=p.dataset_id, created_at=p.created_at,
+            size_bytes=p.size_bytes,
+            metrics=p.metrics,
+            hyperparameters=p.hyperparameters,
+            job_id=p.job_id,
+            dataset_id=p.dataset_id,
+            created_at=p.created_at,
         )
         for p in prompts
     ]
@@ -30,7 +39,9 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
 
 @router.get("")
 def list_prompts(
-    session: ReadSessionDep, limit: LimitDep, offset: OffsetDep,
+    session: ReadSessionDep,
+    limit: LimitDep,
+    offset: OffsetDep,
     task: str | None = Query(None, description="Only this task's prompts (id or name)."),
 ) -> list[PromptOut]:
     """List stored prompt versions with metadata and size."""

@@ -19,8 +19,14 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
     statuses = service.task_statuses(session, tasks)
     return [
         TaskOut(
-            id=t.id, name=t.name, kind=t.kind, labels=t.labels, template=t.template,
-            status=statuses[t.id], active_prompt_id=t.active_prompt_id, created_at=t.created_at,  # type: ignore[arg-type]
+            id=t.id,
+            name=t.name,
+            kind=t.kind,
+            labels=t.labels,
+            template=t.template,
+            status=statuses[t.id],
+            active_prompt_id=t.active_prompt_id,
+            created_at=t.created_at,  # type: ignore[arg-type]
         )
         for t in tasks
     ]

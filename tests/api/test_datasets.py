@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+
+def test_jsonl_upload_is_stored_with_labels(client: TestClient) -> None:
+    lines = [json.dumps({"input": f"text {i}", "output": "yes" if i % 2 else "no"}) for i in range(5)]
+    response = client.post("/v1/datasets", files={"file": ("train.jsonl", "\n".join(lines).encode())})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["num_examples"] == 5 and sorted(body["labels"]) == ["no", "yes"] and body["name"] == "train.jsonl"
+    detail = client.get(f"/v1/datasets/{body['id']}").json()
+    assert detail["preview"][0] == {"input": "text 0", "output": "no"}
+
+
+def test_csv_upload_with_quoted_commas(client: TestClient) -> None:
+    data = 'input,output\n"hello, world",greeting\nbye,farewell\n'
+    response = client.post("/v1/datasets", files={"file": ("d.csv", data.encode())}, data={"name": "csv-set"})
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "csv-set" and response.json()["num_examples"] == 2
+
+
+def test_malformed_jsonl_names_the_lines_and_stores_nothing(client: TestClient) -> None:
+    data = b'{"input": "a", "output": "b"}\nnot json\n{"input": "c"}\n'
+    response = client.post("/v1/datasets", files={"file": ("bad.jsonl", data)})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "dataset_invalid"
+    assert [d["line"] for d in error["details"]] == [2, 3]
+    assert "line 2" in error["message"]
+    assert client.get("/v1/datasets").json() == []
+
+
+def test_json_body_errors_name_the_example(client: TestClient) -> None:
+    body = {"name": "x", "examples": [{"input": "a", "output": "b"}, {"input": "a", "output": "b", "extra": 1}]}
+    response = client.post("/v1/datasets", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["example"] == 2
+
+
+def test_empty_dataset_is_refused(client: TestClient) -> None:
+    response = client.post("/v1/datasets", json={"name": "x", "examples": []})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "dataset_empty"
+    response = client.post("/v1/datasets", files={"file": ("e.jsonl", b"\n\n")})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "dataset_empty"
+
+
+def test_non_json_body_is_422_not_500(client: TestClient) -> None:
+    for path in ("/v1/datasets", "/v1/tasks", "/v1/jobs", "/v1/infer"):
+        response = client.post(path, content=b"{not json", headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_unsupported_content_type_is_415(client: TestClient) -> None:
+    response = client.post("/v1/datasets", content=b"input,output", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_oversized_upload_is_413(client_with: Callable[..., TestClient]) -> None:
+    client = client_with(max_upload_bytes=1000)
+    big = b'{"input": "' + b"x" * 2000 + b'", "output": "y"}\n'
+    response = client.post("/v1/datasets", files={"file": ("big.jsonl", big)})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+    examples = [{"input": "x" * 500, "output": "y"}] * 4
+    response = client.post("/v1/datasets", json={"name": "big", "examples": examples})
+    assert response.status_code == 413
+    assert client.get("/v1/datasets").json() == []
+
+
+def test_deleted_dataset_is_gone(client: TestClient) -> None:
+    dataset = client.post("/v1/datasets", json={"name": "x", "examples": [{"input": "a", "output": "b"}]}).json()
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    response = client.get(f"/v1/datasets/{dataset['id']}")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "dataset_not_found"

@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny random model built in-process, and migrated SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, make_url, text
+
+from app.config import Settings
+from app.db.base import Base
+from app.db.session import make_engine
+from app.engine.model import FrozenModel, load_frozen_model
+from app.engine.runtime import ModelRuntime
+from app.main import create_app
+from app.migrate import upgrade
+from tests.tiny_model import build_tiny_model_dir
+
+POSTGRES_URL = os.environ.get("PROMPTBANK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def frozen(tiny_model_dir: Path) -> FrozenModel:
+    return load_frozen_model(tiny_model_dir, device="cpu", dtype="float32")
+
+
+def _fresh_postgres_database() -> tuple[str, str]:
+    """Create an empty database on the test server; (its URL, its name)."""
+    name = f"promptbank_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_postgres_database(name: str) -> None:
+    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database migrated to head by Alembic, once per backend for the whole run."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'promptbank.db'}"
+        upgrade(url)
+        yield url
+        return
+    url, name = _fresh_postgres_database()
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture
+def db_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the migrated database; every row is removed after the test."""
+    engine = make_engine(database_url)
+    yield engine
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "auto_migrate": False,
+        "worker_poll_seconds": 0.05,
+        "heartbeat_seconds": 0.2,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, db_engine: Engine) -> Settings:
+    return make_settings(database_url, tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings, frozen: FrozenModel) -> Iterator[TestClient]:
+    """The real app (routes, services, database, in-process worker) serving the tiny model."""
+    app = create_app(settings, runtime=ModelRuntime.from_model(frozen))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def client_with(
+    database_url: str, tmp_path: Path, db_engine: Engine, frozen: FrozenModel
+) -> Iterator[Callable[..., TestClient]]:
+    """Build a client whose settings differ from the defaults (only one per test)."""
+    stack = ExitStack()
+
+    def build(**overrides: object) -> TestClient:
+        app = create_app(make_settings(database_url, tmp_path, **overrides), runtime=ModelRuntime.from_model(frozen))
+        return stack.enter_context(TestClient(app))
+
+    with stack:
+        yield build
