@@ -1,0 +1,72 @@
+"""A tiny random GPT-2 and a byte-level BPE tokenizer, built in-process in about a second: no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+
+_WORDS = ["the", "a", "an", "and", "or", "but", "is", "was", "are", "were", "be", "been", "it", "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "good", "bad", "great", "awful", "nice", "terrible", "fine", "poor", "happy", "sad", "love", "hate", "like", "enjoy", "movie", "film", "book", "food", "service", "place", "day", "night", "time", "people", "thing", "story", "music", "song", "game", "team", "city", "house", "car", "dog", "cat", "positive", "negative", "neutral", "yes", "no", "true", "false", "input", "output", "label", "answer", "question", "text", "classify", "translate", "summarize", "paris", "france", "london", "england", "rome", "italy", "capital", "country", "red", "green", "blue", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "hello", "world", "thanks", "please", "sorry"]
+
+# Sentences give the trainer realistic merges (" the", "Input:", "Label:", "\n") besides single words.
+_SENTENCES = [
+    "Input: the movie was good\nLabel: positive",
+    "Input: the food was bad\nLabel: negative",
+    "Input: what is the capital of france?\nOutput: paris",
+    "Classify the text as positive or negative.",
+    "Answer the input.",
+    "I really enjoy this book, it is great and nice.",
+    "They hate that terrible awful place; the service is poor.",
+]
+
+
+def _corpus() -> list[str]:
+    lines = list(_SENTENCES) * 20
+    for index, word in enumerate(_WORDS):
+        # Each word in several contexts so it becomes one " word" token under byte-level BPE.
+        lines.extend([f"{word} {_WORDS[(index + 7) % len(_WORDS)]}", f"the {word} is {word}."] * 8)
+    return lines
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with about 400 tokens, trained on a small English corpus."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS)
+
+
+def build_tiny_model_dir(path: Path) -> Path:
+    """Save a seeded 2-layer GPT-2 (hidden 64, context 256) and its tokenizer into path; return path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        # With GPT-2's usual 0.02 init, random logits are nearly uniform and no prompt can move them far;
+        # a wider init gives the frozen random features enough contrast for a prompt to learn a toy task.
+        initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

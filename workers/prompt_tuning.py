@@ -1,0 +1,215 @@
+"""Train one soft prompt on a frozen model: read top to bottom, nanoGPT style. Torch only, no DB."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from app.engine.forward import count_target_tokens, lm_loss, target_logprobs
+from app.engine.inference import classify, token_budget
+from app.engine.model import FrozenModel
+from app.engine.prompt_tuning import PromptTuningConfig, SoftPrompt, initial_prompt
+from app.engine.text import EncodedExample, TaskSpec, encode_example
+
+EVAL_BATCH_SIZE = 16
+
+
+@dataclass
+class StepReport:
+    """Reported after every optimizer step."""
+
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+
+
+@dataclass
+class EvalReport:
+    """Reported after every evaluation; val_accuracy is None for generation tasks."""
+
+    step: int
+    val_loss: float
+    val_accuracy: float | None
+
+
+@dataclass
+class TrainResult:
+    """The best prompt seen (cpu float32 [n, H]), the step it came from, and summary metrics."""
+
+    prompt: torch.Tensor
+    best_step: int
+    metrics: dict[str, float | int | None]
+
+
+class Cancelled(Exception):
+    """should_stop() asked the job to end; nothing is returned."""
+
+
+def get_lr(step: int, config: PromptTuningConfig) -> float:
+    """Learning rate for a 0-based step: linear warm-up, then cosine decay to 10% of the peak."""
+    warmup = min(config.warmup_steps, config.steps)
+    if step < warmup:
+        return config.learning_rate * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    min_lr = 0.1 * config.learning_rate
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (config.learning_rate - min_lr)
+
+
+def split_validation(
+    train: list[tuple[str, str]], config: PromptTuningConfig, generator: torch.Generator
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Hold out a seeded validation_fraction of train (at least 1, at most max_validation_examples)."""
+    if len(train) < 2:
+        raise ValueError("need at least 2 examples to hold one out for validation, or give a validation set.")
+    size = round(len(train) * config.validation_fraction)
+    size = max(1, min(size, config.max_validation_examples, len(train) - 1))
+    order = torch.randperm(len(train), generator=generator).tolist()
+    held = set(order[:size])
+    return [ex for i, ex in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+
+
+def batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless seeded batches of indices: shuffled epochs, so every example is seen once per epoch."""
+    order: list[int] = []
+    while True:
+        batch: list[int] = []
+        while len(batch) < batch_size:
+            if not order:
+                order = torch.randperm(size, generator=generator).tolist()
+            batch.append(order.pop())
+        yield batch
+
+
+def encode_all(
+    frozen: FrozenModel, spec: TaskSpec, pairs: list[tuple[str, str]], config: PromptTuningConfig, name: str
+) -> list[EncodedExample]:
+    """Encode (input, output) pairs, refusing unknown labels and rows longer than the context."""
+    examples = []
+    for line, (text, output) in enumerate(pairs, start=1):
+        if spec.kind == "classification" and output not in spec.labels:
+            raise ValueError(f'{name} example {line}: label "{output}" is not one of {list(spec.labels)}.')
+        example = encode_example(frozen, spec, text, output)
+        needed = token_budget(frozen, config.num_virtual_tokens, example)
+        if needed > frozen.max_positions:
+            raise ValueError(
+                f"{name} example {line}: needs {needed} positions with the prompt, "
+                f"but the model's context holds {frozen.max_positions}; shorten it."
+            )
+        examples.append(example)
+    return examples
+
+
+@torch.no_grad()
+def evaluate(
+    frozen: FrozenModel, spec: TaskSpec, prompt: torch.Tensor, val: list[tuple[str, str]],
+    examples: list[EncodedExample],
+) -> tuple[float, float | None]:
+    """(mean loss per target token, accuracy or None) of a prompt on the validation set."""
+    total = 0.0
+    for start in range(0, len(examples), EVAL_BATCH_SIZE):
+        chunk = examples[start : start + EVAL_BATCH_SIZE]
+        total += float(target_logprobs(frozen, [prompt] * len(chunk), chunk).sum())
+    loss = -total / count_target_tokens(examples)
+    if spec.kind != "classification":
+        return loss, None
+    predictions = classify(frozen, prompt, spec, [text for text, _ in val], batch_size=EVAL_BATCH_SIZE)
+    hits = sum(max(probs, key=probs.__getitem__) == gold for probs, (_, gold) in zip(predictions, val, strict=True))
+    return loss, hits / len(val)
+
+
+def is_better(loss: float, accuracy: float | None, best: tuple[float, float | None]) -> bool:
+    """Classification: higher accuracy, ties to lower loss. Generation: lower loss."""
+    best_loss, best_accuracy = best
+    if accuracy is None or best_accuracy is None:
+        return loss < best_loss
+    return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
+
+
+def train_prompt_tuning(
+    frozen: FrozenModel,
+    spec: TaskSpec,
+    train: list[tuple[str, str]],
+    val: list[tuple[str, str]] | None,
+    config: PromptTuningConfig,
+    *,
+    on_step: Callable[[StepReport], None] | None = None,
+    on_eval: Callable[[EvalReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train a soft prompt with AdamW on the frozen model; return the best prompt by validation metric."""
+    if not train:
+        raise ValueError("the training set is empty.")
+    # One seeded CPU generator drives the split, the initialisation and the batch order, so a seeded job
+    # is bit-reproducible on CPU.
+    generator = torch.Generator().manual_seed(config.seed)
+    if not val:
+        train, val = split_validation(train, config, generator)
+    elif len(val) > config.max_validation_examples:
+        keep = torch.randperm(len(val), generator=generator)[: config.max_validation_examples].tolist()
+        val = [val[i] for i in sorted(keep)]
+    train_examples = encode_all(frozen, spec, train, config, "training")
+    val_examples = encode_all(frozen, spec, val, config, "validation")
+
+    soft_prompt = SoftPrompt(initial_prompt(frozen, config, spec, generator)).to(frozen.device)
+    # The optimizer sees the prompt and nothing else: the base model is frozen and shared.
+    optimizer = torch.optim.AdamW(
+        soft_prompt.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+    def run_eval(step: int) -> tuple[float, float | None]:
+        loss, accuracy = evaluate(frozen, spec, soft_prompt().detach(), val, val_examples)
+        if on_eval is not None:
+            on_eval(EvalReport(step=step, val_loss=loss, val_accuracy=accuracy))
+        return loss, accuracy
+
+    best = run_eval(0)
+    best_step, best_prompt = 0, soft_prompt().detach().to("cpu", torch.float32).clone()
+    init_loss, init_accuracy = best
+    sampler = batches(len(train_examples), min(config.batch_size, len(train_examples)), generator)
+    train_loss = float("nan")
+    train_seconds = 0.0
+    for step in range(1, config.steps + 1):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"stopped at step {step} of {config.steps}")
+        started = time.perf_counter()
+        lr = get_lr(step - 1, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        chunk = [train_examples[i] for i in next(sampler)]
+        prompt = soft_prompt()
+        loss = lm_loss(frozen, [prompt] * len(chunk), chunk)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(soft_prompt.parameters(), config.max_grad_norm)
+        optimizer.step()
+        train_loss = loss.item()
+        train_seconds += time.perf_counter() - started
+        if on_step is not None:
+            on_step(StepReport(step=step, total_steps=config.steps, loss=train_loss, lr=lr))
+        if step % config.eval_every == 0 or step == config.steps:
+            current = run_eval(step)
+            if is_better(*current, best):
+                best, best_step = current, step
+                best_prompt = soft_prompt().detach().to("cpu", torch.float32).clone()
+
+    return TrainResult(
+        prompt=best_prompt,
+        best_step=best_step,
+        metrics={
+            "best_step": best_step,
+            "best_val_loss": best[0],
+            "best_val_accuracy": best[1],
+            "init_val_loss": init_loss,
+            "init_val_accuracy": init_accuracy,
+            "final_train_loss": train_loss,
+            "seconds_per_step": train_seconds / config.steps,
+            "train_size": len(train_examples),
+            "val_size": len(val_examples),
+            "steps": config.steps,
+        },
+    )
