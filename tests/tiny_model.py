@@ -10,7 +10,14 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 
-_WORDS = ["the", "a", "an", "and", "or", "but", "is", "was", "are", "were", "be", "been", "it", "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "good", "bad", "great", "awful", "nice", "terrible", "fine", "poor", "happy", "sad", "love", "hate", "like", "enjoy", "movie", "film", "book", "food", "service", "place", "day", "night", "time", "people", "thing", "story", "music", "song", "game", "team", "city", "house", "car", "dog", "cat", "positive", "negative", "neutral", "yes", "no", "true", "false", "input", "output", "label", "answer", "question", "text", "classify", "translate", "summarize", "paris", "france", "london", "england", "rome", "italy", "capital", "country", "red", "green", "blue", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "hello", "world", "thanks", "please", "sorry"]
+_WORDS = (  # noqa: SIM905 - a word list reads best as prose
+    "the a an and or but is was are were be been it this that these those i you he she we they good "
+    "bad great awful nice terrible fine poor happy sad love hate like enjoy movie film book food "
+    "service place day night time people thing story music song game team city house car dog cat "
+    "positive negative neutral yes no true false input output label answer question text classify "
+    "translate summarize paris france london england rome italy capital country red green blue one "
+    "two three four five six seven eight nine ten hello world thanks please sorry "
+).split()
 
 # Sentences give the trainer realistic merges (" the", "Input:", "Label:", "\n") besides single words.
 _SENTENCES = [

@@ -106,7 +106,10 @@ def encode_all(
 
 @torch.no_grad()
 def evaluate(
-    frozen: FrozenModel, spec: TaskSpec, prompt: torch.Tensor, val: list[tuple[str, str]],
+    frozen: FrozenModel,
+    spec: TaskSpec,
+    prompt: torch.Tensor,
+    val: list[tuple[str, str]],
     examples: list[EncodedExample],
 ) -> tuple[float, float | None]:
     """(mean loss per target token, accuracy or None) of a prompt on the validation set."""
@@ -157,9 +160,7 @@ def train_prompt_tuning(
 
     soft_prompt = SoftPrompt(initial_prompt(frozen, config, spec, generator)).to(frozen.device)
     # The optimizer sees the prompt and nothing else: the base model is frozen and shared.
-    optimizer = torch.optim.AdamW(
-        soft_prompt.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(soft_prompt.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def run_eval(step: int) -> tuple[float, float | None]:
         loss, accuracy = evaluate(frozen, spec, soft_prompt().detach(), val, val_examples)

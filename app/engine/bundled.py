@@ -39,9 +39,7 @@ def bundled_gguf_path() -> Path:
         found = sorted(folder.glob("*.gguf"))
         if found:
             return found[0]
-    raise BundledModelMissing(
-        f"the package {BUNDLED_PACKAGE} holds no .gguf file; reinstall it with `{INSTALL_HINT}`."
-    )
+    raise BundledModelMissing(f"the package {BUNDLED_PACKAGE} holds no .gguf file; reinstall it with `{INSTALL_HINT}`.")
 
 
 def is_complete(folder: Path) -> bool:
@@ -60,7 +58,6 @@ def _convert(gguf: Path, destination: Path) -> None:
     # A leftover GGUF quantization config would make loading the saved folder look for the .gguf again.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
     model.save_pretrained(destination)
     tokenizer.save_pretrained(destination)
     (destination / _COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")

@@ -37,9 +37,7 @@ def row_length(prompt: torch.Tensor | None, example: EncodedExample) -> int:
     return virtual + len(example.input_ids) + len(example.target_ids)
 
 
-def build_batch(
-    frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]
-) -> Batch:
+def build_batch(frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]) -> Batch:
     """Left-pad rows with per-row prompts [n_i, H] (any length, or None) into one batch; prompts keep grad."""
     if len(prompts) != len(examples):
         raise ValueError(f"got {len(prompts)} prompts for {len(examples)} examples.")
@@ -107,9 +105,7 @@ def _target_logits(frozen: FrozenModel, batch: Batch) -> tuple[torch.Tensor, tor
     return frozen.logits(hidden).float(), batch.target_ids[batch.target_mask]
 
 
-def lm_loss(
-    frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]
-) -> torch.Tensor:
+def lm_loss(frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]) -> torch.Tensor:
     """Mean cross-entropy over every target token of the batch (a scalar, differentiable w.r.t. prompts)."""
     logits, ids = _target_logits(frozen, build_batch(frozen, prompts, examples))
     return F.cross_entropy(logits, ids)

@@ -22,7 +22,11 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def _single_token_scores(
-    frozen: FrozenModel, prompt: torch.Tensor | None, spec: TaskSpec, inputs: list[str], label_ids: list[int],
+    frozen: FrozenModel,
+    prompt: torch.Tensor | None,
+    spec: TaskSpec,
+    inputs: list[str],
+    label_ids: list[int],
     batch_size: int,
 ) -> torch.Tensor:
     """Log-probs [N, K] of single-token labels: one forward per batch, LM head at the last position only."""
@@ -75,7 +79,11 @@ def _cut_at_stop(text: str, stop: list[str]) -> str | None:
 
 
 def _generate_batch(
-    frozen: FrozenModel, prompt: torch.Tensor | None, spec: TaskSpec, inputs: list[str], max_new_tokens: int,
+    frozen: FrozenModel,
+    prompt: torch.Tensor | None,
+    spec: TaskSpec,
+    inputs: list[str],
+    max_new_tokens: int,
     stop: list[str],
 ) -> list[str]:
     """Greedy decoding of one batch with the KV cache; rows finish independently."""

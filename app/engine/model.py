@@ -85,7 +85,7 @@ class FrozenModel:
         first = next(model.parameters())
         self.device: torch.device = first.device
         self.dtype: torch.dtype = first.dtype
-        self.hidden_size: int = int(model.get_input_embeddings().embedding_dim)
+        self.hidden_size: int = int(self.embedding_matrix().shape[1])
         config = model.config
         positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if positions is None:
@@ -107,6 +107,13 @@ class FrozenModel:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding table [vocab, hidden] (read-only by convention: the model is frozen)."""
+        weight = self.model.get_input_embeddings().weight
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError("the model's input embeddings have no weight tensor.")
+        return weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids: [...] long -> [..., hidden] in the model dtype."""
@@ -136,5 +143,6 @@ def load_frozen_model(
     # whether it later runs in float32 on a CPU or in bfloat16 on a GPU.
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype="auto")
     identity = ModelIdentity(name=name or folder.name, fingerprint=model_fingerprint(model))
-    model = model.to(device=target_device, dtype=target_dtype)
+    # transformers wraps PreTrainedModel.to in a decorator whose signature mypy cannot see.
+    model = model.to(device=target_device, dtype=target_dtype)  # type: ignore[call-arg]
     return FrozenModel(model, tokenizer, identity)

@@ -100,7 +100,7 @@ def initial_prompt(
 ) -> torch.Tensor:
     """The starting prompt [num_virtual_tokens, hidden], float32 on CPU, as config.init says."""
     n = config.num_virtual_tokens
-    table = frozen.model.get_input_embeddings().weight
+    table = frozen.embedding_matrix()
     if config.init == "random":
         # Match the scale of real token embeddings so the frozen layers see familiar magnitudes.
         std = float(table.detach().float().std())

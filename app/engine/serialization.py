@@ -45,6 +45,8 @@ def prompt_from_bytes(data: bytes) -> tuple[torch.Tensor, dict[str, str]]:
     if prompt is None:
         raise ValueError(f'the stored prompt holds no tensor named "{PROMPT_KEY}" (found {sorted(tensors)}).')
     if prompt.dim() != 2 or prompt.dtype != torch.float32:
-        raise ValueError(f"the stored prompt has shape {tuple(prompt.shape)} and dtype {prompt.dtype}; "
-                         "expected a 2-D float32 tensor.")
+        raise ValueError(
+            f"the stored prompt has shape {tuple(prompt.shape)} and dtype {prompt.dtype}; "
+            "expected a 2-D float32 tensor."
+        )
     return prompt, metadata

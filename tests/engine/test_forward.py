@@ -46,9 +46,7 @@ def test_target_mask_marks_the_positions_before_each_target_token(frozen: Frozen
     assert not batch.target_mask[1].any()
 
 
-def test_head_only_on_target_positions_equals_the_full_model(
-    frozen: FrozenModel, sentiment: TaskSpec
-) -> None:
+def test_head_only_on_target_positions_equals_the_full_model(frozen: FrozenModel, sentiment: TaskSpec) -> None:
     prompts = _prompts()[:2]
     examples = [encode_example(frozen, sentiment, t, "positive") for t in TEXTS[:2]]
     batch = build_batch(frozen, prompts, examples)

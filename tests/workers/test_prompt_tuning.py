@@ -23,7 +23,7 @@ from workers.prompt_tuning import (
     train_prompt_tuning,
 )
 
-NOUNS = "movie film book food service place day night story music song game".split()
+NOUNS = ["movie", "film", "book", "food", "service", "place", "day", "night", "story", "music", "song", "game"]
 SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
 ANSWER = TaskSpec("generation", DEFAULT_TEMPLATES["generation"])
 
@@ -100,8 +100,9 @@ def test_progress_is_reported_for_every_step_and_evaluation(frozen: FrozenModel)
     steps: list[StepReport] = []
     evals: list[EvalReport] = []
     config = _quick(steps=10, eval_every=4, warmup_steps=2)
-    result = train_prompt_tuning(frozen, SENTIMENT, _reviews(12, 3), None, config, on_step=steps.append,
-                                 on_eval=evals.append)
+    result = train_prompt_tuning(
+        frozen, SENTIMENT, _reviews(12, 3), None, config, on_step=steps.append, on_eval=evals.append
+    )
     assert [report.step for report in steps] == list(range(1, 11))
     assert all(report.total_steps == 10 and math.isfinite(report.loss) for report in steps)
     assert [report.lr for report in steps] == [get_lr(step, config) for step in range(10)]
@@ -115,8 +116,9 @@ def test_should_stop_cancels_the_job(frozen: FrozenModel) -> None:
     steps: list[StepReport] = []
     asked = iter([False, False, True])
     with pytest.raises(Cancelled):
-        train_prompt_tuning(frozen, SENTIMENT, _reviews(8, 4), None, _quick(), on_step=steps.append,
-                            should_stop=lambda: next(asked))
+        train_prompt_tuning(
+            frozen, SENTIMENT, _reviews(8, 4), None, _quick(), on_step=steps.append, should_stop=lambda: next(asked)
+        )
     assert len(steps) == 2
 
 
