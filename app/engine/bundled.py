@@ -77,6 +77,10 @@ def ensure_bundled_model(models_dir: Path) -> Path:
         try:
             if is_complete(target):
                 return target
+            # Holding the lock, any staging folder left here belongs to a process that was killed mid-way.
+            for leftover in target.parent.glob(f".{BUNDLED_MODEL_NAME}.*"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
             # Build beside the target and rename into place, so a crash never leaves a half folder
             # that looks finished.
             staging = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_MODEL_NAME}.", dir=target.parent))

@@ -57,6 +57,8 @@ def test_a_crash_mid_conversion_leaves_no_folder_behind(
         (destination / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
+    killed = tmp_path / f".{BUNDLED_MODEL_NAME}.killed"  # what a SIGKILLed conversion leaves behind
+    killed.mkdir()
     monkeypatch.setattr(bundled, "_convert", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         ensure_bundled_model(tmp_path)
