@@ -166,7 +166,7 @@ class Worker:
             check_fits_context(
                 model, task, [{"input": i, "output": o} for i, o in train + (val or [])], config.num_virtual_tokens
             )
-            meta = {"dataset_id": job.dataset_id, "hyperparameters": job.hyperparameters}
+            dataset_id, hyperparameters = job.dataset_id, job.hyperparameters
         beat.progress = {"step": 0, "total_steps": config.steps}
         result = train_prompt_tuning(
             model,
@@ -190,9 +190,9 @@ class Worker:
                 hidden_size=int(result.prompt.shape[1]),
                 identity=model.identity,
                 metrics=result.metrics,
-                hyperparameters=meta["hyperparameters"],
+                hyperparameters=hyperparameters,
                 job_id=job_id,
-                dataset_id=meta["dataset_id"],
+                dataset_id=dataset_id,
             )
             progress = {**beat.progress, "step": config.steps, "total_steps": config.steps}
             if not repo.finish(

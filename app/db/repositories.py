@@ -64,12 +64,12 @@ class DatasetRepository:
         stmt = select(Dataset).options(defer(Dataset.examples)).order_by(Dataset.id).limit(limit).offset(offset)
         return self.session.scalars(stmt).all()
 
-    def active_job_ids(self, dataset_id: int) -> list[int]:
+    def active_job_ids(self, dataset_id: int) -> Sequence[int]:
         stmt = select(Job.id).where(
             Job.status.in_(ACTIVE_STATUSES),
             (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id),
         )
-        return list(self.session.scalars(stmt))
+        return self.session.scalars(stmt).all()
 
     def delete(self, dataset: Dataset) -> None:
         self.session.delete(dataset)
