@@ -28,6 +28,7 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Rows in the batch."""
         return int(self.inputs_embeds.shape[0])
 
 

@@ -76,6 +76,7 @@ class SoftPrompt(nn.Module):
 
     @property
     def num_virtual_tokens(self) -> int:
+        """Length of the prompt."""
         return int(self.embedding.num_embeddings)
 
     def forward(self) -> torch.Tensor:
