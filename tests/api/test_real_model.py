@@ -1,0 +1,72 @@
+"""The whole service on the bundled SmolLM2: train through the API, serve, and round-trip the prompt (slow)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from app.db.models import Prompt
+from app.engine.inference import classify
+from app.engine.model import FrozenModel
+from app.engine.prompt_tuning import PromptTuningConfig
+from app.engine.runtime import ModelRuntime
+from app.engine.serialization import prompt_from_bytes
+from app.engine.text import TaskSpec
+from app.main import create_app
+from tests.api.helpers import create_dataset, create_task, wait_for_job
+from tests.conftest import make_settings
+from workers.prompt_tuning import train_prompt_tuning
+
+pytestmark = pytest.mark.real_model
+
+REVIEWS = [
+    {"input": "I loved this film, it was wonderful.", "output": "positive"},
+    {"input": "What a waste of time, truly awful.", "output": "negative"},
+    {"input": "A delightful, moving story with great acting.", "output": "positive"},
+    {"input": "Boring plot and terrible dialogue.", "output": "negative"},
+    {"input": "One of the best movies I have seen this year.", "output": "positive"},
+    {"input": "I walked out halfway through, it was that bad.", "output": "negative"},
+]
+HYPER = {"num_virtual_tokens": 8, "steps": 3, "batch_size": 4, "eval_every": 3, "seed": 7}
+TEMPLATE = "Review: {input}\nSentiment:"
+
+
+@pytest.fixture
+def real_client(database_url: str, tmp_path: Path, db_engine: Engine, smollm: FrozenModel) -> Iterator[TestClient]:
+    app = create_app(make_settings(database_url, tmp_path), runtime=ModelRuntime.from_model(smollm))
+    with TestClient(app) as client:
+        yield client
+
+
+def test_prompt_trained_through_the_api_round_trips_through_the_database(
+    real_client: TestClient, db_engine: Engine, smollm: FrozenModel
+) -> None:
+    before = {name: t.clone() for name, t in smollm.model.state_dict().items()}
+    create_task(real_client, "sentiment", template=TEMPLATE)
+    dataset = create_dataset(real_client, REVIEWS)
+    response = real_client.post("/v1/jobs", json={"task": "sentiment", "dataset_id": dataset["id"],
+                                                  "hyperparameters": HYPER})
+    job = wait_for_job(real_client, response.json()["id"], timeout=600)
+    assert job["status"] == "succeeded", job
+
+    inputs = ["An absolute joy to watch.", "Tedious and badly acted."]
+    served = real_client.post("/v1/infer", json={"task": "sentiment", "inputs": inputs}).json()
+
+    # the same seeded training in-process gives the very tensor the database holds ...
+    spec = TaskSpec("classification", TEMPLATE, ("positive", "negative"))
+    pairs = [(ex["input"], ex["output"]) for ex in REVIEWS]
+    trained = train_prompt_tuning(smollm, spec, pairs, None, PromptTuningConfig(**HYPER)).prompt  # type: ignore[arg-type]
+    with Session(db_engine) as session:
+        stored, _meta = prompt_from_bytes(session.scalars(select(Prompt)).one().tensors)
+    assert torch.equal(stored, trained)
+    # ... and serving it gives identical outputs
+    direct = classify(smollm, trained, spec, inputs)
+    assert [o["scores"] for o in served["outputs"]] == direct
+    # the frozen model is untouched by training
+    assert all(torch.equal(before[name], t) for name, t in smollm.model.state_dict().items())
