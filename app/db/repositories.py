@@ -4,26 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, defer
 
-from app.db.base import utcnow
+from app.db.base import Base, utcnow
 from app.db.models import Dataset, Job, JobEvent, JobStatus, Prompt, Task
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 
 
-class TaskRepository:
+Row = TypeVar("Row", bound=Base)
+
+
+class _Repository(Generic[Row]):  # noqa: UP046  (PEP 695 syntax needs Python 3.12)
+    """What every repository does the same way: add a row (flushed, so it has its id) and delete one."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, task: Task) -> Task:
-        self.session.add(task)
+    def add(self, row: Row) -> Row:
+        self.session.add(row)
         self.session.flush()
-        return task
+        return row
 
+    def delete(self, row: Row) -> None:
+        self.session.delete(row)
+        self.session.flush()
+
+
+class TaskRepository(_Repository[Task]):
     def get(self, task_id: int) -> Task | None:
         return self.session.get(Task, task_id)
 
@@ -42,20 +53,8 @@ class TaskRepository:
         )
         return set(rows)
 
-    def delete(self, task: Task) -> None:
-        self.session.delete(task)
-        self.session.flush()
 
-
-class DatasetRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, dataset: Dataset) -> Dataset:
-        self.session.add(dataset)
-        self.session.flush()
-        return dataset
-
+class DatasetRepository(_Repository[Dataset]):
     def get(self, dataset_id: int, *, with_examples: bool = False) -> Dataset | None:
         options = [] if with_examples else [defer(Dataset.examples)]
         return self.session.get(Dataset, dataset_id, options=options)
@@ -71,15 +70,8 @@ class DatasetRepository:
         )
         return self.session.scalars(stmt).all()
 
-    def delete(self, dataset: Dataset) -> None:
-        self.session.delete(dataset)
-        self.session.flush()
 
-
-class PromptRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
+class PromptRepository(_Repository[Prompt]):
     def add_version(self, prompt: Prompt) -> Prompt:
         """Insert the prompt as the task's next version number."""
         latest = self.session.scalar(select(func.max(Prompt.version)).where(Prompt.task_id == prompt.task_id))
@@ -104,20 +96,8 @@ class PromptRepository:
             stmt = stmt.where(Prompt.id != excluding)
         return self.session.scalar(stmt.order_by(Prompt.version.desc()).limit(1))
 
-    def delete(self, prompt: Prompt) -> None:
-        self.session.delete(prompt)
-        self.session.flush()
 
-
-class JobRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, job: Job) -> Job:
-        self.session.add(job)
-        self.session.flush()
-        return job
-
+class JobRepository(_Repository[Job]):
     def get(self, job_id: int) -> Job | None:
         return self.session.get(Job, job_id)
 
