@@ -139,3 +139,30 @@ def test_cancelling_a_running_job_stops_it_without_a_prompt(client: TestClient) 
     assert finished["status"] == "cancelled" and finished["result_prompt_id"] is None
     assert client.get("/v1/prompts").json() == []
     assert [e["kind"] for e in client.get(f"/v1/jobs/{job['id']}/events").json()][-1] == "cancelled"
+
+
+def test_deleting_a_task_while_it_trains_stops_the_job_and_stores_nothing(client: TestClient) -> None:
+    create_task(client, "sentiment")
+    dataset = create_dataset(client, toy_examples(40))
+    job = start_job(client, "sentiment", dataset["id"], steps=100000, eval_every=100000)
+    wait_for_step(client, job["id"], 1)
+    assert client.delete("/v1/tasks/sentiment").status_code == 204
+    assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+    # the worker notices at its next beat and goes back to the queue, free for the next job
+    create_task(client, "next")
+    follow_up = wait_for_job(client, start_job(client, "next", dataset["id"], steps=2)["id"], timeout=60)
+    assert follow_up["status"] == "succeeded"
+    assert [p["task"] for p in client.get("/v1/prompts").json()] == [follow_up["task"]]
+
+
+def test_a_trained_task_keeps_serving_while_it_retrains(client_with) -> None:  # type: ignore[no-untyped-def]
+    client = client_with(run_worker=True)
+    _task, first = train_task(client)
+    dataset = create_dataset(client, toy_examples(40))
+    job = start_job(client, "sentiment", dataset["id"], steps=100000, eval_every=100000)
+    wait_for_step(client, job["id"], 1)
+    assert client.get("/v1/tasks/sentiment").json()["status"] == "training"
+    served = client.post("/v1/infer", json={"task": "sentiment", "inputs": ["good"]}).json()
+    assert served["prompt_id"] == first["result_prompt_id"]
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    wait_for_job(client, job["id"])
