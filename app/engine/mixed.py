@@ -1,0 +1,301 @@
+"""Rows of different tasks in one forward pass: each row's input attends over its prompt's pooled keys/values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from transformers import DynamicCache
+
+from app.engine.inference import _cut_at_stop
+from app.engine.model import FrozenModel
+from app.engine.pool import PromptPool
+from app.engine.prompt_cache import PromptKV, batch_cache
+from app.engine.text import TaskSpec, encode_example, label_token_ids, output_text, render
+
+Loader = Callable[[int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request row: which prompt version serves it, its task, its input, and generation limits."""
+
+    prompt_id: int
+    spec: TaskSpec
+    text: str
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be at least 0, got {self.max_new_tokens}.")
+
+
+@dataclass(frozen=True)
+class _Query:
+    """What a row feeds after its prompt: its input ids, then branches that see the input but not each other."""
+
+    input_ids: list[int]
+    branches: tuple[list[int], ...] = ()
+
+    @property
+    def width(self) -> int:
+        """Query positions the row occupies."""
+        return len(self.input_ids) + sum(len(branch) for branch in self.branches)
+
+
+def _forward(
+    frozen: FrozenModel, kvs: list[PromptKV], queries: list[_Query]
+) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+    """Run B rows' queries over their cached prompts.
+
+    Layout of row b: keys [pad | prompt_b] (P slots, from batch_cache) then queries [pad | input_b | branches_b]
+    (Q slots, left-padded so generation appends right after the input). Returns hidden [B, Q+1, H] whose extra
+    last slot holds each prompt's own last hidden state (read for rows without input), the cache, and
+    key_real [B, P+Q] bool (False on pads).
+    """
+    device = frozen.device
+    width = max(query.width for query in queries)
+    ids = torch.zeros(len(queries), width, dtype=torch.long)
+    segments = torch.full((len(queries), width), -1, dtype=torch.long)  # -1 pad, 0 input, k+1 branch k
+    positions = torch.zeros(len(queries), width, dtype=torch.long)
+    for row, (kv, query) in enumerate(zip(kvs, queries, strict=True)):
+        start = width - query.width
+        n_input = len(query.input_ids)
+        # Positions continue after the prompt; every branch starts where the input ends.
+        parts = [(query.input_ids, 0, kv.length)]
+        parts += [(branch, k + 1, kv.length + n_input) for k, branch in enumerate(query.branches)]
+        for tokens, segment, first_position in parts:
+            end = start + len(tokens)
+            ids[row, start:end] = torch.tensor(tokens, dtype=torch.long)
+            segments[row, start:end] = segment
+            positions[row, start:end] = torch.arange(first_position, first_position + len(tokens))
+            start = end
+    cache, prompt_real = batch_cache(frozen, kvs)
+    segments, positions = segments.to(device), positions.to(device)
+    key_real = torch.cat([prompt_real, segments >= 0], dim=1)
+    prompt_last = torch.stack([kv.last_hidden for kv in kvs]).unsqueeze(1)
+    if width == 0:
+        return prompt_last, cache, key_real
+    span = prompt_real.shape[1]
+    key_segments = torch.cat([torch.zeros_like(prompt_real, dtype=torch.long), segments], dim=1)
+    causal = torch.arange(span + width, device=device) <= span + torch.arange(width, device=device).unsqueeze(1)
+    # A query sees real keys at or before it that are prompt, input, or its own branch (never a sibling branch).
+    same = (key_segments.unsqueeze(1) == 0) | (key_segments.unsqueeze(1) == segments.unsqueeze(2))
+    allowed = key_real.unsqueeze(1) & causal & same
+    # An additive float mask works for both the eager and the SDPA attention paths; no row is fully masked
+    # since every prompt has at least one real position.
+    mask = torch.zeros(allowed.shape, dtype=frozen.dtype, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min).unsqueeze(1)
+    output = frozen.model.base_model(
+        inputs_embeds=frozen.embed(ids),
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+    )
+    return torch.cat([output.last_hidden_state, prompt_last], dim=1), output.cache, key_real
+
+
+def _last_input_slot(query: _Query, width: int) -> int:
+    """Index into _forward's hidden [B, Q+1, H] of the state that predicts the token after the input."""
+    if not query.input_ids:
+        return width  # the prompt's own last state
+    return width - query.width + len(query.input_ids) - 1
+
+
+def _batches(
+    frozen: FrozenModel,
+    pool: PromptPool,
+    rows: list[Row],
+    widths: list[int],
+    extra: list[int],
+    load: Loader,
+    budget: int,
+) -> Iterator[tuple[list[int], list[PromptKV]]]:
+    """Row indices sorted by width, cut so B * (P + Q + extra) <= budget and distinct prompts <= pool capacity."""
+    if budget < 1:
+        raise ValueError(f"max_batch_tokens must be at least 1, got {budget}.")
+    # Similar widths together keep padding small; equal prompts together keep distinct prompts per batch few.
+    order = sorted(range(len(rows)), key=lambda i: (widths[i], extra[i], rows[i].prompt_id))
+    group: list[int] = []
+    kvs: list[PromptKV] = []
+    prompts: set[int] = set()
+    span = longest = 0
+    for index in order:
+        prompt_id = rows[index].prompt_id
+        kv = pool.get(prompt_id, partial(load, prompt_id))
+        if kv.length + widths[index] > frozen.max_positions:
+            raise ValueError(
+                f"row {index} needs {kv.length + widths[index]} positions but the model's context holds "
+                f"{frozen.max_positions}."
+            )
+        new_span, new_longest = max(span, kv.length), max(longest, widths[index] + extra[index])
+        fits = (len(group) + 1) * (new_span + new_longest) <= budget and len(prompts | {prompt_id}) <= pool.capacity
+        if group and not fits:
+            yield group, kvs
+            group, kvs, prompts = [], [], set()
+            new_span, new_longest = kv.length, widths[index] + extra[index]
+        group.append(index)
+        kvs.append(kv)
+        prompts.add(prompt_id)
+        span, longest = new_span, new_longest
+    if group:
+        yield group, kvs
+
+
+def _label_targets(
+    frozen: FrozenModel, spec: TaskSpec, text: str, memo: dict[TaskSpec, list[list[int]]]
+) -> list[list[int]]:
+    """Each label's token ids after this input, exactly as inference.classify scores them."""
+    if spec not in memo:
+        if spec.kind != "classification":
+            raise ValueError(f"classify_rows needs classification tasks, got a {spec.kind} task.")
+        labels = label_token_ids(frozen, spec)
+        empty = [label for label, ids in zip(spec.labels, labels, strict=True) if not ids]
+        if empty:
+            raise ValueError(f"labels {empty} encode to no tokens.")
+        memo[spec] = labels
+    labels = memo[spec]
+    firsts = [ids[0] for ids in labels]
+    if all(len(ids) == 1 for ids in labels) and len(set(firsts)) == len(firsts):
+        return labels
+    # Multi-token labels are tokenized after the real rendered input, like inference's target scoring.
+    return [encode_example(frozen, spec, text, label).target_ids for label in spec.labels]
+
+
+@torch.no_grad()
+def classify_rows(
+    frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
+) -> list[dict[str, float]]:
+    """Probabilities over each row's labels (softmax of each label's total log-prob), rows of any tasks, in order.
+
+    A label's first token is read at the input's last position; the rest of a multi-token label is fed as a
+    branch in the same forward pass, seeing the input but not the other labels, so the input runs once.
+    """
+    memo: dict[TaskSpec, list[list[int]]] = {}
+    targets = [_label_targets(frozen, row.spec, row.text, memo) for row in rows]
+    queries = [
+        _Query(encode_example(frozen, row.spec, row.text, None).input_ids, tuple(t[:-1] for t in labels if len(t) > 1))
+        for row, labels in zip(rows, targets, strict=True)
+    ]
+    widths = [query.width for query in queries]
+    results: list[dict[str, float]] = [{} for _ in rows]
+    for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
+        hidden = _forward(frozen, kvs, [queries[i] for i in group])[0]
+        width = hidden.shape[1] - 1
+        slots: dict[tuple[int, int], int] = {}  # (row in batch, hidden index) -> row of `states`, read once
+        reads: list[tuple[int, int, int]] = []  # (state, target token, label number within the batch)
+        owners: list[int] = []
+        for b, index in enumerate(group):
+            source = _last_input_slot(queries[index], width)
+            branch = width - queries[index].width + len(queries[index].input_ids)
+            for label in targets[index]:
+                label_number = len(owners)
+                owners.append(b)
+                for step, token in enumerate(label):
+                    # Token `step` is predicted by the input's last state, then by the branch's previous token.
+                    at = source if step == 0 else branch + step - 1
+                    reads.append((slots.setdefault((b, at), len(slots)), token, label_number))
+                if len(label) > 1:
+                    branch += len(label) - 1
+        where = torch.tensor(list(slots), device=frozen.device)
+        logprobs = torch.log_softmax(frozen.logits(hidden[where[:, 0], where[:, 1]]).float(), dim=-1)
+        state_index, target_ids, label_index = torch.tensor(reads, device=frozen.device).unbind(1)
+        picked = logprobs[state_index, target_ids]
+        totals = torch.zeros(len(owners), device=frozen.device).index_add(0, label_index, picked)
+        start = 0
+        for index in group:
+            labels = rows[index].spec.labels
+            probabilities = torch.softmax(totals[start : start + len(labels)], dim=-1).tolist()
+            results[index] = dict(zip(labels, probabilities, strict=True))
+            start += len(labels)
+    return results
+
+
+@torch.no_grad()
+def logits_rows(
+    frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
+) -> list[torch.Tensor]:
+    """Float32 logits [vocab] predicting the token after each row's rendered input, rows in order."""
+    queries = [_Query(encode_example(frozen, row.spec, row.text, None).input_ids) for row in rows]
+    results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
+    widths = [query.width for query in queries]
+    for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
+        hidden = _forward(frozen, kvs, [queries[i] for i in group])[0]
+        width = hidden.shape[1] - 1
+        for b, index in enumerate(group):
+            results[index] = frozen.logits(hidden[b, _last_input_slot(queries[index], width)]).float()
+    return results
+
+
+def _generate_batch(frozen: FrozenModel, rows: list[Row], inputs: list[list[int]], kvs: list[PromptKV]) -> list[str]:
+    """Greedy decoding of one sub-batch with the cache; finished rows leave the batch."""
+    rendered = [render(row.spec.template, row.text) for row in rows]
+    # Never run past the context: a row near the limit gets fewer new tokens (as inference.generate does).
+    budgets = [
+        min(row.max_new_tokens, frozen.max_positions - kv.length - len(ids))
+        for row, ids, kv in zip(rows, inputs, kvs, strict=True)
+    ]
+    texts = [output_text(text, "") for text in rendered]
+    active = [i for i, budget in enumerate(budgets) if budget > 0]
+    if not active:
+        return texts
+    queries = [_Query(inputs[i]) for i in active]
+    hidden, cache, key_real = _forward(frozen, [kvs[i] for i in active], queries)
+    width = hidden.shape[1] - 1
+    last = hidden[torch.arange(len(active)), [_last_input_slot(query, width) for query in queries]]
+    positions = torch.tensor([kvs[i].length + len(inputs[i]) for i in active], device=frozen.device)
+    generated: list[list[int]] = [[] for _ in rows]
+    body = frozen.model.base_model
+    while True:
+        next_ids = frozen.logits(last).argmax(dim=-1)
+        keep: list[int] = []
+        for slot, token in enumerate(next_ids.tolist()):
+            i = active[slot]
+            if token == frozen.eos_token_id:
+                continue
+            generated[i].append(token)
+            texts[i] = output_text(rendered[i], frozen.decode(generated[i]))
+            cut = _cut_at_stop(texts[i], list(rows[i].stop))
+            if cut is not None:
+                texts[i] = cut
+            elif len(generated[i]) < budgets[i]:
+                keep.append(slot)
+        if not keep:
+            return texts
+        if len(keep) < len(active):
+            # Dropping finished rows from the cache costs one gather per layer and saves their later steps.
+            index = torch.tensor(keep, device=frozen.device)
+            cache.batch_select_indices(index)
+            key_real, next_ids, positions = key_real[index], next_ids[index], positions[index]
+            active = [active[slot] for slot in keep]
+        key_real = torch.cat([key_real, key_real.new_ones(len(active), 1)], dim=1)
+        output = body(
+            input_ids=next_ids.unsqueeze(1),
+            attention_mask=key_real.long(),
+            position_ids=positions.unsqueeze(1),
+            cache=cache,  # transformers >= 5.24 name; past_key_values is deprecated
+            use_cache=True,
+        )
+        positions = positions + 1
+        last = output.last_hidden_state[:, -1]
+
+
+@torch.no_grad()
+def generate_rows(
+    frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
+) -> list[str]:
+    """Greedy continuations of rows of any tasks, each stopping on its own (eos, max_new_tokens, stop), in order."""
+    inputs = [encode_example(frozen, row.spec, row.text, None).input_ids for row in rows]
+    widths = [len(ids) for ids in inputs]
+    extra = [row.max_new_tokens for row in rows]
+    results: list[str] = ["" for _ in rows]
+    for group, kvs in _batches(frozen, pool, rows, widths, extra, load, max_batch_tokens):
+        texts = _generate_batch(frozen, [rows[i] for i in group], [inputs[i] for i in group], kvs)
+        for index, text in zip(group, texts, strict=True):
+            results[index] = text
+    return results

@@ -1,0 +1,186 @@
+"""Rows of many tasks in one forward over pooled prompt keys/values give what each row gives alone, uncached."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from app.engine.forward import build_batch, hidden_states
+from app.engine.inference import classify, generate
+from app.engine.mixed import Row, classify_rows, generate_rows, logits_rows
+from app.engine.model import FrozenModel, load_frozen_model
+from app.engine.pool import PromptPool
+from app.engine.text import TaskSpec, encode_example, label_token_ids
+from tests.tiny_model import EOS, build_tokenizer
+
+PROMPT_LENGTHS = (1, 3, 5, 8, 13, 20)  # prompt id i has PROMPT_LENGTHS[i] vectors
+SENTIMENT = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
+WORDY = TaskSpec("classification", "Classify: {input} ->", ("extraordinary", "neutral nice", "yes"))
+ANSWER = TaskSpec("generation", "Input: {input}\nOutput:")
+QUESTION = TaskSpec("generation", "Question: {input}\nAnswer:")
+TEXTS = (
+    "good",
+    "what is the capital of france?",
+    "they hate that terrible awful place; the service is poor and the food was bad, but the music was great",
+    "one two three four five six seven eight nine ten",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> FrozenModel:
+    """A 2-layer Llama with grouped KV heads (4 query, 2 KV) and RoPE, like SmolLM2 in miniature."""
+    path = Path(tmp_path_factory.mktemp("tiny-llama"))
+    tokenizer = build_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    assert isinstance(eos, int)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        initializer_range=0.5,  # random logits with contrast, as in tests/tiny_model.py
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_frozen_model(path, device="cpu", dtype="float32")
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def model(request: pytest.FixtureRequest) -> FrozenModel:
+    fixture = "frozen" if request.param == "gpt2" else "tiny_llama"
+    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
+
+
+def load(prompt_id: int) -> torch.Tensor:
+    return torch.randn(PROMPT_LENGTHS[prompt_id], 64, generator=torch.Generator().manual_seed(prompt_id))
+
+
+def _uncached_logits(frozen: FrozenModel, row: Row) -> torch.Tensor:
+    example = encode_example(frozen, row.spec, row.text, None)
+    with torch.no_grad():
+        batch = build_batch(frozen, [load(row.prompt_id)], [example])
+        return frozen.logits(hidden_states(frozen, batch)[0, -1]).float()
+
+
+def _rows(specs: tuple[TaskSpec, ...], **limits: object) -> list[Row]:
+    """Every prompt x task x text, shuffled so that neighbours differ in task, prompt and length."""
+    rows = [Row(p, spec, text, **limits) for p in range(len(PROMPT_LENGTHS)) for spec in specs for text in TEXTS]  # type: ignore[arg-type]
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+def test_mixed_batch_logits_equal_each_row_alone_without_cache(model: FrozenModel) -> None:
+    rows = _rows((SENTIMENT, WORDY, ANSWER))
+    pool = PromptPool(model, capacity=8)
+    mixed = logits_rows(model, pool, rows, load, max_batch_tokens=600)  # several sub-batches
+    for row, logits in zip(rows, mixed, strict=True):
+        assert (logits - _uncached_logits(model, row)).abs().max().item() < 1e-4
+    # Each prompt's keys/values were computed once for the whole request.
+    assert pool.stats()["misses"] == len(PROMPT_LENGTHS)
+
+
+def test_mixed_classification_equals_classify_of_each_task(model: FrozenModel) -> None:
+    assert all(len(ids) == 1 for ids in label_token_ids(model, SENTIMENT))
+    assert all(len(ids) > 1 for ids in label_token_ids(model, WORDY)[:2])
+    rows = _rows((SENTIMENT, WORDY))
+    mixed = classify_rows(model, PromptPool(model, capacity=8), rows, load, max_batch_tokens=800)
+    for row, probabilities in zip(rows, mixed, strict=True):
+        alone = classify(model, load(row.prompt_id), row.spec, [row.text])[0]
+        assert list(probabilities) == list(row.spec.labels)
+        assert probabilities == pytest.approx(alone, abs=1e-4)
+
+
+def test_results_do_not_depend_on_batch_composition_or_order(frozen: FrozenModel) -> None:
+    rows = _rows((SENTIMENT, WORDY))
+    reference = classify_rows(frozen, PromptPool(frozen, capacity=8), rows, load)
+    reference_logits = logits_rows(frozen, PromptPool(frozen, capacity=8), rows, load)
+    order = list(range(len(rows)))
+    for seed, budget, capacity in [(1, 1, 8), (2, 10**6, 8), (3, 500, 2)]:
+        random.Random(seed).shuffle(order)
+        shuffled = [rows[i] for i in order]
+        pool = PromptPool(frozen, capacity=capacity)
+        probabilities = classify_rows(frozen, pool, shuffled, load, max_batch_tokens=budget)
+        logits = logits_rows(frozen, pool, shuffled, load, max_batch_tokens=budget)
+        for position, i in enumerate(order):
+            assert probabilities[position] == pytest.approx(reference[i], abs=1e-4)
+            assert (logits[position] - reference_logits[i]).abs().max().item() < 1e-4
+
+
+def test_mixed_generation_equals_generate_of_each_row_alone(model: FrozenModel) -> None:
+    limits = [0, 1, 4, 9, 16]
+    rows = [
+        Row(row.prompt_id, row.spec, row.text, max_new_tokens=limits[i % len(limits)])
+        for i, row in enumerate(_rows((ANSWER, QUESTION))[:24])
+    ]
+    mixed = generate_rows(model, PromptPool(model, capacity=8), rows, load, max_batch_tokens=900)
+    for row, text in zip(rows, mixed, strict=True):
+        alone = generate(model, load(row.prompt_id), row.spec, [row.text], max_new_tokens=row.max_new_tokens)[0]
+        assert text == alone
+    assert any(len(text) > 3 for text in mixed)
+    assert all(text == "" for row, text in zip(rows, mixed, strict=True) if row.max_new_tokens == 0)
+
+
+def test_each_row_stops_at_its_own_stop_string(model: FrozenModel) -> None:
+    rows = [Row(p, ANSWER, TEXTS[p % len(TEXTS)], max_new_tokens=12) for p in range(len(PROMPT_LENGTHS))]
+    full = generate_rows(model, PromptPool(model, capacity=8), rows, load)
+    # Stop on a piece of some rows' own output; other rows get a stop string they never produce.
+    stops = [
+        (text[2:4], "never-seen") if i % 2 == 0 and len(text) > 4 else ("never-seen",) for i, text in enumerate(full)
+    ]
+    stopped = [Row(row.prompt_id, row.spec, row.text, 12, stop) for row, stop in zip(rows, stops, strict=True)]
+    cut = generate_rows(model, PromptPool(model, capacity=8), stopped, load)
+    for row, whole, text in zip(stopped, full, cut, strict=True):
+        expected = whole[: whole.find(row.stop[0])] if row.stop[0] in whole else whole
+        assert text == expected
+        alone = generate(model, load(row.prompt_id), ANSWER, [row.text], max_new_tokens=12, stop=list(row.stop))
+        assert [text] == alone
+    assert cut != full
+
+
+def test_row_whose_input_encodes_to_nothing_reads_the_prompt_last_state(model: FrozenModel) -> None:
+    bare = TaskSpec("classification", "{input}", ("extraordinary", "neutral nice"))
+    echo = TaskSpec("generation", "{input}")
+    rows = [Row(2, bare, ""), Row(4, bare, "good"), Row(1, echo, "", max_new_tokens=5)]
+    pool = PromptPool(model, capacity=8)
+    for row, logits in zip(rows, logits_rows(model, pool, rows, load), strict=True):
+        assert (logits - _uncached_logits(model, row)).abs().max().item() < 1e-4
+    for row, probabilities in zip(rows[:2], classify_rows(model, pool, rows[:2], load), strict=True):
+        assert probabilities == pytest.approx(classify(model, load(row.prompt_id), bare, [row.text])[0], abs=1e-4)
+    assert generate_rows(model, pool, rows[2:], load) == generate(model, load(1), echo, [""], max_new_tokens=5)
+
+
+def test_request_with_more_prompts_than_the_pool_holds_is_split(frozen: FrozenModel) -> None:
+    rows = _rows((SENTIMENT,))
+    pool = PromptPool(frozen, capacity=2)
+    small = classify_rows(frozen, pool, rows, load)
+    roomy = classify_rows(frozen, PromptPool(frozen, capacity=8), rows, load)
+    for a, b in zip(small, roomy, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert pool.stats()["entries"] == 2
+    assert pool.stats()["evictions"] > 0
+
+
+def test_row_longer_than_the_context_is_refused(frozen: FrozenModel) -> None:
+    long_text = " ".join(["the movie was good"] * 80)
+    with pytest.raises(ValueError, match="positions but the model's context holds 256"):
+        logits_rows(frozen, PromptPool(frozen, capacity=2), [Row(5, SENTIMENT, long_text)], load)
+
+
+def test_classify_rows_refuses_a_generation_task(frozen: FrozenModel) -> None:
+    with pytest.raises(ValueError, match="needs classification tasks"):
+        classify_rows(frozen, PromptPool(frozen, capacity=2), [Row(0, SENTIMENT, "good"), Row(1, ANSWER, "hi")], load)
+
+
+def test_negative_max_new_tokens_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 0"):
+        Row(0, ANSWER, "hi", max_new_tokens=-1)
