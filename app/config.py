@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest accepted dataset upload.")
     max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
     max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
-    infer_batch_size: int = Field(default=16, gt=0, description="Rows per forward pass at inference.")
+    pool_capacity: int = Field(default=1024, gt=0, description="Prompts whose keys/values stay cached on the device.")
+    max_batch_tokens: int = Field(
+        default=4096, gt=0, description="Padded positions (rows x longest row) per inference forward pass."
+    )
+    batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a request waits for others to batch with.")
+    max_queue_rows: int = Field(default=4096, gt=0, description="Queued inference rows beyond which requests get 503.")
     worker_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a running job's worker reports.")
     heartbeat_timeout_seconds: float = Field(

@@ -13,13 +13,27 @@ from app.api.errors import install_error_handlers
 from app.api.routes import datasets, health, infer, jobs, prompts, tasks
 from app.config import Settings
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
-from app.engine.runtime import ModelRuntime
+from app.engine.batcher import BatcherOptions
+from app.engine.runtime import ModelRuntime, ServingOptions
 from app.migrate import upgrade
 from app.model_loading import load_configured_model
+from app.services.inference import make_prompt_loader
 from workers.cli import worker_settings
 from workers.main import Worker
 
 log = logging.getLogger(__name__)
+
+
+def serving_options(settings: Settings) -> ServingOptions:
+    """The engine's batching and pool limits from the settings."""
+    return ServingOptions(
+        pool_capacity=settings.pool_capacity,
+        batcher=BatcherOptions(
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.batch_wait_ms,
+            max_queue_rows=settings.max_queue_rows,
+        ),
+    )
 
 
 def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None) -> FastAPI:
@@ -35,12 +49,12 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             upgrade(url)
         engine = make_engine(url)
         model_runtime = runtime or ModelRuntime(
-            (lambda: load_configured_model(settings)) if settings.load_model else None
+            (lambda: load_configured_model(settings)) if settings.load_model else None, serving_options(settings)
         )
-        model_runtime.start()
         app.state.settings = settings
         app.state.session_factory = make_session_factory(engine)
         app.state.read_session_factory = make_read_session_factory(engine)
+        model_runtime.start(make_prompt_loader(app.state.read_session_factory))
         app.state.runtime = model_runtime
         worker: Worker | None = None
         thread: threading.Thread | None = None
@@ -54,8 +68,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             if worker is not None and thread is not None:
                 worker.stop.set()  # a running job goes back to the queue at its next step
                 thread.join(timeout=60)
-            if runtime is None:
-                model_runtime.close()
+            model_runtime.close()
             engine.dispose()
 
     app = FastAPI(

@@ -157,6 +157,10 @@ class InferRequest(Strict):
     inputs: list[str] = Field(min_length=1)
     max_new_tokens: int = Field(default=32, ge=1, le=512, description="Generation tasks only.")
     stop: list[str] = Field(default_factory=list, max_length=8, description="Generation: cut at these strings.")
+    priority: int = Field(default=0, ge=-100, le=100, description="Higher is served first when the queue is busy.")
+    timeout_ms: int | None = Field(
+        default=None, ge=1, le=600_000, description="Fail fast with 503 if not started within this time."
+    )
 
 
 class ClassificationOutput(BaseModel):

@@ -1,62 +1,86 @@
-"""The process's one frozen model: loaded once in the background, used by one inference thread."""
+"""The process's one frozen model: loaded once in the background, served by one batcher thread."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
 
+import torch
+
+from app.engine.batcher import Batcher, BatcherOptions, Result
+from app.engine.mixed import Row
 from app.engine.model import FrozenModel
+from app.engine.pool import PromptPool
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+PromptLoader = Callable[[int], torch.Tensor]
 
 
 class ModelNotReady(RuntimeError):
     """The model is still loading, failed to load, or is switched off in this process."""
 
 
-class ModelRuntime:
-    """Owns the FrozenModel of the process and the single thread that runs inference on it.
+@dataclass(frozen=True)
+class ServingOptions:
+    pool_capacity: int = 1024  # prompts whose keys/values stay on the device
+    batcher: BatcherOptions = BatcherOptions()
 
-    Inference calls are serialised on one thread so that concurrent HTTP requests never oversubscribe the
-    CPU cores or race on the device; training workers use the same FrozenModel from their own thread (the
-    model holds no per-request state, so that is safe).
+
+class ModelRuntime:
+    """Owns the FrozenModel of the process, its prompt pool and the batcher thread that serves inference.
+
+    Inference runs only on the batcher's thread, so concurrent HTTP requests never oversubscribe the cores or
+    race on the device; training workers use the same FrozenModel from their own thread (the model holds no
+    per-request state, so that is safe).
     """
 
-    def __init__(self, load: Callable[[], FrozenModel] | None) -> None:
+    def __init__(self, load: Callable[[], FrozenModel] | None, options: ServingOptions | None = None) -> None:
         self._load = load
+        self.options = options or ServingOptions()
         self._model: FrozenModel | None = None
+        self._batcher: Batcher | None = None
+        self._prompt_loader: PromptLoader | None = None
         self._error: BaseException | None = None
         self._ready = threading.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptbank-engine")
         self._loader: threading.Thread | None = None
 
     @classmethod
-    def from_model(cls, model: FrozenModel) -> ModelRuntime:
-        runtime = cls(None)
+    def from_model(cls, model: FrozenModel, options: ServingOptions | None = None) -> ModelRuntime:
+        runtime = cls(None, options)
         runtime._model = model
-        runtime._ready.set()
         return runtime
 
-    def start(self) -> None:
-        """Begin loading in a background thread (start-up must not wait minutes for a first conversion)."""
-        if self._load is None or self._loader is not None:
-            return
-        self._loader = threading.Thread(target=self._run_load, name="promptbank-model-load", daemon=True)
-        self._loader.start()
+    def start(self, prompt_loader: PromptLoader) -> None:
+        """Serve prompts read by prompt_loader; load the model in the background if it is not loaded yet."""
+        self._prompt_loader = prompt_loader
+        if self._model is not None:
+            self._start_batcher(self._model)
+        elif self._load is not None and self._loader is None:
+            self._loader = threading.Thread(target=self._run_load, name="promptbank-model-load", daemon=True)
+            self._loader.start()
+
+    def _start_batcher(self, model: FrozenModel) -> None:
+        assert self._prompt_loader is not None
+        pool = PromptPool(model, self.options.pool_capacity)
+        self._batcher = Batcher(model, pool, self._prompt_loader, self.options.batcher)
+        self._batcher.start()
+        self._ready.set()
 
     def _run_load(self) -> None:
         assert self._load is not None
         try:
-            self._model = self._load()
-            log.info("frozen model ready: %s", self._model.identity)
+            model = self._load()
+            self._model = model
+            self._start_batcher(model)
+            log.info("frozen model ready: %s", model.identity)
         except BaseException as exc:  # reported by /healthz and every call; the process stays up
             log.exception("loading the frozen model failed")
             self._error = exc
-        finally:
             self._ready.set()
 
     @property
@@ -65,7 +89,7 @@ class ModelRuntime:
 
     @property
     def model(self) -> FrozenModel | None:
-        return self._model
+        return self._model if self._ready.is_set() else None
 
     @property
     def error(self) -> BaseException | None:
@@ -77,14 +101,25 @@ class ModelRuntime:
             raise ModelNotReady("this process runs without a model (PROMPTBANK_LOAD_MODEL=false)")
         if not self._ready.wait(timeout):
             raise ModelNotReady("the frozen model is still loading; retry in a few seconds")
-        if self._model is None:
+        if self._model is None or self._batcher is None:
             raise ModelNotReady(f"the frozen model failed to load: {self._error}")
         return self._model
 
-    def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run fn(model, *args, **kwargs) on the engine thread and wait for its result."""
-        model = self.wait(timeout=0)
-        return self._executor.submit(fn, model, *args, **kwargs).result()
+    def submit(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Future[Result]:
+        """Queue rows for the batcher (see Batcher.submit)."""
+        self.wait(timeout=0)
+        assert self._batcher is not None
+        return self._batcher.submit(rows, priority=priority, timeout=timeout)
+
+    def discard_prompt(self, prompt_id: int) -> None:
+        """Drop a deleted prompt's cached keys/values."""
+        if self._batcher is not None:
+            self._batcher.discard(prompt_id)
+
+    def stats(self) -> dict[str, Any] | None:
+        return self._batcher.stats() if self._batcher is not None else None
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None

@@ -1,20 +1,22 @@
-"""Inference use case: run a task's active prompt on inputs through the engine thread."""
+"""Inference use case: look up each task's active prompt version, queue the rows, wait for the batcher."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Prompt, Task
-from app.engine.inference import classify, generate
+from app.engine.batcher import BatcherClosed, QueueFull, QueueTimeout
+from app.engine.mixed import Row
 from app.engine.model import FrozenModel
 from app.engine.runtime import ModelNotReady, ModelRuntime
 from app.engine.serialization import prompt_from_bytes
 from app.engine.text import encode_example
-from app.errors import AppError, Conflict, InvalidInput, ServiceUnavailable
+from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from app.services.prompts import get_prompt
 from app.services.tasks import task_spec
 
@@ -26,12 +28,32 @@ class InferResult:
     outputs: list[dict[str, Any]]
 
 
-def _active_prompt(session: Session, task: Task, model: FrozenModel) -> tuple[Prompt, torch.Tensor]:
+def make_prompt_loader(sessions: sessionmaker[Session]) -> Callable[[int], torch.Tensor]:
+    """What the engine calls on a pool miss: the prompt version's tensor, read from the database."""
+
+    def load(prompt_id: int) -> torch.Tensor:
+        with sessions() as session:
+            prompt = get_prompt(session, prompt_id, with_tensors=True)
+            try:
+                tensor, _meta = prompt_from_bytes(prompt.tensors)
+            except ValueError as exc:
+                raise Conflict(f"prompt {prompt_id} is unreadable: {exc}", code="prompt_corrupt") from exc
+            return tensor
+
+    return load
+
+
+def _active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
+    # Read on every request: a new active version or a deleted prompt is seen by the very next request, on
+    # every replica sharing the database (the pool is keyed by immutable prompt ids, so it is never stale).
     if task.active_prompt_id is None:
         raise Conflict(
             f"task {task.name!r} has no trained prompt yet; POST /v1/jobs to train one", code="task_not_trained"
         )
-    prompt = get_prompt(session, task.active_prompt_id, with_tensors=True)
+    try:
+        prompt = get_prompt(session, task.active_prompt_id)
+    except NotFound:  # deleted between reading the task and the prompt
+        raise Conflict(f"task {task.name!r} has no trained prompt right now; retry", code="task_not_trained") from None
     if prompt.base_model_fingerprint != model.identity.fingerprint:
         raise Conflict(
             f"prompt {prompt.id} was trained on base model {prompt.base_model_name!r} "
@@ -39,11 +61,7 @@ def _active_prompt(session: Session, task: Task, model: FrozenModel) -> tuple[Pr
             f"({model.identity.fingerprint[:12]}); retrain the task on this model",
             code="base_model_mismatch",
         )
-    try:
-        tensor, _meta = prompt_from_bytes(prompt.tensors)
-    except ValueError as exc:
-        raise AppError(f"prompt {prompt.id} is unreadable: {exc}", code="prompt_corrupt") from exc
-    return prompt, tensor
+    return prompt
 
 
 def _check_lengths(model: FrozenModel, task: Task, inputs: list[str], virtual_tokens: int, reserve: int) -> None:
@@ -68,24 +86,30 @@ def infer(
     *,
     max_new_tokens: int,
     stop: list[str],
-    batch_size: int,
+    priority: int = 0,
+    timeout: float | None = None,
 ) -> InferResult:
-    """Classify or generate for every input with the task's active prompt."""
+    """Classify or generate for every input with the task's active prompt, batched with other requests."""
     try:
         model = runtime.wait(timeout=0)
     except ModelNotReady as exc:
         raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
-    prompt, tensor = _active_prompt(session, task, model)
+    prompt = _active_prompt(session, task, model)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
     _check_lengths(model, task, inputs, prompt.num_virtual_tokens, reserve)
-    outputs: list[dict[str, Any]]
+    session.close()  # nothing more to read: do not hold a connection while queued behind other requests
+    rows = [Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop)) for text in inputs]
+    try:
+        results = runtime.submit(rows, priority=priority, timeout=timeout).result()
+    except QueueFull as exc:
+        raise ServiceUnavailable(f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
+    except QueueTimeout as exc:
+        raise ServiceUnavailable(f"{exc}; retry, or raise timeout_ms", code="queue_timeout") from exc
+    except BatcherClosed as exc:
+        raise ServiceUnavailable(str(exc), code="shutting_down") from exc
     if task.kind == "classification":
-        scores = runtime.run(classify, tensor, spec, inputs, batch_size=batch_size)
-        outputs = [{"label": max(row, key=row.__getitem__), "scores": row} for row in scores]
+        outputs = [{"label": max(scores, key=scores.__getitem__), "scores": scores} for scores in results]
     else:
-        texts = runtime.run(
-            generate, tensor, spec, inputs, max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size
-        )
-        outputs = [{"text": text} for text in texts]
+        outputs = [{"text": text} for text in results]
     return InferResult(task=task, prompt_id=prompt.id, outputs=outputs)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Prompt, Task
 from app.db.repositories import PromptRepository, TaskRepository
 from app.engine.model import ModelIdentity
+from app.engine.runtime import ModelRuntime
 from app.errors import NotFound
 
 
@@ -31,7 +32,7 @@ def active_ids(session: Session, prompts: Sequence[Prompt]) -> set[int]:
     return {p.id for p in prompts if (t := tasks[p.task_id]) is not None and t.active_prompt_id == p.id}
 
 
-def delete_prompt(session: Session, prompt_id: int) -> None:
+def delete_prompt(session: Session, prompt_id: int, runtime: ModelRuntime) -> None:
     """Delete a version; if it was active, the task falls back to its latest remaining version (or untrained)."""
     repo = PromptRepository(session)
     prompt = get_prompt(session, prompt_id)
@@ -40,6 +41,7 @@ def delete_prompt(session: Session, prompt_id: int) -> None:
         previous = repo.latest_for_task(task.id, excluding=prompt.id)
         task.active_prompt_id = previous.id if previous else None
     repo.delete(prompt)
+    runtime.discard_prompt(prompt_id)
 
 
 def activate_prompt(session: Session, prompt_id: int) -> Prompt:

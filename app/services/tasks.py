@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Task
 from app.db.repositories import TaskRepository
+from app.engine.runtime import ModelRuntime
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
 
@@ -93,6 +94,9 @@ def list_tasks(session: Session, *, limit: int, offset: int) -> Sequence[Task]:
     return TaskRepository(session).list(limit=limit, offset=offset)
 
 
-def delete_task(session: Session, task: Task) -> None:
+def delete_task(session: Session, task: Task, runtime: ModelRuntime) -> None:
     """Delete a task with its prompts, jobs and events; a worker running one of its jobs stops at its next beat."""
+    prompt_ids = [prompt.id for prompt in task.prompts]
     TaskRepository(session).delete(task)
+    for prompt_id in prompt_ids:
+        runtime.discard_prompt(prompt_id)

@@ -65,8 +65,10 @@ def test_prompt_trained_through_the_api_round_trips_through_the_database(
     with Session(db_engine) as session:
         stored, _meta = prompt_from_bytes(session.scalars(select(Prompt)).one().tensors)
     assert torch.equal(stored, trained)
-    # ... and serving it gives identical outputs
+    # ... and serving it (cached prompt keys/values, batched) gives the uncached outputs, up to float rounding
     direct = classify(smollm, trained, spec, inputs)
-    assert [o["scores"] for o in served["outputs"]] == direct
+    for output, expected in zip(served["outputs"], direct, strict=True):
+        assert output["label"] == max(expected, key=expected.__getitem__)
+        assert all(abs(output["scores"][label] - expected[label]) < 1e-4 for label in expected)
     # the frozen model is untouched by training
     assert all(torch.equal(before[name], t) for name, t in smollm.model.state_dict().items())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.api.deps import ReadSessionDep, RuntimeDep, SettingsDep
@@ -31,8 +33,15 @@ def run_inference(
         body.inputs,
         max_new_tokens=body.max_new_tokens,
         stop=body.stop,
-        batch_size=settings.infer_batch_size,
+        priority=body.priority,
+        timeout=None if body.timeout_ms is None else body.timeout_ms / 1000,
     )
     return InferResponse.model_validate(
         {"task": result.task.name, "prompt_id": result.prompt_id, "outputs": result.outputs}
     )
+
+
+@router.get("/stats")
+def stats(runtime: RuntimeDep) -> dict[str, Any]:
+    """Engine counters: prompt pool (size, hits, misses, evictions), batches, queue time."""
+    return {"engine": runtime.stats()}

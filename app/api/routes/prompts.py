@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, SessionDep
+from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
 from app.db.models import Prompt
 from app.services import prompts as service
@@ -56,9 +56,9 @@ def get_prompt(prompt_id: int, session: ReadSessionDep) -> PromptOut:
 
 
 @router.delete("/{prompt_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorResponse}})
-def delete_prompt(prompt_id: int, session: SessionDep) -> Response:
+def delete_prompt(prompt_id: int, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Delete a version; an active one falls back to the previous version, or the task becomes untrained."""
-    service.delete_prompt(session, prompt_id)
+    service.delete_prompt(session, prompt_id, runtime)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

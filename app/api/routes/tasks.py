@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, SessionDep, TaskDep, WritableTaskDep
+from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, TaskDep, WritableTaskDep
 from app.api.schemas import ErrorResponse, TaskCreate, TaskOut
 from app.db.models import Task
 from app.services import tasks as service
@@ -52,7 +52,7 @@ def get_task(task: TaskDep, session: ReadSessionDep) -> TaskOut:
 
 
 @router.delete("/{task}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorResponse}})
-def delete_task(task: WritableTaskDep, session: SessionDep) -> Response:
+def delete_task(task: WritableTaskDep, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Delete a task with its prompts and jobs."""
-    service.delete_task(session, task)
+    service.delete_task(session, task, runtime)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

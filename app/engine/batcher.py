@@ -1,0 +1,289 @@
+"""The dynamic batcher: one thread owns the model and packs queued rows of any tasks into shared forward passes."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from app.engine.mixed import Row, classify_rows, generate_rows
+from app.engine.model import FrozenModel
+from app.engine.pool import PromptPool
+from app.engine.text import render
+
+log = logging.getLogger(__name__)
+
+Result = list[Any]  # per row: dict label -> probability (classification) or str (generation)
+
+
+class QueueFull(RuntimeError):
+    """The queue holds max_queue_rows already; the caller should retry later."""
+
+
+class QueueTimeout(RuntimeError):
+    """A request waited in the queue past its deadline and was dropped before running."""
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shutting down."""
+
+
+@dataclass(frozen=True)
+class BatcherOptions:
+    max_batch_tokens: int = 4096  # padded positions (rows x longest row) per forward pass
+    max_wait_ms: float = 2.0  # how long the first queued request waits for company
+    max_queue_rows: int = 4096  # beyond this, submit() refuses (bounded memory under overload)
+    max_batch_rows: int = 256  # rows gathered per round (the engine splits them further by token budget)
+
+
+@dataclass(order=True)
+class _Pending:
+    sort_key: tuple[int, int]  # (-priority, arrival number): higher priority first, then first come
+    rows: list[Row] = field(compare=False)
+    tokens: int = field(compare=False)
+    enqueued: float = field(compare=False)
+    deadline: float | None = field(compare=False)
+    future: Future[Result] = field(compare=False)
+
+
+class Batcher:
+    """Queue of inference requests served by one engine thread in mixed-task batches.
+
+    Locking: every field below `_cond` is read and written under it; the engine thread releases it while the
+    model runs, so submit() never waits for a forward pass.
+    """
+
+    def __init__(
+        self,
+        frozen: FrozenModel,
+        pool: PromptPool,
+        load: Callable[[int], torch.Tensor],
+        options: BatcherOptions | None = None,
+    ) -> None:
+        self.frozen, self.pool, self.load = frozen, pool, load
+        self.options = options or BatcherOptions()
+        self._cond = threading.Condition()
+        self._heap: list[_Pending] = []
+        self._queued_rows = 0
+        self._arrivals = itertools.count()
+        self._closed = False
+        self._discards: set[int] = set()
+        self._thread = threading.Thread(target=self._run, name="promptbank-batcher", daemon=True)
+        # statistics
+        self._batches = 0
+        self._rows = 0
+        self._max_batch = 0
+        self._rejected = 0
+        self._timed_out = 0
+        self._failed = 0
+        self._queue_ms: deque[float] = deque(maxlen=2048)
+        self._batch_sizes: deque[int] = deque(maxlen=2048)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop taking requests, fail the queued ones, and end the engine thread after its current batch."""
+        with self._cond:
+            self._closed = True
+            pending, self._heap = self._heap, []
+            self._queued_rows = 0
+            self._cond.notify_all()
+        for item in pending:
+            item.future.set_exception(BatcherClosed("the service is shutting down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def discard(self, prompt_id: int) -> None:
+        """Forget a prompt's cached keys/values (it was deleted); applied by the engine thread before its next batch."""
+        with self._cond:
+            self._discards.add(prompt_id)
+            self._cond.notify()
+
+    def submit(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Future[Result]:
+        """Queue rows (of any tasks); the future gives one result per row, in order."""
+        future: Future[Result] = Future()
+        if not rows:
+            future.set_result([])
+            return future
+        # Tokenising here, on the caller's thread, keeps it off the engine thread's critical path.
+        tokens = sum(len(self.frozen.encode(render(row.spec.template, row.text))) for row in rows)
+        now = time.monotonic()
+        item = _Pending(
+            sort_key=(-priority, next(self._arrivals)),
+            rows=rows,
+            tokens=tokens,
+            enqueued=now,
+            deadline=None if timeout is None else now + timeout,
+            future=future,
+        )
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("the service is shutting down")
+            if self._queued_rows + len(rows) > self.options.max_queue_rows:
+                self._rejected += 1
+                raise QueueFull(f"{self._queued_rows} rows are queued (limit {self.options.max_queue_rows})")
+            heapq.heappush(self._heap, item)
+            self._queued_rows += len(rows)
+            self._cond.notify()
+        return future
+
+    # -- the engine thread -----------------------------------------------------------------------------------
+
+    def _take(self) -> list[_Pending]:
+        """Wait for work, give late arrivals max_wait_ms to join, then pop a batch's worth by priority."""
+        with self._cond:
+            while not self._heap and not self._closed:
+                self._apply_discards()
+                self._cond.wait()
+            if self._closed:
+                return []
+            self._apply_discards()
+            first = min(item.enqueued for item in self._heap)
+            until = first + self.options.max_wait_ms / 1000
+            while not self._closed and sum(i.tokens for i in self._heap) < self.options.max_batch_tokens:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken: list[_Pending] = []
+            rows = tokens = 0
+            prompts: set[int] = set()
+            while self._heap:
+                head = self._heap[0]
+                more_prompts = prompts | {row.prompt_id for row in head.rows}
+                over = rows + len(head.rows) > self.options.max_batch_rows
+                over = over or tokens + head.tokens > self.options.max_batch_tokens * 4
+                # every prompt of a round must fit in the pool at once
+                over = over or len(more_prompts) > self.pool.capacity
+                if taken and over:
+                    break
+                prompts = more_prompts
+                heapq.heappop(self._heap)
+                taken.append(head)
+                rows += len(head.rows)
+                tokens += head.tokens
+            self._queued_rows -= rows
+            return taken
+
+    def _apply_discards(self) -> None:
+        # Called with _cond held, on the engine thread: the only thread that touches the pool's entries.
+        for prompt_id in self._discards:
+            self.pool.discard(prompt_id)
+        self._discards.clear()
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if not taken:
+                return
+            started = time.monotonic()
+            live = []
+            for item in taken:
+                if item.deadline is not None and started > item.deadline:
+                    item.future.set_exception(QueueTimeout("the request waited in the queue past its timeout"))
+                    with self._cond:
+                        self._timed_out += 1
+                elif item.future.set_running_or_notify_cancel():
+                    live.append(item)
+            if live:
+                self._serve(live, started)
+
+    def _serve(self, items: list[_Pending], started: float) -> None:
+        items = self._drop_unloadable(items)
+        if not items:
+            return
+        rows = [row for item in items for row in item.rows]
+        try:
+            results = self._compute(rows)
+        except Exception as exc:  # a failed batch fails its requests, never the engine thread
+            log.exception("inference batch of %d rows failed", len(rows))
+            with self._cond:
+                self._failed += len(items)
+            for item in items:
+                item.future.set_exception(exc)
+            return
+        with self._cond:
+            self._batches += 1
+            self._rows += len(rows)
+            self._max_batch = max(self._max_batch, len(rows))
+            self._batch_sizes.append(len(rows))
+            self._queue_ms.extend((started - item.enqueued) * 1000 for item in items)
+        offset = 0
+        for item in items:
+            item.future.set_result(results[offset : offset + len(item.rows)])
+            offset += len(item.rows)
+
+    def _drop_unloadable(self, items: list[_Pending]) -> list[_Pending]:
+        """Load the round's missing prompts first, so one unreadable or deleted prompt fails only its requests."""
+        failed: dict[int, Exception] = {}
+        for prompt_id in dict.fromkeys(row.prompt_id for item in items for row in item.rows):
+            if prompt_id not in self.pool:
+                try:
+                    self.pool.get(prompt_id, partial(self.load, prompt_id))
+                except Exception as exc:
+                    failed[prompt_id] = exc
+        if not failed:
+            return items
+        keep = []
+        for item in items:
+            bad = next((failed[row.prompt_id] for row in item.rows if row.prompt_id in failed), None)
+            if bad is None:
+                keep.append(item)
+            else:
+                with self._cond:
+                    self._failed += 1
+                item.future.set_exception(bad)
+        return keep
+
+    def _compute(self, rows: list[Row]) -> Result:
+        """Classification rows in one mixed pass, generation rows in another; results in row order."""
+        results: Result = [None] * len(rows)
+        budget = self.options.max_batch_tokens
+        for kind, run in (("classification", classify_rows), ("generation", generate_rows)):
+            indices = [i for i, row in enumerate(rows) if row.spec.kind == kind]
+            if indices:
+                outputs = run(self.frozen, self.pool, [rows[i] for i in indices], self.load, max_batch_tokens=budget)
+                for i, output in zip(indices, outputs, strict=True):
+                    results[i] = output
+        return results
+
+    # -- observability -----------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /v1/stats: queue, batch sizes, queue time percentiles, pool."""
+        with self._cond:
+            queue_ms = sorted(self._queue_ms)
+            sizes = list(self._batch_sizes)
+            stats: dict[str, Any] = {
+                "queued_requests": len(self._heap),
+                "queued_rows": self._queued_rows,
+                "max_queue_rows": self.options.max_queue_rows,
+                "batches": self._batches,
+                "rows": self._rows,
+                "max_batch_rows": self._max_batch,
+                "mean_batch_rows": (sum(sizes) / len(sizes)) if sizes else None,
+                "rejected_requests": self._rejected,
+                "timed_out_requests": self._timed_out,
+                "failed_requests": self._failed,
+                "queue_ms_p50": _percentile(queue_ms, 0.50),
+                "queue_ms_p99": _percentile(queue_ms, 0.99),
+            }
+        stats["pool"] = self.pool.stats()
+        return stats
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
