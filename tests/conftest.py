@@ -19,7 +19,7 @@ from app.db.session import make_engine
 from app.engine.bundled import ensure_bundled_model
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.runtime import ModelRuntime
-from app.main import create_app
+from app.main import create_app, serving_options
 from app.migrate import upgrade
 from tests.tiny_model import build_tiny_model_dir
 
@@ -119,7 +119,7 @@ def settings(database_url: str, tmp_path: Path, db_engine: Engine) -> Settings:
 @pytest.fixture
 def client(settings: Settings, frozen: FrozenModel) -> Iterator[TestClient]:
     """The real app (routes, services, database, in-process worker) serving the tiny model."""
-    app = create_app(settings, runtime=ModelRuntime.from_model(frozen))
+    app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -132,7 +132,8 @@ def client_with(
     stack = ExitStack()
 
     def build(**overrides: object) -> TestClient:
-        app = create_app(make_settings(database_url, tmp_path, **overrides), runtime=ModelRuntime.from_model(frozen))
+        settings = make_settings(database_url, tmp_path, **overrides)
+        app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
         return stack.enter_context(TestClient(app))
 
     with stack:

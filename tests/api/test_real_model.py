@@ -18,7 +18,7 @@ from app.engine.prompt_tuning import PromptTuningConfig
 from app.engine.runtime import ModelRuntime
 from app.engine.serialization import prompt_from_bytes
 from app.engine.text import TaskSpec
-from app.main import create_app
+from app.main import create_app, serving_options
 from tests.api.helpers import create_dataset, create_task, wait_for_job
 from tests.conftest import make_settings
 from workers.prompt_tuning import train_prompt_tuning
@@ -39,7 +39,8 @@ TEMPLATE = "Review: {input}\nSentiment:"
 
 @pytest.fixture
 def real_client(database_url: str, tmp_path: Path, db_engine: Engine, smollm: FrozenModel) -> Iterator[TestClient]:
-    app = create_app(make_settings(database_url, tmp_path), runtime=ModelRuntime.from_model(smollm))
+    settings = make_settings(database_url, tmp_path)
+    app = create_app(settings, runtime=ModelRuntime.from_model(smollm, serving_options(settings)))
     with TestClient(app) as client:
         yield client
 

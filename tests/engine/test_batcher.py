@@ -1,0 +1,104 @@
+"""The batcher's queue: priorities, deadlines, bounded size, failures isolated to their requests."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from app.engine.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
+from app.engine.mixed import Row
+from app.engine.model import FrozenModel
+from app.engine.pool import PromptPool
+from app.engine.text import TaskSpec
+
+SPEC = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
+
+
+class GatedLoader:
+    """Prompt loader whose first call blocks until released: holds the engine thread busy on demand."""
+
+    def __init__(self, hidden: int) -> None:
+        self.hidden = hidden
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, prompt_id: int) -> torch.Tensor:
+        if prompt_id == 0:
+            self.entered.set()
+            self.gate.wait(10)
+        if prompt_id == 99:
+            raise KeyError("prompt 99 was deleted")
+        return torch.full((3, self.hidden), 0.01 * prompt_id)
+
+
+def make_batcher(frozen: FrozenModel, **options: int) -> tuple[Batcher, GatedLoader]:
+    loader = GatedLoader(frozen.hidden_size)
+    batcher = Batcher(frozen, PromptPool(frozen, capacity=8), loader, BatcherOptions(**options))  # type: ignore[arg-type]
+    batcher.start()
+    return batcher, loader
+
+
+def test_higher_priority_requests_run_first_when_the_engine_is_busy(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen, max_batch_rows=1)
+    try:
+        blocker = batcher.submit([Row(0, SPEC, "hold")])
+        assert loader.entered.wait(10)
+        done: list[str] = []
+        low = batcher.submit([Row(1, SPEC, "low")], priority=-5)
+        high = batcher.submit([Row(2, SPEC, "high")], priority=5)
+        low.add_done_callback(lambda _f: done.append("low"))
+        high.add_done_callback(lambda _f: done.append("high"))
+        loader.gate.set()
+        blocker.result(10), low.result(10), high.result(10)
+        assert done == ["high", "low"]
+    finally:
+        loader.gate.set()
+        batcher.close()
+
+
+def test_a_request_past_its_timeout_fails_fast_instead_of_running(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen)
+    try:
+        blocker = batcher.submit([Row(0, SPEC, "hold")])
+        assert loader.entered.wait(10)
+        late = batcher.submit([Row(1, SPEC, "late")], timeout=0.01)
+        patient = batcher.submit([Row(1, SPEC, "patient")], timeout=60)
+        threading.Event().wait(0.05)
+        loader.gate.set()
+        blocker.result(10)
+        with pytest.raises(QueueTimeout):
+            late.result(10)
+        assert set(patient.result(10)[0]) == {"positive", "negative"}
+        assert batcher.stats()["timed_out_requests"] == 1
+    finally:
+        loader.gate.set()
+        batcher.close()
+
+
+def test_the_queue_is_bounded(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen, max_queue_rows=3)
+    try:
+        blocker = batcher.submit([Row(0, SPEC, "hold")])
+        assert loader.entered.wait(10)
+        batcher.submit([Row(1, SPEC, "a"), Row(1, SPEC, "b")])
+        with pytest.raises(QueueFull):
+            batcher.submit([Row(1, SPEC, "c"), Row(1, SPEC, "d")])
+        loader.gate.set()
+        blocker.result(10)
+    finally:
+        loader.gate.set()
+        batcher.close()
+
+
+def test_a_prompt_that_cannot_be_loaded_fails_only_its_own_request(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen)
+    loader.gate.set()
+    try:
+        futures = [batcher.submit([Row(99, SPEC, "gone")]), batcher.submit([Row(1, SPEC, "fine")])]
+        with pytest.raises(KeyError):
+            futures[0].result(10)
+        assert set(futures[1].result(10)[0]) == {"positive", "negative"}
+    finally:
+        batcher.close()
