@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
     max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
     pool_capacity: int = Field(default=1024, gt=0, description="Prompts whose keys/values stay cached on the device.")
+    pool_max_bytes: int = Field(
+        default=1024**3, gt=0, description="Bytes of cached prompt keys/values beyond which the pool evicts."
+    )
     max_batch_tokens: int = Field(
         default=4096, gt=0, description="Padded positions (rows x longest row) per inference forward pass."
     )

@@ -28,6 +28,7 @@ def serving_options(settings: Settings) -> ServingOptions:
     """The engine's batching and pool limits from the settings."""
     return ServingOptions(
         pool_capacity=settings.pool_capacity,
+        pool_max_bytes=settings.pool_max_bytes,
         batcher=BatcherOptions(
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.batch_wait_ms,

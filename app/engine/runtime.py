@@ -28,6 +28,7 @@ class ModelNotReady(RuntimeError):
 @dataclass(frozen=True)
 class ServingOptions:
     pool_capacity: int = 1024  # prompts whose keys/values stay on the device
+    pool_max_bytes: int | None = None  # and at most this many bytes of them
     batcher: BatcherOptions = BatcherOptions()
 
 
@@ -66,7 +67,7 @@ class ModelRuntime:
 
     def _start_batcher(self, model: FrozenModel) -> None:
         assert self._prompt_loader is not None
-        pool = PromptPool(model, self.options.pool_capacity)
+        pool = PromptPool(model, self.options.pool_capacity, max_bytes=self.options.pool_max_bytes)
         self._batcher = Batcher(model, pool, self._prompt_loader, self.options.batcher)
         self._batcher.start()
         self._ready.set()
