@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from transformers import DynamicCache
 
 from app.engine.inference import _cut_at_stop
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
-from app.engine.prompt_cache import PromptKV, batch_cache
+from app.engine.prompt_cache import PromptKV, Query, forward_cached
 from app.engine.text import TaskSpec, encode_example, label_token_ids, output_text, render
 
 Loader = Callable[[int], torch.Tensor]
+
+# A sub-batch may hold up to this fraction more query positions than real tokens: every padded position costs
+# a full pass through the body, while the cached prompt part costs only attention, so only the query part counts.
+PADDING_SLACK = 0.125
 
 
 @dataclass(frozen=True)
@@ -34,79 +37,6 @@ class Row:
             raise ValueError(f"max_new_tokens must be at least 0, got {self.max_new_tokens}.")
 
 
-@dataclass(frozen=True)
-class _Query:
-    """What a row feeds after its prompt: its input ids, then branches that see the input but not each other."""
-
-    input_ids: list[int]
-    branches: tuple[list[int], ...] = ()
-
-    @property
-    def width(self) -> int:
-        """Query positions the row occupies."""
-        return len(self.input_ids) + sum(len(branch) for branch in self.branches)
-
-
-def _forward(
-    frozen: FrozenModel, kvs: list[PromptKV], queries: list[_Query]
-) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
-    """Run B rows' queries over their cached prompts.
-
-    Layout of row b: keys [pad | prompt_b] (P slots, from batch_cache) then queries [pad | input_b | branches_b]
-    (Q slots, left-padded so generation appends right after the input). Returns hidden [B, Q+1, H] whose extra
-    last slot holds each prompt's own last hidden state (read for rows without input), the cache, and
-    key_real [B, P+Q] bool (False on pads).
-    """
-    device = frozen.device
-    width = max(query.width for query in queries)
-    ids = torch.zeros(len(queries), width, dtype=torch.long)
-    segments = torch.full((len(queries), width), -1, dtype=torch.long)  # -1 pad, 0 input, k+1 branch k
-    positions = torch.zeros(len(queries), width, dtype=torch.long)
-    for row, (kv, query) in enumerate(zip(kvs, queries, strict=True)):
-        start = width - query.width
-        n_input = len(query.input_ids)
-        # Positions continue after the prompt; every branch starts where the input ends.
-        parts = [(query.input_ids, 0, kv.length)]
-        parts += [(branch, k + 1, kv.length + n_input) for k, branch in enumerate(query.branches)]
-        for tokens, segment, first_position in parts:
-            end = start + len(tokens)
-            ids[row, start:end] = torch.tensor(tokens, dtype=torch.long)
-            segments[row, start:end] = segment
-            positions[row, start:end] = torch.arange(first_position, first_position + len(tokens))
-            start = end
-    cache, prompt_real = batch_cache(frozen, kvs)
-    segments, positions = segments.to(device), positions.to(device)
-    key_real = torch.cat([prompt_real, segments >= 0], dim=1)
-    prompt_last = torch.stack([kv.last_hidden for kv in kvs]).unsqueeze(1)
-    if width == 0:
-        return prompt_last, cache, key_real
-    span = prompt_real.shape[1]
-    key_segments = torch.cat([torch.zeros_like(prompt_real, dtype=torch.long), segments], dim=1)
-    causal = torch.arange(span + width, device=device) <= span + torch.arange(width, device=device).unsqueeze(1)
-    # A query sees real keys at or before it that are prompt, input, or its own branch (never a sibling branch).
-    same = (key_segments.unsqueeze(1) == 0) | (key_segments.unsqueeze(1) == segments.unsqueeze(2))
-    allowed = key_real.unsqueeze(1) & causal & same
-    # An additive float mask works for both the eager and the SDPA attention paths; no row is fully masked
-    # since every prompt has at least one real position.
-    mask = torch.zeros(allowed.shape, dtype=frozen.dtype, device=device)
-    mask = mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min).unsqueeze(1)
-    output = frozen.model.base_model(
-        inputs_embeds=frozen.embed(ids),
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-    )
-    return torch.cat([output.last_hidden_state, prompt_last], dim=1), output.cache, key_real
-
-
-def _last_input_slot(query: _Query, width: int) -> int:
-    """Index into _forward's hidden [B, Q+1, H] of the state that predicts the token after the input."""
-    if not query.input_ids:
-        return width  # the prompt's own last state
-    return width - query.width + len(query.input_ids) - 1
-
-
 def _batches(
     frozen: FrozenModel,
     pool: PromptPool,
@@ -116,7 +46,11 @@ def _batches(
     load: Loader,
     budget: int,
 ) -> Iterator[tuple[list[int], list[PromptKV]]]:
-    """Row indices sorted by width, cut so B * (P + Q + extra) <= budget and distinct prompts <= pool capacity."""
+    """Row indices sorted by width and cut into sub-batches, each with its rows' prompt keys/values.
+
+    A sub-batch keeps B * (P + Q + extra) <= budget (a lone row may exceed it), at most pool.capacity distinct
+    prompts, and its query padding B * Q within PADDING_SLACK of its real query tokens.
+    """
     if budget < 1:
         raise ValueError(f"max_batch_tokens must be at least 1, got {budget}.")
     # Similar widths together keep padding small; equal prompts together keep distinct prompts per batch few.
@@ -124,7 +58,7 @@ def _batches(
     group: list[int] = []
     kvs: list[PromptKV] = []
     prompts: set[int] = set()
-    span = longest = 0
+    span = longest = real = 0
     for index in order:
         prompt_id = rows[index].prompt_id
         kv = pool.get(prompt_id, partial(load, prompt_id))
@@ -133,16 +67,21 @@ def _batches(
                 f"row {index} needs {kv.length + widths[index]} positions but the model's context holds "
                 f"{frozen.max_positions}."
             )
+        size = len(group) + 1
         new_span, new_longest = max(span, kv.length), max(longest, widths[index] + extra[index])
-        fits = (len(group) + 1) * (new_span + new_longest) <= budget and len(prompts | {prompt_id}) <= pool.capacity
+        fits = (
+            size * (new_span + new_longest) <= budget
+            and len(prompts | {prompt_id}) <= pool.capacity
+            and size * widths[index] <= (1 + PADDING_SLACK) * (real + widths[index])  # sorted: the widest so far
+        )
         if group and not fits:
             yield group, kvs
             group, kvs, prompts = [], [], set()
-            new_span, new_longest = kv.length, widths[index] + extra[index]
+            new_span, new_longest, real = kv.length, widths[index] + extra[index], 0
         group.append(index)
         kvs.append(kv)
         prompts.add(prompt_id)
-        span, longest = new_span, new_longest
+        span, longest, real = new_span, new_longest, real + widths[index]
     if group:
         yield group, kvs
 
@@ -179,19 +118,19 @@ def classify_rows(
     memo: dict[TaskSpec, list[list[int]]] = {}
     targets = [_label_targets(frozen, row.spec, row.text, memo) for row in rows]
     queries = [
-        _Query(encode_example(frozen, row.spec, row.text, None).input_ids, tuple(t[:-1] for t in labels if len(t) > 1))
+        Query(encode_example(frozen, row.spec, row.text, None).input_ids, tuple(t[:-1] for t in labels if len(t) > 1))
         for row, labels in zip(rows, targets, strict=True)
     ]
     widths = [query.width for query in queries]
     results: list[dict[str, float]] = [{} for _ in rows]
     for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
-        hidden = _forward(frozen, kvs, [queries[i] for i in group])[0]
+        hidden = forward_cached(frozen, kvs, [queries[i] for i in group])[0]
         width = hidden.shape[1] - 1
         slots: dict[tuple[int, int], int] = {}  # (row in batch, hidden index) -> row of `states`, read once
         reads: list[tuple[int, int, int]] = []  # (state, target token, label number within the batch)
         owners: list[int] = []
         for b, index in enumerate(group):
-            source = _last_input_slot(queries[index], width)
+            source = queries[index].last_input_slot(width)
             branch = width - queries[index].width + len(queries[index].input_ids)
             for label in targets[index]:
                 label_number = len(owners)
@@ -221,14 +160,14 @@ def logits_rows(
     frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
 ) -> list[torch.Tensor]:
     """Float32 logits [vocab] predicting the token after each row's rendered input, rows in order."""
-    queries = [_Query(encode_example(frozen, row.spec, row.text, None).input_ids) for row in rows]
+    queries = [Query(encode_example(frozen, row.spec, row.text, None).input_ids) for row in rows]
     results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
     widths = [query.width for query in queries]
     for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
-        hidden = _forward(frozen, kvs, [queries[i] for i in group])[0]
+        hidden = forward_cached(frozen, kvs, [queries[i] for i in group])[0]
         width = hidden.shape[1] - 1
         for b, index in enumerate(group):
-            results[index] = frozen.logits(hidden[b, _last_input_slot(queries[index], width)]).float()
+            results[index] = frozen.logits(hidden[b, queries[index].last_input_slot(width)]).float()
     return results
 
 
@@ -244,10 +183,10 @@ def _generate_batch(frozen: FrozenModel, rows: list[Row], inputs: list[list[int]
     active = [i for i, budget in enumerate(budgets) if budget > 0]
     if not active:
         return texts
-    queries = [_Query(inputs[i]) for i in active]
-    hidden, cache, key_real = _forward(frozen, [kvs[i] for i in active], queries)
+    queries = [Query(inputs[i]) for i in active]
+    hidden, cache, key_real = forward_cached(frozen, [kvs[i] for i in active], queries)
     width = hidden.shape[1] - 1
-    last = hidden[torch.arange(len(active)), [_last_input_slot(query, width) for query in queries]]
+    last = hidden[torch.arange(len(active)), [query.last_input_slot(width) for query in queries]]
     positions = torch.tensor([kvs[i].length + len(inputs[i]) for i in active], device=frozen.device)
     generated: list[list[int]] = [[] for _ in rows]
     body = frozen.model.base_model

@@ -1,4 +1,4 @@
-"""A soft prompt's keys and values at every layer, computed once, and a batch cache assembled from several."""
+"""A soft prompt's keys and values at every layer, computed once, and a forward of rows over several of them."""
 
 from __future__ import annotations
 
@@ -87,3 +87,75 @@ def batch_cache(frozen: FrozenModel, prompts: Sequence[PromptKV]) -> tuple[Dynam
     for layer in range(shape[0]):
         cache.update(keys[layer], values[layer], layer)
     return cache, real
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a row feeds after its prompt: its input ids, then branches that see the input but not each other."""
+
+    input_ids: list[int]
+    branches: tuple[list[int], ...] = ()
+
+    @property
+    def width(self) -> int:
+        """Query positions the row occupies."""
+        return len(self.input_ids) + sum(len(branch) for branch in self.branches)
+
+    def last_input_slot(self, width: int) -> int:
+        """Index into forward_cached's hidden [B, Q+1, H] of the state that predicts the token after the input."""
+        if not self.input_ids:
+            return width  # the prompt's own last state
+        return width - self.width + len(self.input_ids) - 1
+
+
+def forward_cached(
+    frozen: FrozenModel, kvs: list[PromptKV], queries: list[Query]
+) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+    """Run B rows' queries over their cached prompts.
+
+    Layout of row b: keys [pad | prompt_b] (P slots, from batch_cache) then queries [pad | input_b | branches_b]
+    (Q slots, left-padded so generation appends right after the input). Returns hidden [B, Q+1, H] whose extra
+    last slot holds each prompt's own last hidden state (read for rows without input), the cache, and
+    key_real [B, P+Q] bool (False on pads).
+    """
+    device = frozen.device
+    width = max(query.width for query in queries)
+    ids = torch.zeros(len(queries), width, dtype=torch.long)
+    segments = torch.full((len(queries), width), -1, dtype=torch.long)  # -1 pad, 0 input, k+1 branch k
+    positions = torch.zeros(len(queries), width, dtype=torch.long)
+    for row, (kv, query) in enumerate(zip(kvs, queries, strict=True)):
+        start = width - query.width
+        n_input = len(query.input_ids)
+        # Positions continue after the prompt; every branch starts where the input ends.
+        parts = [(query.input_ids, 0, kv.length)]
+        parts += [(branch, k + 1, kv.length + n_input) for k, branch in enumerate(query.branches)]
+        for tokens, segment, first_position in parts:
+            end = start + len(tokens)
+            ids[row, start:end] = torch.tensor(tokens, dtype=torch.long)
+            segments[row, start:end] = segment
+            positions[row, start:end] = torch.arange(first_position, first_position + len(tokens))
+            start = end
+    cache, prompt_real = batch_cache(frozen, kvs)
+    segments, positions = segments.to(device), positions.to(device)
+    key_real = torch.cat([prompt_real, segments >= 0], dim=1)
+    prompt_last = torch.stack([kv.last_hidden for kv in kvs]).unsqueeze(1)
+    if width == 0:
+        return prompt_last, cache, key_real
+    span = prompt_real.shape[1]
+    key_segments = torch.cat([torch.zeros_like(prompt_real, dtype=torch.long), segments], dim=1)
+    causal = torch.arange(span + width, device=device) <= span + torch.arange(width, device=device).unsqueeze(1)
+    # A query sees real keys at or before it that are prompt, input, or its own branch (never a sibling branch).
+    same = (key_segments.unsqueeze(1) == 0) | (key_segments.unsqueeze(1) == segments.unsqueeze(2))
+    allowed = key_real.unsqueeze(1) & causal & same
+    # An additive float mask works for both the eager and the SDPA attention paths; no row is fully masked
+    # since every prompt has at least one real position.
+    mask = torch.zeros(allowed.shape, dtype=frozen.dtype, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min).unsqueeze(1)
+    output = frozen.model.base_model(
+        inputs_embeds=frozen.embed(ids),
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+    )
+    return torch.cat([output.last_hidden_state, prompt_last], dim=1), output.cache, key_real
