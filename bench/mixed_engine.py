@@ -45,13 +45,15 @@ def sentences(frozen: FrozenModel, count: int) -> list[str]:
     return fitting[:count]
 
 
-def uncached_batches(frozen: FrozenModel, prompts: list[torch.Tensor | None], texts: list[str]) -> None:
-    """Single-token label scores, 16 rows per left-padded batch, each row's prompt (or none) prepended."""
+def uncached_batches(
+    frozen: FrozenModel, prompts: list[torch.Tensor | None], texts: list[str], batch_size: int = 16
+) -> None:
+    """Single-token label scores, batch_size rows per left-padded batch, each row's prompt (or none) prepended."""
     label_ids = [ids[0] for ids in label_token_ids(frozen, SINGLE)]
     with torch.no_grad():
-        for start in range(0, len(texts), 16):
-            examples = [encode_example(frozen, SINGLE, text, None) for text in texts[start : start + 16]]
-            batch = build_batch(frozen, prompts[start : start + 16], examples)
+        for start in range(0, len(texts), batch_size):
+            examples = [encode_example(frozen, SINGLE, text, None) for text in texts[start : start + batch_size]]
+            batch = build_batch(frozen, prompts[start : start + batch_size], examples)
             last = hidden_states(frozen, batch)[:, -1]
             torch.softmax(torch.log_softmax(frozen.logits(last).float(), dim=-1)[:, label_ids], dim=-1).tolist()
 

@@ -59,9 +59,13 @@ def _batches(
     kvs: list[PromptKV] = []
     prompts: set[int] = set()
     span = longest = real = 0
+    distinct = {row.prompt_id for row in rows}
+    # When every prompt fits in the pool, the missing ones are computed together (batched forwards) up front;
+    # otherwise each is fetched as its first row comes, so sub-batches never need more than the pool holds.
+    ready = pool.get_many(sorted(distinct), load) if len(distinct) <= pool.capacity else {}
     for index in order:
         prompt_id = rows[index].prompt_id
-        kv = pool.get(prompt_id, partial(load, prompt_id))
+        kv = ready.get(prompt_id) or pool.get(prompt_id, partial(load, prompt_id))
         if kv.length + widths[index] > frozen.max_positions:
             raise ValueError(
                 f"row {index} needs {kv.length + widths[index]} positions but the model's context holds "
@@ -126,26 +130,27 @@ def classify_rows(
     for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
         hidden = forward_cached(frozen, kvs, [queries[i] for i in group])[0]
         width = hidden.shape[1] - 1
-        slots: dict[tuple[int, int], int] = {}  # (row in batch, hidden index) -> row of `states`, read once
-        reads: list[tuple[int, int, int]] = []  # (state, target token, label number within the batch)
-        owners: list[int] = []
+        slots: dict[tuple[int, int], int] = {}  # (row in batch, hidden index) -> row of `logits`: each read once
+        reads: list[tuple[int, int, int]] = []  # (slot, target token, label number within the batch)
+        n_labels = 0
         for b, index in enumerate(group):
             source = queries[index].last_input_slot(width)
             branch = width - queries[index].width + len(queries[index].input_ids)
             for label in targets[index]:
-                label_number = len(owners)
-                owners.append(b)
                 for step, token in enumerate(label):
                     # Token `step` is predicted by the input's last state, then by the branch's previous token.
                     at = source if step == 0 else branch + step - 1
-                    reads.append((slots.setdefault((b, at), len(slots)), token, label_number))
+                    reads.append((slots.setdefault((b, at), len(slots)), token, n_labels))
+                n_labels += 1
                 if len(label) > 1:
                     branch += len(label) - 1
         where = torch.tensor(list(slots), device=frozen.device)
-        logprobs = torch.log_softmax(frozen.logits(hidden[where[:, 0], where[:, 1]]).float(), dim=-1)
+        logits = frozen.logits(hidden[where[:, 0], where[:, 1]]).float()
+        # log p(token) = logit - logsumexp: no second [N, vocab] tensor for a full log_softmax.
+        normalizers = torch.logsumexp(logits, dim=-1)
         state_index, target_ids, label_index = torch.tensor(reads, device=frozen.device).unbind(1)
-        picked = logprobs[state_index, target_ids]
-        totals = torch.zeros(len(owners), device=frozen.device).index_add(0, label_index, picked)
+        picked = logits[state_index, target_ids] - normalizers[state_index]
+        totals = torch.zeros(n_labels, device=frozen.device).index_add(0, label_index, picked)
         start = 0
         for index in group:
             labels = rows[index].spec.labels

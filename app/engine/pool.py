@@ -5,12 +5,26 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from functools import partial
 
 import torch
 
 from app.engine.model import FrozenModel
-from app.engine.prompt_cache import PromptKV, compute_prompt_kv
+from app.engine.prompt_cache import PromptKV, compute_prompt_kv, compute_prompt_kvs
+
+
+def _token_chunks(items: list[tuple[int, torch.Tensor]], budget: int) -> list[list[tuple[int, torch.Tensor]]]:
+    """Consecutive (id, prompt [n, hidden]) items grouped so each group's count x longest n stays within budget."""
+    chunks: list[list[tuple[int, torch.Tensor]]] = []
+    longest = 0
+    for item in items:
+        length = int(item[1].shape[0])
+        if chunks and (len(chunks[-1]) + 1) * max(longest, length) <= budget:
+            chunks[-1].append(item)
+            longest = max(longest, length)
+        else:
+            chunks.append([item])
+            longest = length
+    return chunks
 
 
 class PoolCapacityError(ValueError):
@@ -54,16 +68,38 @@ class PromptPool:
             self._insert(prompt_id, kv)
         return kv
 
-    def get_many(self, prompt_ids: Iterable[int], load: Callable[[int], torch.Tensor]) -> dict[int, PromptKV]:
-        """Keys/values of every distinct prompt one batch needs; raises PoolCapacityError if they cannot coexist."""
+    def get_many(
+        self, prompt_ids: Iterable[int], load: Callable[[int], torch.Tensor], *, max_batch_tokens: int = 4096
+    ) -> dict[int, PromptKV]:
+        """Keys/values of every distinct prompt one batch needs, misses computed together in batched forwards.
+
+        Raises PoolCapacityError when the prompts cannot all be pooled at once; the caller must split the batch.
+        """
         wanted = list(dict.fromkeys(prompt_ids))
         if len(wanted) > self.capacity:
             raise PoolCapacityError(
                 f"one batch needs {len(wanted)} distinct prompts but the pool holds {self.capacity}; "
                 "split the batch or raise the pool capacity."
             )
-        # Each get makes its prompt the most recent, so with len(wanted) <= capacity none evicts another.
-        return {prompt_id: self.get(prompt_id, partial(load, prompt_id)) for prompt_id in wanted}
+        found: dict[int, PromptKV] = {}
+        with self._lock:
+            for prompt_id in wanted:
+                kv = self._entries.get(prompt_id)
+                if kv is not None:
+                    self._entries.move_to_end(prompt_id)
+                    found[prompt_id] = kv
+            self._hits += len(found)
+            self._misses += len(wanted) - len(found)
+        missing = [(prompt_id, load(prompt_id)) for prompt_id in wanted if prompt_id not in found]
+        # One forward per chunk rather than per prompt: on a GPU a lone 20-vector prompt is all launch latency.
+        for chunk in _token_chunks(missing, max_batch_tokens):
+            kvs = compute_prompt_kvs(self.frozen, [prompt for _, prompt in chunk])
+            with self._lock:
+                # Inserted as most recent, so with len(wanted) <= capacity none evicts another wanted one.
+                for (prompt_id, _), kv in zip(chunk, kvs, strict=True):
+                    self._insert(prompt_id, kv)
+                    found[prompt_id] = kv
+        return {prompt_id: found[prompt_id] for prompt_id in wanted}
 
     def discard(self, prompt_id: int) -> bool:
         """Drop a prompt (e.g. its task was deleted or retrained); True if it was pooled."""

@@ -49,19 +49,42 @@ def _full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
 @torch.no_grad()
 def compute_prompt_kv(frozen: FrozenModel, prompt: torch.Tensor) -> PromptKV:
     """Run the prompt [n, hidden] alone through the body once and keep every layer's keys and values."""
-    if prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != frozen.hidden_size:
-        raise ValueError(f"prompt shape {tuple(prompt.shape)} is not [n >= 1, {frozen.hidden_size}].")
-    if prompt.shape[0] > frozen.max_positions:
-        raise ValueError(f"a {prompt.shape[0]}-vector prompt exceeds the model's {frozen.max_positions} positions.")
-    embeds = prompt.to(device=frozen.device, dtype=frozen.dtype).unsqueeze(0)
-    # Default positions are 0..n-1 and no mask is needed: a lone row with no padding.
-    output = frozen.model.base_model(inputs_embeds=embeds, use_cache=True)
+    return compute_prompt_kvs(frozen, [prompt])[0]
+
+
+@torch.no_grad()
+def compute_prompt_kvs(frozen: FrozenModel, prompts: Sequence[torch.Tensor]) -> list[PromptKV]:
+    """Keys/values of several prompts [n_i, hidden] from one right-padded forward (one launch, not B)."""
+    for prompt in prompts:
+        if prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != frozen.hidden_size:
+            raise ValueError(f"prompt shape {tuple(prompt.shape)} is not [n >= 1, {frozen.hidden_size}].")
+        if prompt.shape[0] > frozen.max_positions:
+            raise ValueError(f"a {prompt.shape[0]}-vector prompt exceeds the model's {frozen.max_positions} positions.")
+    lengths = [int(prompt.shape[0]) for prompt in prompts]
+    width = max(lengths)
+    embeds = torch.zeros(len(prompts), width, frozen.hidden_size, device=frozen.device, dtype=frozen.dtype)
+    for row, prompt in enumerate(prompts):
+        embeds[row, : lengths[row]] = prompt.to(device=frozen.device, dtype=frozen.dtype)
+    # Right padding leaves every real position at 0..n_i-1 (the default positions) and, attention being causal,
+    # its keys untouched by the pads after it; the mask only hides the pads from the pads' own queries.
+    mask = None
+    if min(lengths) < width:
+        mask = (torch.arange(width) < torch.tensor(lengths).unsqueeze(1)).long().to(frozen.device)
+    output = frozen.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
     layers = _full_attention_layers(output.cache)
-    keys = torch.stack([layer.keys[0] for layer in layers if layer.keys is not None])
-    values = torch.stack([layer.values[0] for layer in layers if layer.values is not None])
-    if keys.shape[0] != len(layers):
+    keys = torch.stack([layer.keys for layer in layers if layer.keys is not None], dim=1)
+    values = torch.stack([layer.values for layer in layers if layer.values is not None], dim=1)
+    if keys.shape[1] != len(layers):
         raise ValueError("the model left some cache layers empty (KV sharing?); prompt caching cannot use it.")
-    return PromptKV(keys=keys, values=values, last_hidden=output.last_hidden_state[0, -1])
+    # Clones, so that no pooled prompt keeps the whole batch's storage alive.
+    return [
+        PromptKV(
+            keys=keys[row, :, :, :length].clone(),
+            values=values[row, :, :, :length].clone(),
+            last_hidden=output.last_hidden_state[row, length - 1].clone(),
+        )
+        for row, length in enumerate(lengths)
+    ]
 
 
 def batch_cache(frozen: FrozenModel, prompts: Sequence[PromptKV]) -> tuple[DynamicCache, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from app.engine.model import FrozenModel
 from app.engine.pool import PoolCapacityError, PromptPool
-from app.engine.prompt_cache import compute_prompt_kv
+from app.engine.prompt_cache import compute_prompt_kv, compute_prompt_kvs
 
 
 def _prompt(length: int, seed: int) -> torch.Tensor:
@@ -45,6 +45,31 @@ def test_prompt_kv_equals_the_keys_of_a_full_forward(frozen: FrozenModel) -> Non
     for layer, cached in enumerate(output.cache.layers):
         assert torch.equal(kv.keys[layer], cached.keys[0])
         assert torch.equal(kv.values[layer], cached.values[0])
+
+
+def test_prompts_computed_together_equal_prompts_computed_alone(frozen: FrozenModel) -> None:
+    prompts = [_prompt(length, seed=length) for length in (1, 5, 13, 2)]
+    together = compute_prompt_kvs(frozen, prompts)
+    for prompt, kv in zip(prompts, together, strict=True):
+        alone = compute_prompt_kv(frozen, prompt)
+        assert kv.keys.shape == alone.keys.shape
+        assert kv.nbytes == alone.nbytes  # a clone of its own rows, not a view of the padded batch
+        for mine, reference in [(kv.keys, alone.keys), (kv.values, alone.values), (kv.last_hidden, alone.last_hidden)]:
+            assert (mine - reference).abs().max().item() < 1e-5
+
+
+def test_missing_prompts_of_a_batch_are_loaded_once_and_computed_together(frozen: FrozenModel) -> None:
+    pool, load = PromptPool(frozen, capacity=8), CountingLoader()
+    pool.get(3, lambda: load(3))
+    # A token budget of 12 splits the five missing prompts (2 to 7 vectors) over several forwards.
+    kvs = pool.get_many([1, 3, 6, 1, 4, 2, 5], load, max_batch_tokens=12)
+    assert list(kvs) == [1, 3, 6, 4, 2, 5]
+    assert sorted(load.loaded) == [1, 2, 3, 4, 5, 6]
+    stats = pool.stats()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (1, 6, 6)
+    for prompt_id, kv in kvs.items():
+        alone = compute_prompt_kv(frozen, _prompt(prompt_id + 1, seed=prompt_id))
+        assert (kv.keys - alone.keys).abs().max().item() < 1e-5
 
 
 def test_malformed_prompt_is_refused(frozen: FrozenModel) -> None:
