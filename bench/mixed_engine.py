@@ -1,6 +1,6 @@
 """Throughput of mixed-task classification over pooled prompt keys/values against the uncached paths.
 
-    python -m bench.mixed_engine [--rows 64] [--repeats 3]
+    python -m bench.mixed_engine [--rows 64] [--repeats 3] [--threads 1]
 
 64 Rotten Tomatoes snippets of 20-40 tokens, each served by its own random 20-vector prompt (64 tasks), scored
 on the bundled SmolLM2 by: (1) the uncached forward with each row's prompt prepended, 16 rows per batch
@@ -77,7 +77,11 @@ def main() -> None:
     parser.add_argument("--prompt-length", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        # One thread is the steadier figure on a shared machine: OpenMP workers spin when a neighbour holds a core.
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     frozen = load_frozen_model(ensure_bundled_model(Path("data/models")), device=args.device)
     texts = sentences(frozen, args.rows)

@@ -170,9 +170,10 @@ def logits_rows(
     widths = [query.width for query in queries]
     for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
         hidden = forward_cached(frozen, kvs, [queries[i] for i in group])[0]
-        width = hidden.shape[1] - 1
+        slots = torch.tensor([queries[i].last_input_slot(hidden.shape[1] - 1) for i in group], device=frozen.device)
+        logits = frozen.logits(hidden[torch.arange(len(group), device=frozen.device), slots]).float()
         for b, index in enumerate(group):
-            results[index] = frozen.logits(hidden[b, queries[index].last_input_slot(width)]).float()
+            results[index] = logits[b]
     return results
 
 
@@ -190,8 +191,8 @@ def _generate_batch(frozen: FrozenModel, rows: list[Row], inputs: list[list[int]
         return texts
     queries = [Query(inputs[i]) for i in active]
     hidden, cache, key_real = forward_cached(frozen, [kvs[i] for i in active], queries)
-    width = hidden.shape[1] - 1
-    last = hidden[torch.arange(len(active)), [query.last_input_slot(width) for query in queries]]
+    slots = torch.tensor([query.last_input_slot(hidden.shape[1] - 1) for query in queries], device=frozen.device)
+    last = hidden[torch.arange(len(active), device=frozen.device), slots]
     positions = torch.tensor([kvs[i].length + len(inputs[i]) for i in active], device=frozen.device)
     generated: list[list[int]] = [[] for _ in rows]
     body = frozen.model.base_model
