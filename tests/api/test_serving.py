@@ -22,6 +22,25 @@ TEMPLATES = ["Review: {input}\nSentiment:", "Q: {input}\nA:"]
 LABEL_SETS = [["positive", "negative"], ["yes", "no", "maybe"], ["very good", "quite bad"]]
 
 
+def store_random_prompt(engine: Engine, frozen: FrozenModel, task_id: int, prompt: torch.Tensor) -> int:
+    """Store a prompt version straight into the database, as a finished training job would; its id."""
+    with make_session_factory(engine).begin() as session:
+        stored = store_prompt(
+            session,
+            task_id=task_id,
+            tensors=prompt_to_bytes(prompt, {}),
+            method="prompt_tuning",
+            num_virtual_tokens=prompt.shape[0],
+            hidden_size=frozen.hidden_size,
+            identity=frozen.identity,
+            metrics={},
+            hyperparameters={},
+            job_id=None,
+            dataset_id=None,
+        )
+        return stored.id
+
+
 def add_tasks_with_random_prompts(
     client: TestClient, engine: Engine, frozen: FrozenModel, n: int, seed: int = 0
 ) -> dict[str, tuple[TaskSpec, torch.Tensor]]:
@@ -33,20 +52,7 @@ def add_tasks_with_random_prompts(
         template, labels = TEMPLATES[i % len(TEMPLATES)], LABEL_SETS[i % len(LABEL_SETS)]
         task = create_task(client, name, template=template, labels=labels)
         prompt = torch.randn(1 + (i * 7) % 13, frozen.hidden_size, generator=generator)
-        with make_session_factory(engine).begin() as session:
-            store_prompt(
-                session,
-                task_id=task["id"],
-                tensors=prompt_to_bytes(prompt, {}),
-                method="prompt_tuning",
-                num_virtual_tokens=prompt.shape[0],
-                hidden_size=frozen.hidden_size,
-                identity=frozen.identity,
-                metrics={},
-                hyperparameters={},
-                job_id=None,
-                dataset_id=None,
-            )
+        store_random_prompt(engine, frozen, task["id"], prompt)
         tasks[name] = (TaskSpec("classification", template, tuple(labels)), prompt)
     return tasks
 
@@ -111,21 +117,8 @@ def test_a_new_active_version_is_served_by_the_next_request_on_every_replica(
     first = replica_a.post("/v1/infer", json={"task": "task0", "inputs": ["good"]}).json()
     # replica B stores a new version (as a finished training job would) ...
     newer = torch.randn(5, frozen.hidden_size)
-    with make_session_factory(db_engine).begin() as session:
-        task_id = replica_b.get("/v1/tasks/task0").json()["id"]
-        second_id = store_prompt(
-            session,
-            task_id=task_id,
-            tensors=prompt_to_bytes(newer, {}),
-            method="prompt_tuning",
-            num_virtual_tokens=5,
-            hidden_size=frozen.hidden_size,
-            identity=frozen.identity,
-            metrics={},
-            hyperparameters={},
-            job_id=None,
-            dataset_id=None,
-        ).id
+    task_id = replica_b.get("/v1/tasks/task0").json()["id"]
+    second_id = store_random_prompt(db_engine, frozen, task_id, newer)
     # ... and replica A, which has the old version cached, serves the new one at once
     again = replica_a.post("/v1/infer", json={"task": "task0", "inputs": ["good"]}).json()
     assert again["prompt_id"] == second_id != first["prompt_id"]
