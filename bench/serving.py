@@ -2,6 +2,7 @@
 
     python -m bench.serving [--tasks 1,8,64,512] [--concurrency 1,32] [--requests 64] [--repeats 3]
                             [--configs raw,raw_input_only,peft_grouped,peft_sequential,engine,http]
+                            [--server-env OMP_WAIT_POLICY=PASSIVE]
 
 Workload: T classification tasks ("Review: {input}\\nSentiment:", labels positive/negative), each a seeded random
 20-vector prompt scaled to the embedding std; Rotten Tomatoes snippets cut to their first 48 tokens; request i
@@ -70,9 +71,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the http server (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/serving.md")
     args = parser.parse_args()
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes KEY=VALUE")
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {','.join(CONFIGS)}")
@@ -112,7 +122,8 @@ def main() -> None:
     texts = snippets(frozen, args.requests, args.input_tokens, seed=args.seed)
     if not multi_token_labels(frozen, MULTI) or multi_token_labels(frozen, SINGLE):
         raise SystemExit(f"expected {MULTI.labels} to span several tokens and {SINGLE.labels} one each.")
-    http = HttpService(frozen, prompts, SINGLE, args.data_dir) if "http" in args.configs else None
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    http = HttpService(frozen, prompts, SINGLE, args.data_dir, server_env) if "http" in args.configs else None
     if http is not None:
         http.start()  # loads its model while this process builds its configurations
     runs: dict[str, Run] = {}
@@ -159,6 +170,7 @@ def benchmark(
     multi_t = args.multi_label_tasks if args.multi_label_tasks in args.tasks else max(args.tasks)
     multi = (multi_t, max(args.concurrency)) if args.multi_label_tasks and "engine" in args.configs else None
     cells: list[Cell] = []
+    began = time.perf_counter()
     for t in args.tasks:
         full = make_requests(frozen, SINGLE, texts, args.requests, t)
         checked = full[: args.check_rows]
@@ -185,7 +197,8 @@ def benchmark(
                     if repeat == 0 and config != "raw_input_only":
                         cell.check(result.outputs, expected["multi" if config == "engine_multilabel" else "single"])
                     print(
-                        f"T={t} c={c} round {repeat + 1}/{args.repeats} {config}: "
+                        f"[{(time.perf_counter() - began) / 60:4.1f} min] T={t} c={c} "
+                        f"round {repeat + 1}/{args.repeats} {config}: "
                         f"{measurement.requests_per_s:.2f} req/s, p50 {measurement.p50_ms:.0f} ms",
                         flush=True,
                     )
@@ -222,6 +235,8 @@ def report(
         f"{args.check_rows} requests of the first round, and the largest absolute difference in a label's probability. "
         f"engine_multilabel: labels {list(MULTI.labels)} (several tokens each) instead of {list(SINGLE.labels)}.",
     ]
+    if args.server_env:
+        notes.append(f"http server started with extra environment {' '.join(args.server_env)}.")
     notes.append("Agreement with the raw computation: " + "; ".join(agreement(cells)) + ".")
     if http is not None and http.health:
         notes.append(f"http server: {http.health.get('model')}")

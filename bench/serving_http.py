@@ -32,8 +32,16 @@ from bench.serving_workload import Request, Scores
 class HttpService:
     """A promptbank server with one task per prompt (named bench-<number>), for the life of a `with` block."""
 
-    def __init__(self, frozen: FrozenModel, prompts: list[torch.Tensor], spec: TaskSpec, data_dir: str) -> None:
+    def __init__(
+        self,
+        frozen: FrozenModel,
+        prompts: list[torch.Tensor],
+        spec: TaskSpec,
+        data_dir: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.frozen, self.prompts, self.spec, self.data_dir = frozen, prompts, spec, data_dir
+        self.extra_env = extra_env or {}
         self._tmp = tempfile.TemporaryDirectory(prefix="promptbank-serving-")
         self.database_url = f"sqlite:///{Path(self._tmp.name) / 'serving.db'}"
         self.port = free_port()
@@ -55,6 +63,7 @@ class HttpService:
             "PROMPTBANK_DEVICE": "cpu",
             "PROMPTBANK_RUN_WORKER": "false",  # nothing to train; an idle worker would only poll the database
             "PROMPTBANK_LOG_LEVEL": "WARNING",
+            **self.extra_env,
         }
         command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(self.port)]
         self.server = subprocess.Popen([*command, "--log-level", "warning", "--no-access-log"], env=env)
