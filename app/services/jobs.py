@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, Task
 from app.db.repositories import JobRepository
+from app.engine.inference import token_budget
 from app.engine.model import FrozenModel
 from app.engine.prompt_tuning import PromptTuningConfig
 from app.engine.text import encode_example
@@ -21,8 +22,7 @@ def check_fits_context(model: FrozenModel, task: Task, examples: list[dict[str, 
     """Refuse examples that do not fit the model's context once the prompt is prepended."""
     spec = task_spec(task)
     for index, example in enumerate(examples):
-        encoded = encode_example(model, spec, example["input"], example["output"])
-        needed = virtual_tokens + len(encoded.input_ids) + len(encoded.target_ids)
+        needed = token_budget(model, virtual_tokens, encode_example(model, spec, example["input"], example["output"]))
         if needed > model.max_positions:
             raise InvalidInput(
                 f"example {index + 1} needs {needed} tokens with the {virtual_tokens}-token prompt, more than the "
