@@ -1,7 +1,7 @@
-"""Turn an uploaded dataset (JSONL, CSV, or an already parsed JSON body) into validated examples.
+"""Read an uploaded dataset (JSONL or CSV bytes) into validated examples.
 
-Pure: bytes or parsed JSON in, `Example`s out, or one error that lists every bad line at once, so a
-person can fix a file in one pass instead of one upload per mistake.
+Pure: bytes in, `Example`s out, or one error that lists every bad line at once, so a person can fix a
+file in one pass instead of one upload per mistake. What makes an example valid lives in dataset_examples.
 """
 
 from __future__ import annotations
@@ -9,14 +9,22 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Literal
 
-from app.errors import AppError, InvalidInput, PayloadTooLarge
-
-FIELDS = ("input", "output")
-MAX_REPORTED_ERRORS = 50
+from app.errors import AppError
+from app.services.dataset_examples import (
+    FIELDS,
+    DatasetInvalid,
+    Example,
+    LineError,
+    dataset_empty,
+    dataset_too_large,
+    finish_examples,
+    object_problems,
+    quoted,
+    text_problems,
+)
 
 Format = Literal["jsonl", "csv"]
 _FORMAT_BY_EXTENSION: dict[str, Format] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json-lines": "jsonl", ".csv": "csv"}
@@ -31,79 +39,18 @@ SUPPORTED_FORMATS = (
 )
 
 
-@dataclass(frozen=True)
-class Example:
-    input: str
-    output: str
-
-
-@dataclass(frozen=True)
-class LineError:
-    """One bad record: `line` counts from 1, in the file's lines or in a JSON body's examples (kind "example")."""
-
-    line: int
-    message: str
-    kind: Literal["line", "example"] = "line"
-
-    @property
-    def where(self) -> str:
-        return f"{self.kind} {self.line}"
-
-    def as_detail(self) -> dict[str, Any]:
-        return {self.kind: self.line, "message": self.message}
-
-
-class DatasetInvalid(InvalidInput):
-    """The dataset has bad records; `details` lists the first MAX_REPORTED_ERRORS of them."""
-
-    code = "dataset_invalid"
-
-    def __init__(self, errors: Sequence[LineError], *, message: str | None = None) -> None:
-        if not errors:
-            raise ValueError("DatasetInvalid needs at least one error")
-        self.errors = list(errors)
-        shown = self.errors[:MAX_REPORTED_ERRORS]
-        if message is None:
-            first = self.errors[0]
-            count = len(self.errors)
-            noun = f"invalid {first.kind}{'' if count == 1 else 's'}"
-            listed = f" (details list the first {len(shown)})" if count > len(shown) else ""
-            message = f"dataset has {count} {noun}{listed}; first: {first.where}: {first.message}"
-        super().__init__(message, details=[error.as_detail() for error in shown])
-
-
 def parse_upload(data: bytes, filename: str | None, content_type: str | None, *, max_examples: int) -> list[Example]:
     """Parse an uploaded JSONL or CSV file; raises DatasetInvalid or an AppError with a stable code."""
     fmt = _format_from_name(filename) or _format_from_content_type(content_type)
     text = _decode(data, format_known=fmt is not None)
     if not text.strip():
-        raise _empty()
+        raise dataset_empty()
     if fmt is None:
         fmt = _sniff(text, filename)
     lines = _split_lines(text)
     if fmt == "jsonl":
         return _parse_jsonl(lines, max_examples=max_examples)
     return _parse_csv(lines, max_examples=max_examples)
-
-
-def parse_examples(items: Sequence[Any], *, max_examples: int) -> list[Example]:
-    """Validate the examples of a JSON body ({"examples": [{"input": ..., "output": ...}]})."""
-    if len(items) > max_examples:
-        raise _too_large(max_examples)
-    examples: list[Example] = []
-    errors: list[LineError] = []
-    for index, item in enumerate(items, start=1):  # counted from 1, like file lines
-        problems = _object_problems(item)
-        if problems:
-            errors.append(LineError(index, "; ".join(problems), kind="example"))
-        else:
-            examples.append(Example(item["input"], item["output"]))
-    return _finish(examples, errors)
-
-
-def dataset_labels(examples: Iterable[Example]) -> list[str]:
-    """Distinct outputs in first-seen order: what the API reports as a dataset's labels."""
-    return list(dict.fromkeys(example.output for example in examples))
 
 
 # --- format detection and decoding -------------------------------------------------------------------
@@ -175,7 +122,7 @@ def _parse_jsonl(lines: list[str], *, max_examples: int) -> list[Example]:
             continue
         records += 1
         if records > max_examples:
-            raise _too_large(max_examples)
+            raise dataset_too_large(max_examples)
         try:
             item = json.loads(line, object_pairs_hook=_reject_duplicate_keys)
         except _DuplicateKey as exc:
@@ -187,12 +134,12 @@ def _parse_jsonl(lines: list[str], *, max_examples: int) -> list[Example]:
         except RecursionError:
             errors.append(LineError(number, "not valid JSON: nested too deeply"))
             continue
-        problems = _object_problems(item)
+        problems = object_problems(item)
         if problems:
             errors.append(LineError(number, "; ".join(problems)))
         else:
             examples.append(Example(item["input"], item["output"]))
-    return _finish(examples, errors)
+    return finish_examples(examples, errors)
 
 
 class _DuplicateKey(ValueError):
@@ -209,30 +156,6 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         result[key] = value
     return result
-
-
-def _object_problems(item: Any) -> list[str]:
-    """Everything wrong with one would-be {"input", "output"} object; empty when it is valid."""
-    if not isinstance(item, dict):
-        return [f'expected an object with "input" and "output", got {_json_type(item)}']
-    problems: list[str] = []
-    missing = [name for name in FIELDS if name not in item]
-    if missing:
-        problems.append(f"missing field{'s' if len(missing) > 1 else ''} {_quoted(missing)}")
-    extra = [str(name) for name in item if name not in FIELDS]
-    if extra:
-        problems.append(
-            f'unexpected field{"s" if len(extra) > 1 else ""} {_quoted(extra)}; only "input" and "output" are allowed'
-        )
-    for name in FIELDS:
-        if name not in item:
-            continue
-        value = item[name]
-        if not isinstance(value, str):
-            problems.append(f'field "{name}" must be a string, got {_json_type(value)}')
-        else:
-            problems.extend(_text_problems("field", name, value))
-    return problems
 
 
 # --- CSV -----------------------------------------------------------------------------------------------
@@ -263,18 +186,18 @@ def _parse_csv(lines: list[str], *, max_examples: int) -> list[Example]:
             continue
         records += 1
         if records > max_examples:
-            raise _too_large(max_examples)
+            raise dataset_too_large(max_examples)
         if len(row) != 2:
             hint = "; quote values that contain commas" if len(row) > 2 else ""
             errors.append(LineError(start, f"expected 2 columns, found {len(row)}{hint}"))
             continue
         values = {"input": row[order[0]], "output": row[order[1]]}
-        problems = [problem for name in FIELDS for problem in _text_problems("column", name, values[name])]
+        problems = [problem for name in FIELDS for problem in text_problems("column", name, values[name])]
         if problems:
             errors.append(LineError(start, "; ".join(problems)))
         else:
             examples.append(Example(values["input"], values["output"]))
-    return _finish(examples, errors)
+    return finish_examples(examples, errors)
 
 
 def _with_newlines(lines: list[str]) -> Iterator[str]:
@@ -291,11 +214,11 @@ def _check_header(header: list[str], line: int) -> tuple[int, int]:
     missing = [name for name in FIELDS if name not in names]
     extra = [name for name in names if name not in FIELDS]
     if duplicated:
-        problems.append(f"header repeats column {_quoted(duplicated)}")
+        problems.append(f"header repeats column {quoted(duplicated)}")
     if missing:
-        problems.append(f"header is missing column{'s' if len(missing) > 1 else ''} {_quoted(missing)}")
+        problems.append(f"header is missing column{'s' if len(missing) > 1 else ''} {quoted(missing)}")
     if extra:
-        problems.append(f"header has unexpected column{'s' if len(extra) > 1 else ''} {_quoted(extra)}")
+        problems.append(f"header has unexpected column{'s' if len(extra) > 1 else ''} {quoted(extra)}")
     if problems:
         found = ",".join(header)
         message = "; ".join(problems) + f' (found "{found}", expected "input,output")'
@@ -307,52 +230,3 @@ def _csv_error_message(exc: csv.Error, at_end: bool) -> str:
     if at_end and "unexpected end of data" in str(exc):
         return "a quoted value starting on this line is never closed"
     return f"bad CSV quoting: {exc} (wrap values containing quotes in quotes and double the inner quotes)"
-
-
-# --- shared checks -------------------------------------------------------------------------------------
-
-
-def _text_problems(kind: str, name: str, value: str) -> list[str]:
-    if not value:
-        return [f'{kind} "{name}" is empty']
-    if value.isspace():
-        return [f'{kind} "{name}" is only whitespace']
-    if "\x00" in value:
-        # PostgreSQL text cannot hold NUL; refusing here beats a 500 from the database later.
-        return [f'{kind} "{name}" contains a NUL character']
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        # Reachable through a JSON escape like "\ud800": a lone surrogate, which no UTF-8 store accepts.
-        return [f'{kind} "{name}" contains an unpaired surrogate escape']
-    return []
-
-
-def _finish(examples: list[Example], errors: list[LineError]) -> list[Example]:
-    if errors:
-        raise DatasetInvalid(errors)
-    if not examples:
-        raise _empty()
-    return examples
-
-
-def _empty() -> AppError:
-    return InvalidInput("dataset has no examples", code="dataset_empty")
-
-
-def _too_large(max_examples: int) -> AppError:
-    return PayloadTooLarge(
-        f"dataset has more than {max_examples} examples, the most one dataset may hold; split it",
-        code="dataset_too_large",
-    )
-
-
-def _quoted(names: Iterable[str]) -> str:
-    return " and ".join(f'"{name}"' for name in names)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):  # before the number check: bool is an int subclass
-        return "a boolean"
-    names = {type(None): "null", int: "a number", float: "a number", str: "a string", list: "an array"}
-    return names.get(type(value), "an object" if isinstance(value, dict) else type(value).__name__)

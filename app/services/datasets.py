@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 from app.db.models import Dataset
 from app.db.repositories import DatasetRepository
 from app.errors import Conflict, InvalidInput, NotFound
-from app.services.dataset_parsing import Example, dataset_labels, parse_examples, parse_upload
+from app.services.dataset_examples import Example, dataset_labels, parse_examples
+from app.services.dataset_parsing import parse_upload
 
 PREVIEW_EXAMPLES = 5
 

@@ -15,8 +15,8 @@ from app.engine.mixed import Row
 from app.engine.model import FrozenModel
 from app.engine.runtime import ModelNotReady, ModelRuntime
 from app.engine.serialization import prompt_from_bytes
-from app.engine.text import encode_example
 from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from app.services.context_length import first_overflow
 from app.services.prompts import get_prompt
 from app.services.tasks import task_spec
 
@@ -65,17 +65,18 @@ def _active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
 
 
 def _check_lengths(model: FrozenModel, task: Task, inputs: list[str], virtual_tokens: int, reserve: int) -> None:
-    spec = task_spec(task)
     longest_label = max((len(model.encode(" " + label)) for label in task.labels), default=0)
-    for index, text in enumerate(inputs):
-        needed = virtual_tokens + len(encode_example(model, spec, text, None).input_ids) + max(reserve, longest_label)
-        if needed > model.max_positions:
-            raise InvalidInput(
-                f"inputs[{index}] needs {needed} tokens with the prompt and output, more than the model's context "
-                f"of {model.max_positions}; shorten it",
-                code="input_too_long",
-                details={"index": index, "tokens": needed, "context": model.max_positions},
-            )
+    overflow = first_overflow(
+        model, task, ((text, None) for text in inputs), virtual_tokens, max(reserve, longest_label)
+    )
+    if overflow is not None:
+        index, needed = overflow
+        raise InvalidInput(
+            f"inputs[{index}] needs {needed} tokens with the prompt and output, more than the model's context "
+            f"of {model.max_positions}; shorten it",
+            code="input_too_long",
+            details={"index": index, "tokens": needed, "context": model.max_positions},
+        )
 
 
 def infer(

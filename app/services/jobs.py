@@ -9,27 +9,26 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, Task
 from app.db.repositories import JobRepository
-from app.engine.inference import token_budget
 from app.engine.model import FrozenModel
 from app.engine.prompt_tuning import PromptTuningConfig
-from app.engine.text import encode_example
 from app.errors import Conflict, InvalidInput, NotFound
+from app.services.context_length import first_overflow
 from app.services.datasets import check_labels, get_dataset
-from app.services.tasks import task_spec
 
 
 def check_fits_context(model: FrozenModel, task: Task, examples: list[dict[str, str]], virtual_tokens: int) -> None:
     """Refuse examples that do not fit the model's context once the prompt is prepended."""
-    spec = task_spec(task)
-    for index, example in enumerate(examples):
-        needed = token_budget(model, virtual_tokens, encode_example(model, spec, example["input"], example["output"]))
-        if needed > model.max_positions:
-            raise InvalidInput(
-                f"example {index + 1} needs {needed} tokens with the {virtual_tokens}-token prompt, more than the "
-                f"model's context of {model.max_positions}; shorten it or use fewer virtual tokens",
-                code="input_too_long",
-                details={"example": index + 1, "tokens": needed, "context": model.max_positions},
-            )
+    overflow = first_overflow(
+        model, task, ((example["input"], example["output"]) for example in examples), virtual_tokens
+    )
+    if overflow is not None:
+        number, needed = overflow[0] + 1, overflow[1]  # examples are numbered from 1, like dataset lines
+        raise InvalidInput(
+            f"example {number} needs {needed} tokens with the {virtual_tokens}-token prompt, more than the "
+            f"model's context of {model.max_positions}; shorten it or use fewer virtual tokens",
+            code="input_too_long",
+            details={"example": number, "tokens": needed, "context": model.max_positions},
+        )
 
 
 def enqueue_training(

@@ -7,15 +7,15 @@ import json
 import pytest
 
 from app.errors import AppError
-from app.services.dataset_parsing import (
+from app.services.dataset_examples import (
     MAX_REPORTED_ERRORS,
     DatasetInvalid,
     Example,
     LineError,
     dataset_labels,
     parse_examples,
-    parse_upload,
 )
+from app.services.dataset_parsing import parse_upload
 
 LIMIT = 1000
 

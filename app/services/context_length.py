@@ -1,0 +1,26 @@
+"""The one context-length check: inference inputs and training examples both go through it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from app.db.models import Task
+from app.engine.inference import token_budget
+from app.engine.model import FrozenModel
+from app.engine.text import encode_example
+from app.services.tasks import task_spec
+
+
+def first_overflow(
+    model: FrozenModel, task: Task, rows: Iterable[tuple[str, str | None]], virtual_tokens: int, extra: int = 0
+) -> tuple[int, int] | None:
+    """(index, tokens needed) of the first (input, output) row past the model's context with the prompt, or None.
+
+    Callers raise their own error from it: a request's inputs and a dataset's examples are named differently.
+    """
+    spec = task_spec(task)
+    for index, (text, output) in enumerate(rows):
+        needed = token_budget(model, virtual_tokens, encode_example(model, spec, text, output), extra)
+        if needed > model.max_positions:
+            return index, needed
+    return None
