@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         default=4096, gt=0, description="Padded positions (rows x longest row) per inference forward pass."
     )
-    batch_wait_ms: float = Field(default=2.0, ge=0, description="How long a request waits for others to batch with.")
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0, description="A batch starts once no request has arrived for this long (see README)."
+    )
     max_queue_rows: int = Field(default=4096, gt=0, description="Queued inference rows beyond which requests get 503.")
     worker_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a running job's worker reports.")

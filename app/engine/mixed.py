@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
@@ -16,9 +15,17 @@ from app.engine.text import TaskSpec, encode_example, label_token_ids, output_te
 
 Loader = Callable[[int], torch.Tensor]
 
-# A sub-batch may hold up to this fraction more query positions than real tokens: every padded position costs
-# a full pass through the body, while the cached prompt part costs only attention, so only the query part counts.
-PADDING_SLACK = 0.125
+
+def forward_overhead(frozen: FrozenModel) -> int:
+    """The fixed cost of one forward pass, in query positions: what splitting a batch in two costs.
+
+    On the project's 2-core CPU, SmolLM2-135M float32 costs about 40 ms + 0.75 ms per query position per pass
+    (least squares over batches of 1-32 rows of 8-64 tokens), i.e. 50-60 positions, the price of streaming the
+    weights once; small passes also use the cores worse, and sweeping this value over 32 rows of 12-54 tokens
+    gave 0.99x (16), 1.07x (64), 1.09x (128), 1.06x (256) the speed of the inputs alone in sorted batches of 16
+    (`python -m bench.forward_cost`). An accelerator, idle on small batches, pays far more positions' worth.
+    """
+    return 128 if frozen.device.type == "cpu" else 2048
 
 
 @dataclass(frozen=True)
@@ -48,46 +55,71 @@ def _batches(
 ) -> Iterator[tuple[list[int], list[PromptKV]]]:
     """Row indices sorted by width and cut into sub-batches, each with its rows' prompt keys/values.
 
-    A sub-batch keeps B * (P + Q + extra) <= budget (a lone row may exceed it), at most pool.capacity distinct
-    prompts, and its query padding B * Q within PADDING_SLACK of its real query tokens.
+    Rows are taken in chunks of at most pool.capacity distinct prompts (all of a round, when they fit), the
+    chunk's missing prompts computed together; each chunk is cut by _partition.
     """
     if budget < 1:
         raise ValueError(f"max_batch_tokens must be at least 1, got {budget}.")
-    # Similar widths together keep padding small; equal prompts together keep distinct prompts per batch few.
+    # Similar widths together keep padding small; equal prompts together keep distinct prompts per chunk few.
     order = sorted(range(len(rows)), key=lambda i: (widths[i], extra[i], rows[i].prompt_id))
-    group: list[int] = []
-    kvs: list[PromptKV] = []
+    overhead = forward_overhead(frozen)
+    for chunk in _prompt_chunks(order, rows, pool.capacity):
+        ready = pool.get_many(sorted({rows[i].prompt_id for i in chunk}), load)
+        kvs = {index: ready[rows[index].prompt_id] for index in chunk}
+        for index in chunk:
+            if kvs[index].length + widths[index] > frozen.max_positions:
+                raise ValueError(
+                    f"row {index} needs {kvs[index].length + widths[index]} positions but the model's context "
+                    f"holds {frozen.max_positions}."
+                )
+        spans = {index: kvs[index].length for index in chunk}
+        for group in _partition(chunk, widths, extra, spans, budget, overhead):
+            yield group, [kvs[index] for index in group]
+
+
+def _prompt_chunks(order: list[int], rows: list[Row], capacity: int) -> Iterator[list[int]]:
+    """Consecutive runs of `order` holding at most `capacity` distinct prompts each."""
+    chunk: list[int] = []
     prompts: set[int] = set()
-    span = longest = real = 0
-    distinct = {row.prompt_id for row in rows}
-    # When every prompt fits in the pool, the missing ones are computed together (batched forwards) up front;
-    # otherwise each is fetched as its first row comes, so sub-batches never need more than the pool holds.
-    ready = pool.get_many(sorted(distinct), load) if len(distinct) <= pool.capacity else {}
     for index in order:
-        prompt_id = rows[index].prompt_id
-        kv = ready.get(prompt_id) or pool.get(prompt_id, partial(load, prompt_id))
-        if kv.length + widths[index] > frozen.max_positions:
-            raise ValueError(
-                f"row {index} needs {kv.length + widths[index]} positions but the model's context holds "
-                f"{frozen.max_positions}."
-            )
-        size = len(group) + 1
-        new_span, new_longest = max(span, kv.length), max(longest, widths[index] + extra[index])
-        fits = (
-            size * (new_span + new_longest) <= budget
-            and len(prompts | {prompt_id}) <= pool.capacity
-            and size * widths[index] <= (1 + PADDING_SLACK) * (real + widths[index])  # sorted: the widest so far
-        )
-        if group and not fits:
-            yield group, kvs
-            group, kvs, prompts = [], [], set()
-            new_span, new_longest, real = kv.length, widths[index] + extra[index], 0
-        group.append(index)
-        kvs.append(kv)
-        prompts.add(prompt_id)
-        span, longest, real = new_span, new_longest, real + widths[index]
-    if group:
-        yield group, kvs
+        if rows[index].prompt_id not in prompts and len(prompts) == capacity:
+            yield chunk
+            chunk, prompts = [], set()
+        chunk.append(index)
+        prompts.add(rows[index].prompt_id)
+    if chunk:
+        yield chunk
+
+
+def _partition(
+    order: list[int], widths: list[int], extra: list[int], spans: dict[int, int], budget: int, overhead: int
+) -> list[list[int]]:
+    """Cut rows sorted by width into consecutive sub-batches of least estimated cost (dynamic programming).
+
+    A sub-batch of B rows, Q the widest input, E the most new tokens, costs about overhead * (1 + E) + B * (Q + E)
+    positions (a prefill plus E decoding passes): padding every row to Q and one pass too many both count. It
+    must keep B * (P + Q + E) <= budget, P the longest prompt (a lone row may exceed it).
+    """
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = most = span = 0
+        for i in range(j - 1, -1, -1):  # sub-batch order[i:j]; it only grows as i falls
+            index = order[i]
+            longest, most, span = max(longest, widths[index]), max(most, extra[index]), max(span, spans[index])
+            size = j - i
+            if size > 1 and size * (span + longest + most) > budget:
+                break
+            cost = best[i] + overhead * (1 + most) + size * (longest + most)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _label_targets(

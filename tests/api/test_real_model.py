@@ -51,8 +51,9 @@ def test_prompt_trained_through_the_api_round_trips_through_the_database(
     before = {name: t.clone() for name, t in smollm.model.state_dict().items()}
     create_task(real_client, "sentiment", template=TEMPLATE)
     dataset = create_dataset(real_client, REVIEWS)
-    response = real_client.post("/v1/jobs", json={"task": "sentiment", "dataset_id": dataset["id"],
-                                                  "hyperparameters": HYPER})
+    response = real_client.post(
+        "/v1/jobs", json={"task": "sentiment", "dataset_id": dataset["id"], "hyperparameters": HYPER}
+    )
     job = wait_for_job(real_client, response.json()["id"], timeout=600)
     assert job["status"] == "succeeded", job
 

@@ -102,3 +102,36 @@ def test_a_prompt_that_cannot_be_loaded_fails_only_its_own_request(frozen: Froze
         assert set(futures[1].result(10)[0]) == {"positive", "negative"}
     finally:
         batcher.close()
+
+
+def test_rows_queued_during_a_round_wait_for_the_clients_it_answered(frozen: FrozenModel) -> None:
+    # A closed loop of clients: when a round ends, the clients it answered send again within moments. The rows
+    # that queued while it ran must not start alone and leave those clients for the round after.
+    batcher, loader = make_batcher(frozen, max_wait_ms=200)
+    try:
+        first = batcher.submit([Row(0, SPEC, "hold")])
+        assert loader.entered.wait(10)
+        queued = batcher.submit([Row(1, SPEC, "queued while the first round ran")])
+        threading.Event().wait(0.5)  # the round outlasts the queued row's max_wait
+        loader.gate.set()
+        first.result(10)
+        threading.Event().wait(0.02)  # the answered client's next request
+        again = batcher.submit([Row(2, SPEC, "sent again")])
+        queued.result(10), again.result(10)
+        stats = batcher.stats()
+        assert (stats["batches"], stats["max_batch_rows"]) == (2, 2)
+    finally:
+        loader.gate.set()
+        batcher.close()
+
+
+def test_a_lone_request_on_an_idle_engine_waits_only_max_wait(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen, max_wait_ms=50)
+    loader.gate.set()
+    try:
+        batcher.submit([Row(1, SPEC, "warm")]).result(10)
+        threading.Event().wait(0.1)
+        batcher.submit([Row(1, SPEC, "alone")]).result(10)
+        assert batcher.stats()["queue_ms_p99"] < 1000
+    finally:
+        batcher.close()

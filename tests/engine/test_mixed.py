@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from app.engine.forward import build_batch, hidden_states
 from app.engine.inference import classify, generate
-from app.engine.mixed import Row, classify_rows, generate_rows, logits_rows
+from app.engine.mixed import Row, _partition, classify_rows, generate_rows, logits_rows
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.pool import PromptPool
 from app.engine.text import TaskSpec, encode_example, label_token_ids
@@ -184,3 +184,51 @@ def test_classify_rows_refuses_a_generation_task(frozen: FrozenModel) -> None:
 def test_negative_max_new_tokens_is_refused() -> None:
     with pytest.raises(ValueError, match="max_new_tokens must be at least 0"):
         Row(0, ANSWER, "hi", max_new_tokens=-1)
+
+
+def _cost(groups: list[list[int]], widths: list[int], extra: list[int], overhead: int) -> int:
+    return sum(
+        overhead * (1 + max(extra[i] for i in g)) + len(g) * (max(widths[i] for i in g) + max(extra[i] for i in g))
+        for g in groups
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_are_cut_into_the_cheapest_sub_batches_within_the_budget(seed: int) -> None:
+    rng = random.Random(seed)
+    n = 9
+    widths = sorted(rng.randint(1, 60) for _ in range(n))
+    extra = [rng.choice([0, 0, 4]) for _ in range(n)]
+    spans = {i: rng.randint(1, 20) for i in range(n)}
+    budget, overhead = 400, 50
+    groups = _partition(list(range(n)), widths, extra, spans, budget, overhead)
+    assert [i for g in groups for i in g] == list(range(n))
+    for g in groups:
+        assert (
+            len(g) == 1
+            or len(g) * (max(spans[i] for i in g) + max(widths[i] for i in g) + max(extra[i] for i in g)) <= budget
+        )
+    # Every way to cut the 9 sorted rows into consecutive runs that respect the budget costs at least as much.
+    best = None
+    for mask in range(1 << (n - 1)):
+        cuts, start = [], 0
+        for i in range(1, n):
+            if mask >> (i - 1) & 1:
+                cuts.append(list(range(start, i)))
+                start = i
+        cuts.append(list(range(start, n)))
+        fits = all(
+            len(g) == 1
+            or len(g) * (max(spans[i] for i in g) + max(widths[i] for i in g) + max(extra[i] for i in g)) <= budget
+            for g in cuts
+        )
+        if fits:
+            cost = _cost(cuts, widths, extra, overhead)
+            best = cost if best is None else min(best, cost)
+    assert _cost(groups, widths, extra, overhead) == best
+
+
+def test_rows_of_equal_width_share_one_pass_and_outliers_get_their_own() -> None:
+    widths = [10] * 8 + [200]
+    groups = _partition(list(range(9)), widths, [0] * 9, dict.fromkeys(range(9), 5), 4096, 64)
+    assert groups == [list(range(8)), [8]]
