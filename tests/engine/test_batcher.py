@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from app.engine import batcher as batcher_module
 from app.engine.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
@@ -134,4 +135,30 @@ def test_a_lone_request_on_an_idle_engine_waits_only_max_wait(frozen: FrozenMode
         batcher.submit([Row(1, SPEC, "alone")]).result(10)
         assert batcher.stats()["queue_ms_p99"] < 1000
     finally:
+        batcher.close()
+
+
+def test_a_round_waits_for_as_many_rows_as_the_last_one_served(
+    frozen: FrozenModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Clients answered by a round come back spread out (over HTTP, tens of ms apart): the next round waits for
+    # as many rows as the last one served, up to WAIT_SHARE of its compute time, not just for a quiet gap.
+    monkeypatch.setattr(batcher_module, "WAIT_SHARE", 1.0)
+    batcher, loader = make_batcher(frozen, max_wait_ms=50)
+    try:
+        first = batcher.submit([Row(0, SPEC, "hold"), Row(1, SPEC, "a"), Row(2, SPEC, "b")])
+        assert loader.entered.wait(10)
+        threading.Event().wait(0.6)  # a round of 3 rows that computes for 0.6 s
+        loader.gate.set()
+        first.result(10)
+        futures = []
+        for text in ("back", "back later", "back last"):
+            threading.Event().wait(0.15)  # three times the quiet gap between clients
+            futures.append(batcher.submit([Row(1, SPEC, text)]))
+        for future in futures:
+            future.result(10)
+        stats = batcher.stats()
+        assert (stats["batches"], stats["rows"]) == (2, 6)
+    finally:
+        loader.gate.set()
         batcher.close()
