@@ -71,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (every configuration and the server)")
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument(
         "--server-env",
         action="append",
@@ -117,12 +119,15 @@ def main() -> None:
     args = parse_args()
     began = time.perf_counter()
     torch.manual_seed(args.seed)
-    frozen = load_frozen_model(Path(args.data_dir) / "models" / "SmolLM2-135M-Instruct", device="cpu")
+    frozen = load_frozen_model(
+        Path(args.data_dir) / "models" / "SmolLM2-135M-Instruct", device=args.device, dtype=args.dtype
+    )
     prompts = random_prompts(frozen, max(args.tasks), args.prompt_tokens, seed=args.seed)
     texts = snippets(frozen, args.requests, args.input_tokens, seed=args.seed)
     if not multi_token_labels(frozen, MULTI) or multi_token_labels(frozen, SINGLE):
         raise SystemExit(f"expected {MULTI.labels} to span several tokens and {SINGLE.labels} one each.")
-    server_env = dict(item.split("=", 1) for item in args.server_env)
+    server_env = {"PROMPTBANK_DEVICE": args.device, "PROMPTBANK_DTYPE": args.dtype}
+    server_env.update(item.split("=", 1) for item in args.server_env)
     http = HttpService(frozen, prompts, SINGLE, args.data_dir, server_env) if "http" in args.configs else None
     if http is not None:
         http.start()  # loads its model while this process builds its configurations
@@ -155,7 +160,7 @@ def main() -> None:
         if http is not None:
             http.close()
     whole_run_peak = max([setup_peak, *(m.rss_mb for cell in cells for m in cell.rounds)])
-    report(args, cells, multi, time.perf_counter() - began, whole_run_peak, http)
+    report(args, frozen, cells, multi, time.perf_counter() - began, whole_run_peak, http)
 
 
 def benchmark(
@@ -206,8 +211,16 @@ def benchmark(
     return cells, multi
 
 
+def device_name(frozen: FrozenModel) -> str:
+    """The device in words: the card's name on CUDA."""
+    if frozen.device.type == "cuda":
+        return torch.cuda.get_device_name(frozen.device)
+    return "CPU"
+
+
 def report(
     args: argparse.Namespace,
+    frozen: FrozenModel,
     cells: list[Cell],
     multi: tuple[int, int] | None,
     seconds: float,
@@ -218,7 +231,8 @@ def report(
     notes = [
         f"Command: `{command.strip()}`; wall time {seconds / 60:.1f} min; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; peak RSS of the bench process over the whole run {peak:,.0f} MiB.",
-        f"Workload: SmolLM2-135M-Instruct float32 on CPU; Rotten Tomatoes snippets cut to their first "
+        f"Workload: SmolLM2-135M-Instruct {str(frozen.dtype).removeprefix('torch.')} on {device_name(frozen)}; "
+        f"Rotten Tomatoes snippets cut to their first "
         f"{args.input_tokens} tokens; request i to task i % T; prompts of {args.prompt_tokens} random vectors. "
         "tok/s counts the rendered input tokens (template + snippet), not the virtual tokens.",
         f"Each figure is the median of {args.repeats} rounds after a warm-up round; configurations are interleaved "

@@ -60,7 +60,6 @@ class HttpService:
             **os.environ,
             "PROMPTBANK_DATA_DIR": self.data_dir,
             "PROMPTBANK_DATABASE_URL": self.database_url,
-            "PROMPTBANK_DEVICE": "cpu",
             "PROMPTBANK_RUN_WORKER": "false",  # nothing to train; an idle worker would only poll the database
             "PROMPTBANK_LOG_LEVEL": "WARNING",
             **self.extra_env,

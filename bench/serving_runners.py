@@ -170,7 +170,10 @@ class PeftRunner:
             input_ids[row, : len(tokens)] = torch.tensor(tokens)
             attention_mask[row, : len(tokens)] = 1
         last = torch.tensor([[self.virtual + len(tokens) - 1] for tokens in ids])
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=last).logits[:, 0]
+        device = self.frozen.device
+        logits = self.model(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), logits_to_keep=last.to(device)
+        ).logits[:, 0]
         probabilities = torch.softmax(torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids], dim=-1)
         return [dict(zip(self.spec.labels, row, strict=True)) for row in probabilities.tolist()]
 

@@ -23,6 +23,9 @@ from app.main import create_app, serving_options
 from app.migrate import upgrade
 from tests.tiny_model import build_tiny_model_dir
 
+# The device of the in-process tiny models (cpu unless set): scripts/gpu_check.sh runs the engine tests on cuda.
+TEST_DEVICE = os.environ.get("PROMPTBANK_TEST_DEVICE", "cpu")
+
 POSTGRES_URL = os.environ.get("PROMPTBANK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -33,7 +36,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def frozen(tiny_model_dir: Path) -> FrozenModel:
-    return load_frozen_model(tiny_model_dir, device="cpu", dtype="float32")
+    return load_frozen_model(tiny_model_dir, device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(scope="session")

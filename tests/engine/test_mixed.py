@@ -15,6 +15,7 @@ from app.engine.mixed import Row, _partition, classify_rows, generate_rows, logi
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.pool import PromptPool
 from app.engine.text import TaskSpec, encode_example, label_token_ids
+from tests.conftest import TEST_DEVICE
 from tests.tiny_model import EOS, build_tokenizer
 
 PROMPT_LENGTHS = (1, 3, 5, 8, 13, 20)  # prompt id i has PROMPT_LENGTHS[i] vectors
@@ -52,7 +53,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> FrozenModel:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    return load_frozen_model(path, device="cpu", dtype="float32")
+    return load_frozen_model(path, device=TEST_DEVICE, dtype="float32")
 
 
 @pytest.fixture(params=["gpt2", "llama"])
