@@ -94,6 +94,35 @@ def test_concurrent_clients_of_many_tasks_get_the_answers_they_would_get_alone(
     assert stats["pool"]["misses"] == len({name for name, _ in requests})
 
 
+def test_hundreds_of_tasks_over_a_small_pool_answer_correctly_with_bounded_memory(
+    client_with: Callable[..., TestClient], db_engine: Engine, frozen: FrozenModel
+) -> None:
+    client = client_with(pool_capacity=16)
+    tasks = add_tasks_with_random_prompts(client, db_engine, frozen, 200, seed=1)
+    rng = random.Random(1)
+    requests = [(name, [rng.choice(SENTENCES)]) for name in tasks] + [
+        (rng.choice(list(tasks)), [rng.choice(SENTENCES)]) for _ in range(100)
+    ]
+    rng.shuffle(requests)
+    seen_entries: list[int] = []
+
+    def call(request: tuple[str, list[str]]) -> dict[str, float]:
+        response = client.post("/v1/infer", json={"task": request[0], "inputs": request[1]})
+        assert response.status_code == 200, response.text
+        seen_entries.append(client.get("/v1/stats").json()["engine"]["pool"]["entries"])
+        return response.json()["outputs"][0]["scores"]  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(call, requests))
+    for (name, inputs), scores in zip(requests, answers, strict=True):
+        spec, prompt = tasks[name]
+        expected = classify(frozen, prompt, spec, inputs)[0]
+        assert max(abs(scores[k] - v) for k, v in expected.items()) < 1e-4
+    pool = client.get("/v1/stats").json()["engine"]["pool"]
+    assert max(seen_entries) <= 16 and pool["entries"] <= 16
+    assert pool["misses"] >= 200 and pool["evictions"] >= 200 - 16
+
+
 def test_pool_evicts_least_recently_used_prompts_and_still_answers(
     client_with: Callable[..., TestClient], db_engine: Engine, frozen: FrozenModel
 ) -> None:
