@@ -5,9 +5,10 @@
                             [--server-env OMP_WAIT_POLICY=PASSIVE]
 
 Workload: T classification tasks ("Review: {input}\\nSentiment:", labels positive/negative), each a seeded random
-20-vector prompt scaled to the embedding std; Rotten Tomatoes snippets cut to their first 48 tokens; request i
-carries one input to task i % T. Configurations: (a) raw: the frozen model with each row's prompt prepended,
-batches of 16, nothing cached; (f) raw_input_only: the inputs alone; (b) peft_grouped: PEFT prompt tuning, one
+20-vector prompt scaled to the embedding std; Rotten Tomatoes snippets cut to their first 48 tokens; request i of
+round r carries one input to task (r * requests + i) % T, so at large T every round meets other tasks (the
+warm-up touches all T). Configurations: (a) raw: the frozen model with each row's prompt prepended, batches of 16,
+nothing cached; (f) raw_input_only: the inputs alone; (b) peft_grouped: PEFT prompt tuning, one
 adapter per task, requests grouped by task, set_adapter per group; (c) peft_sequential: one request at a time;
 (d) engine: promptbank's Batcher in-process; (e) http: promptbank over HTTP. Per (config, T, concurrency):
 requests/s, input tokens/s, p50/p99 latency, peak RSS, each the median of --repeats rounds after a warm-up;
@@ -153,14 +154,14 @@ def main() -> None:
             http.wait_ready()
             runs["http"] = http.run
         setup_peak = peak_mb()  # before the first round resets it
-        cells, multi = benchmark(args, frozen, prompts, texts, runs, http)
+        cells, multi, pools = benchmark(args, frozen, prompts, texts, runs, http, engine)
     finally:
         if engine is not None:
             engine.close()
         if http is not None:
             http.close()
     whole_run_peak = max([setup_peak, *(m.rss_mb for cell in cells for m in cell.rounds)])
-    report(args, frozen, cells, multi, time.perf_counter() - began, whole_run_peak, http)
+    report(args, frozen, cells, multi, pools, time.perf_counter() - began, whole_run_peak, http)
 
 
 def benchmark(
@@ -170,15 +171,24 @@ def benchmark(
     texts: list[str],
     runs: dict[str, Run],
     http: HttpService | None,
-) -> tuple[list[Cell], tuple[int, int] | None]:
+    engine: EngineRunner | None,
+) -> tuple[list[Cell], tuple[int, int] | None, list[str]]:
     """Every T in turn: a warm-up of each configuration, then per concurrency the repeats, configs interleaved."""
     multi_t = args.multi_label_tasks if args.multi_label_tasks in args.tasks else max(args.tasks)
     multi = (multi_t, max(args.concurrency)) if args.multi_label_tasks and "engine" in args.configs else None
     cells: list[Cell] = []
+    pools: list[str] = []
     began = time.perf_counter()
     for t in args.tasks:
         full = make_requests(frozen, SINGLE, texts, args.requests, t)
-        checked = full[: args.check_rows]
+        checked = full[: args.check_rows]  # round 0's first requests
+        # Round r sends its requests to tasks r * requests, r * requests + 1, ... (mod T): at T=512 the rounds
+        # touch different tasks, not the same 64 again; the warm-up has touched all T.
+        rounds = [
+            make_requests(frozen, SINGLE, texts, args.requests, t, first_task=r * args.requests)
+            for r in range(args.repeats)
+        ]
+        everyone = make_requests(frozen, SINGLE, texts, max(t, args.requests), t)
         expected = {"single": reference(frozen, SINGLE, prompts, checked)}
         configs = list(args.configs)
         if multi is not None and multi[0] == t:
@@ -187,7 +197,7 @@ def benchmark(
         for config in configs:
             # Warm-up: the engine and the server must have seen every prompt of the workload; the others only
             # need their kernels warm.
-            warm = full if config in ("engine", "engine_multilabel", "http") else full[: args.batch_size]
+            warm = everyone if config in ("engine", "engine_multilabel", "http") else full[: args.batch_size]
             runs[config](warm, max(args.concurrency))
         for c in args.concurrency:
             here = {
@@ -197,7 +207,7 @@ def benchmark(
                 for config, cell in here.items():
                     count = args.slow_requests if config in SLOW or c == 1 else args.requests
                     pid = http.pid if config == "http" and http is not None else None
-                    result, measurement = measure(runs[config], full[:count], c, pid)
+                    result, measurement = measure(runs[config], rounds[repeat][:count], c, pid)
                     cell.rounds.append(measurement)
                     if repeat == 0 and config != "raw_input_only":
                         cell.check(result.outputs, expected["multi" if config == "engine_multilabel" else "single"])
@@ -208,7 +218,20 @@ def benchmark(
                         flush=True,
                     )
             cells += here.values()
-    return cells, multi
+        pools.append(f"T={t}: " + ", ".join(pool_summary(engine, http)))
+    return cells, multi, pools
+
+
+def pool_summary(engine: EngineRunner | None, http: HttpService | None) -> list[str]:
+    """Entries and MiB of the engine's and the server's prompt pools, as GET /v1/stats reports them."""
+    parts = []
+    for name, stats in (
+        ("engine", engine.pool.stats() if engine is not None else {}),
+        ("http server", http.pool_stats() if http is not None else {}),
+    ):
+        if stats:
+            parts.append(f"{name} {stats['entries']} prompts, {stats['bytes'] / 2**20:,.0f} MiB")
+    return parts or ["-"]
 
 
 def device_name(frozen: FrozenModel) -> str:
@@ -223,6 +246,7 @@ def report(
     frozen: FrozenModel,
     cells: list[Cell],
     multi: tuple[int, int] | None,
+    pools: list[str],
     seconds: float,
     peak: float,
     http: HttpService | None,
@@ -233,7 +257,8 @@ def report(
         f"{torch.get_num_threads()} threads; peak RSS of the bench process over the whole run {peak:,.0f} MiB.",
         f"Workload: SmolLM2-135M-Instruct {str(frozen.dtype).removeprefix('torch.')} on {device_name(frozen)}; "
         f"Rotten Tomatoes snippets cut to their first "
-        f"{args.input_tokens} tokens; request i to task i % T; prompts of {args.prompt_tokens} random vectors. "
+        f"{args.input_tokens} tokens; request i of round r to task (r * {args.requests} + i) % T, every task "
+        f"touched once in the warm-up; prompts of {args.prompt_tokens} random vectors. "
         "tok/s counts the rendered input tokens (template + snippet), not the virtual tokens.",
         f"Each figure is the median of {args.repeats} rounds after a warm-up round; configurations are interleaved "
         f"round by round. Rounds hold {args.requests} requests, except {args.slow_requests} for peft_grouped, "
@@ -249,6 +274,7 @@ def report(
         f"{args.check_rows} requests of the first round, and the largest absolute difference in a label's probability. "
         f"engine_multilabel: labels {list(MULTI.labels)} (several tokens each) instead of {list(SINGLE.labels)}.",
     ]
+    notes.append("Prompt pools after each T (pools keep the prompts of earlier T too): " + "; ".join(pools) + ".")
     if args.server_env:
         notes.append(f"http server started with extra environment {' '.join(args.server_env)}.")
     notes.append("Agreement with the raw computation: " + "; ".join(agreement(cells)) + ".")

@@ -128,6 +128,14 @@ class HttpService:
         rows_per_batch = (after[1] - before[1]) / (after[0] - before[0])
         return RoundResult(result.wall, result.latencies, result.outputs, rows_per_batch)
 
+    def pool_stats(self) -> dict[str, Any]:
+        """The server's prompt pool counters from GET /v1/stats (empty if it reports none)."""
+        with httpx.Client(base_url=self.base_url, timeout=60) as client:
+            response = client.get("/v1/stats")
+        if response.status_code != 200:
+            return {}
+        return dict((response.json().get("engine") or {}).get("pool") or {})
+
     @staticmethod
     def _engine_counts(client: httpx.Client) -> tuple[int, int] | None:
         """(batches, rows) served so far, from GET /v1/stats; None if the server has no such endpoint."""

@@ -24,7 +24,7 @@ Scores = dict[str, float]
 
 @dataclass(frozen=True)
 class Request:
-    """One request of one input: request i goes to task i % T; tokens counts the rendered input, prompt excluded."""
+    """One request of one input to one task; tokens counts the rendered input, prompt excluded."""
 
     index: int
     task: int
@@ -45,10 +45,12 @@ def random_prompts(frozen: FrozenModel, count: int, length: int, seed: int = 0) 
     return [torch.randn(length, frozen.hidden_size, generator=generator) * scale for _ in range(count)]
 
 
-def make_requests(frozen: FrozenModel, spec: TaskSpec, texts: list[str], count: int, tasks: int) -> list[Request]:
-    """count requests over the texts (cycled), request i to task i % tasks."""
+def make_requests(
+    frozen: FrozenModel, spec: TaskSpec, texts: list[str], count: int, tasks: int, first_task: int = 0
+) -> list[Request]:
+    """count requests over the texts (cycled), request i to task (first_task + i) % tasks."""
     return [
-        Request(i, i % tasks, text, len(encode_example(frozen, spec, text, None).input_ids))
+        Request(i, (first_task + i) % tasks, text, len(encode_example(frozen, spec, text, None).input_ids))
         for i, text in ((i, texts[i % len(texts)]) for i in range(count))
     ]
 
