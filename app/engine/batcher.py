@@ -7,7 +7,6 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from app.engine.batch_stats import BatchCounters
 from app.engine.mixed import Row, classify_rows, generate_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
@@ -67,9 +67,9 @@ class _Pending:
 class Batcher:
     """Queue of inference requests served by one engine thread in mixed-task batches.
 
-    Locking: every field below `_cond` is read and written under it, except _free_since, _round_seconds and _round_rows,
-    which only the engine thread touches; the engine thread releases the lock while the model runs, so submit()
-    never waits for a forward pass.
+    Locking: every field below `_cond` is read and written under it, except _free_since, _round_seconds and
+    _round_rows, which only the engine thread touches; the engine thread releases the lock while the model runs,
+    so submit() never waits for a forward pass.
     """
 
     def __init__(
@@ -92,15 +92,7 @@ class Batcher:
         self._round_seconds = 0.0  # compute time of the last round
         self._round_rows = 1  # rows the last round took
         self._thread = threading.Thread(target=self._run, name="promptbank-batcher", daemon=True)
-        # statistics
-        self._batches = 0
-        self._rows = 0
-        self._max_batch = 0
-        self._rejected = 0
-        self._timed_out = 0
-        self._failed = 0
-        self._queue_ms: deque[float] = deque(maxlen=2048)
-        self._batch_sizes: deque[int] = deque(maxlen=2048)
+        self._counters = BatchCounters()
 
     def start(self) -> None:
         self._thread.start()
@@ -144,7 +136,7 @@ class Batcher:
             if self._closed:
                 raise BatcherClosed("the service is shutting down")
             if self._queued_rows + len(rows) > self.options.max_queue_rows:
-                self._rejected += 1
+                self._counters.rejected += 1
                 raise QueueFull(f"{self._queued_rows} rows are queued (limit {self.options.max_queue_rows})")
             heapq.heappush(self._heap, item)
             self._queued_rows += len(rows)
@@ -224,7 +216,7 @@ class Batcher:
                 if item.deadline is not None and started > item.deadline:
                     item.future.set_exception(QueueTimeout("the request waited in the queue past its timeout"))
                     with self._cond:
-                        self._timed_out += 1
+                        self._counters.timed_out += 1
                 elif item.future.set_running_or_notify_cancel():
                     live.append(item)
             if live:
@@ -243,16 +235,12 @@ class Batcher:
         except Exception as exc:  # a failed batch fails its requests, never the engine thread
             log.exception("inference batch of %d rows failed", len(rows))
             with self._cond:
-                self._failed += len(items)
+                self._counters.failed += len(items)
             for item in items:
                 item.future.set_exception(exc)
             return
         with self._cond:
-            self._batches += 1
-            self._rows += len(rows)
-            self._max_batch = max(self._max_batch, len(rows))
-            self._batch_sizes.append(len(rows))
-            self._queue_ms.extend((started - item.enqueued) * 1000 for item in items)
+            self._counters.record_round(len(rows), ((started - item.enqueued) * 1000 for item in items))
         offset = 0
         for item in items:
             item.future.set_result(results[offset : offset + len(item.rows)])
@@ -276,7 +264,7 @@ class Batcher:
                 keep.append(item)
             else:
                 with self._cond:
-                    self._failed += 1
+                    self._counters.failed += 1
                 item.future.set_exception(bad)
         return keep
 
@@ -297,27 +285,11 @@ class Batcher:
     def stats(self) -> dict[str, Any]:
         """Counters for /v1/stats: queue, batch sizes, queue time percentiles, pool."""
         with self._cond:
-            queue_ms = sorted(self._queue_ms)
-            sizes = list(self._batch_sizes)
             stats: dict[str, Any] = {
                 "queued_requests": len(self._heap),
                 "queued_rows": self._queued_rows,
                 "max_queue_rows": self.options.max_queue_rows,
-                "batches": self._batches,
-                "rows": self._rows,
-                "max_batch_rows": self._max_batch,
-                "mean_batch_rows": (sum(sizes) / len(sizes)) if sizes else None,
-                "rejected_requests": self._rejected,
-                "timed_out_requests": self._timed_out,
-                "failed_requests": self._failed,
-                "queue_ms_p50": _percentile(queue_ms, 0.50),
-                "queue_ms_p99": _percentile(queue_ms, 0.99),
+                **self._counters.snapshot(),
             }
         stats["pool"] = self.pool.stats()
         return stats
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
