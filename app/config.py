@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         default=2.0, ge=0, description="A batch starts once no request has arrived for this long (see README)."
     )
+    batch_wait_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of the last batch's compute time a batch may wait for the clients it answered (see README).",
+    )
     max_queue_rows: int = Field(default=4096, gt=0, description="Queued inference rows beyond which requests get 503.")
     worker_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle worker looks for jobs.")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a running job's worker reports.")

@@ -32,6 +32,7 @@ def serving_options(settings: Settings) -> ServingOptions:
         batcher=BatcherOptions(
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_ms=settings.batch_wait_ms,
+            wait_share=settings.batch_wait_share,
             max_queue_rows=settings.max_queue_rows,
         ),
     )

@@ -26,12 +26,6 @@ log = logging.getLogger(__name__)
 Result = list[Any]  # per row: dict label -> probability (classification) or str (generation)
 
 
-# A round may wait for company up to this share of the previous round's compute time (when that exceeds
-# max_wait_ms): at most this fraction of throughput is spent waiting, and clients answered by one round get back
-# into the next instead of making the engine alternate small and large rounds.
-WAIT_SHARE = 0.1
-
-
 class QueueFull(RuntimeError):
     """The queue holds max_queue_rows already; the caller should retry later."""
 
@@ -48,8 +42,11 @@ class BatcherClosed(RuntimeError):
 class BatcherOptions:
     max_batch_tokens: int = 4096  # padded positions (rows x longest row) per forward pass
     # A round starts once no request has arrived for max_wait_ms (or its rows fill max_batch_tokens), and waits
-    # at most max(max_wait_ms, WAIT_SHARE of the previous round's compute time) in all: see Batcher._take.
+    # at most max(max_wait_ms, wait_share x the previous round's compute time) in all: see Batcher._take.
     max_wait_ms: float = 2.0
+    # At most this share of throughput goes to waiting for the clients a round answered, so that they get into
+    # the next round instead of making the engine alternate small and large rounds; 0: wait max_wait_ms at most.
+    wait_share: float = 0.1
     max_queue_rows: int = 4096  # beyond this, submit() refuses (bounded memory under overload)
     max_batch_rows: int = 256  # rows gathered per round (the engine splits them further by token budget)
 
@@ -152,7 +149,7 @@ class Batcher:
         Company: the round starts once no request has arrived for max_wait_ms, counted from the later of the last
         arrival and the end of the previous round, and as many rows are queued as the previous round served (its
         clients are likely to send again: closed-loop clients over HTTP come back spread over tens of ms); or
-        when the queued rows fill max_batch_tokens; and at the latest max(max_wait_ms, WAIT_SHARE x the previous
+        when the queued rows fill max_batch_tokens; and at the latest max(max_wait_ms, wait_share x the previous
         round's compute time) after the later of the first queued arrival and the end of the previous round.
         An engine idle for longer than that expects no one. Measured under 32 closed-loop clients in-process: a
         fixed 2 ms window from the first arrival gave alternating rounds of 5 and 27 rows instead of 32.
@@ -166,7 +163,7 @@ class Batcher:
             self._apply_discards()
             quiet = self.options.max_wait_ms / 1000
             first = min(item.enqueued for item in self._heap)
-            longest = max(quiet, WAIT_SHARE * self._round_seconds)
+            longest = max(quiet, self.options.wait_share * self._round_seconds)
             cap = max(first, self._free_since) + longest
             expected = self._round_rows if first <= self._free_since + longest else 1
             expected = min(expected, self.options.max_batch_rows)

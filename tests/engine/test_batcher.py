@@ -7,7 +7,6 @@ import threading
 import pytest
 import torch
 
-from app.engine import batcher as batcher_module
 from app.engine.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
@@ -34,7 +33,7 @@ class GatedLoader:
         return torch.full((3, self.hidden), 0.01 * prompt_id)
 
 
-def make_batcher(frozen: FrozenModel, **options: int) -> tuple[Batcher, GatedLoader]:
+def make_batcher(frozen: FrozenModel, **options: float) -> tuple[Batcher, GatedLoader]:
     loader = GatedLoader(frozen.hidden_size)
     batcher = Batcher(frozen, PromptPool(frozen, capacity=8), loader, BatcherOptions(**options))  # type: ignore[arg-type]
     batcher.start()
@@ -138,13 +137,10 @@ def test_a_lone_request_on_an_idle_engine_waits_only_max_wait(frozen: FrozenMode
         batcher.close()
 
 
-def test_a_round_waits_for_as_many_rows_as_the_last_one_served(
-    frozen: FrozenModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_round_waits_for_as_many_rows_as_the_last_one_served(frozen: FrozenModel) -> None:
     # Clients answered by a round come back spread out (over HTTP, tens of ms apart): the next round waits for
-    # as many rows as the last one served, up to WAIT_SHARE of its compute time, not just for a quiet gap.
-    monkeypatch.setattr(batcher_module, "WAIT_SHARE", 1.0)
-    batcher, loader = make_batcher(frozen, max_wait_ms=50)
+    # as many rows as the last one served, up to wait_share of its compute time, not just for a quiet gap.
+    batcher, loader = make_batcher(frozen, max_wait_ms=50, wait_share=1.0)
     try:
         first = batcher.submit([Row(0, SPEC, "hold"), Row(1, SPEC, "a"), Row(2, SPEC, "b")])
         assert loader.entered.wait(10)
@@ -159,6 +155,26 @@ def test_a_round_waits_for_as_many_rows_as_the_last_one_served(
             future.result(10)
         stats = batcher.stats()
         assert (stats["batches"], stats["rows"]) == (2, 6)
+    finally:
+        loader.gate.set()
+        batcher.close()
+
+
+def test_with_no_wait_share_a_round_waits_max_wait_at_most(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen, max_wait_ms=50, wait_share=0.0)
+    try:
+        first = batcher.submit([Row(0, SPEC, "hold"), Row(1, SPEC, "a"), Row(2, SPEC, "b")])
+        assert loader.entered.wait(10)
+        threading.Event().wait(0.6)
+        loader.gate.set()
+        first.result(10)
+        futures = []
+        for text in ("back", "back later", "back last"):
+            threading.Event().wait(0.15)
+            futures.append(batcher.submit([Row(1, SPEC, text)]))
+        for future in futures:
+            future.result(10)
+        assert batcher.stats()["batches"] == 4  # each client that came back ran alone
     finally:
         loader.gate.set()
         batcher.close()
