@@ -10,7 +10,9 @@ import torch
 from app.engine.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.engine.forward import build_batch, hidden_states
 from app.engine.inference import classify, generate
+from app.engine.mixed import Row, logits_rows
 from app.engine.model import FrozenModel, load_frozen_model
+from app.engine.pool import PromptPool
 from app.engine.prompt_tuning import PromptTuningConfig
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from workers.prompt_tuning import train_prompt_tuning
@@ -61,6 +63,20 @@ def test_mixed_prompts_in_one_batch_match_rows_run_alone(smollm: FrozenModel) ->
             alone = hidden_states(smollm, build_batch(smollm, [prompt], [example]))[0]
             last = smollm.logits(together[row, -1]) - smollm.logits(alone[-1])
             assert last.abs().max() < 1e-4
+
+
+def test_pooled_prompts_serve_rows_of_many_tasks_as_the_uncached_model(smollm: FrozenModel) -> None:
+    # The serving path on the real Llama (grouped KV heads, RoPE): each row's input attends over its prompt's
+    # cached keys/values in a batch of other prompts and lengths, and must give what the uncached model gives.
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randn(n, 576, generator=generator) * 0.05 for n in (1, 5, 20)]
+    rows = [Row(i % 3, SENTIMENT, text) for i, (text, _) in enumerate(REVIEWS)]
+    logits = logits_rows(smollm, PromptPool(smollm, capacity=4), rows, lambda prompt_id: prompts[prompt_id])
+    for row, got in zip(rows, logits, strict=True):
+        example = encode_example(smollm, SENTIMENT, row.text, None)
+        with torch.no_grad():
+            alone = hidden_states(smollm, build_batch(smollm, [prompts[row.prompt_id]], [example]))[0, -1]
+        assert (got - smollm.logits(alone).float()).abs().max() < 1e-4
 
 
 def test_a_few_training_steps_reduce_loss_and_the_prompt_serves(smollm: FrozenModel) -> None:
