@@ -22,6 +22,7 @@ class BatchCounters:
     failed: int = 0
     queue_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    company_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # a free engine's wait per round
 
     def record_round(self, rows: int, queue_ms: Iterable[float]) -> None:
         """A round served `rows` rows to requests that had queued for queue_ms each."""
@@ -35,6 +36,7 @@ class BatchCounters:
         """The figures of GET /v1/stats' engine section (queue state and pool aside)."""
         queue_ms = sorted(self.queue_ms)
         sizes = list(self.batch_sizes)
+        company = sorted(self.company_ms)
         return {
             "batches": self.batches,
             "rows": self.rows,
@@ -45,6 +47,9 @@ class BatchCounters:
             "failed_requests": self.failed,
             "queue_ms_p50": percentile(queue_ms, 0.50),
             "queue_ms_p99": percentile(queue_ms, 0.99),
+            # how long the free engine waited for company before each round: what the batching policy costs
+            "wait_ms_p50": percentile(company, 0.50),
+            "wait_ms_p99": percentile(company, 0.99),
         }
 
 

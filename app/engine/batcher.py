@@ -161,6 +161,7 @@ class Batcher:
             if self._closed:
                 return []
             self._apply_discards()
+            ready = time.monotonic()  # the engine is free and has work: from here on it waits for company
             quiet = self.options.max_wait_ms / 1000
             first = min(item.enqueued for item in self._heap)
             longest = max(quiet, self.options.wait_share * self._round_seconds)
@@ -176,6 +177,7 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._counters.company_ms.append((time.monotonic() - ready) * 1000)
             taken: list[_Pending] = []
             rows = tokens = 0
             prompts: set[int] = set()

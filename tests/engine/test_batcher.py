@@ -132,7 +132,9 @@ def test_a_lone_request_on_an_idle_engine_waits_only_max_wait(frozen: FrozenMode
         batcher.submit([Row(1, SPEC, "warm")]).result(10)
         threading.Event().wait(0.1)
         batcher.submit([Row(1, SPEC, "alone")]).result(10)
-        assert batcher.stats()["queue_ms_p99"] < 1000
+        stats = batcher.stats()
+        assert stats["queue_ms_p99"] < 1000
+        assert 40 <= stats["wait_ms_p50"] <= stats["wait_ms_p99"] < 1000  # the quiet gap, and no more
     finally:
         batcher.close()
 
@@ -155,6 +157,7 @@ def test_a_round_waits_for_as_many_rows_as_the_last_one_served(frozen: FrozenMod
             future.result(10)
         stats = batcher.stats()
         assert (stats["batches"], stats["rows"]) == (2, 6)
+        assert stats["wait_ms_p99"] >= 300  # the second round waited for all three clients
     finally:
         loader.gate.set()
         batcher.close()
