@@ -54,25 +54,25 @@ def smollm(model_dir: Path) -> FrozenModel:
     return load_frozen_model(model_dir, device="cpu")
 
 
-def _fresh_postgres_database() -> tuple[str, str]:
-    """Create an empty database on the test server; (its URL, its name)."""
-    name = f"promptbank_test_{uuid.uuid4().hex[:12]}"
+def _on_postgres_server(statement: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) outside a transaction on the test server."""
     admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(statement))
     finally:
         admin.dispose()
+
+
+def _fresh_postgres_database() -> tuple[str, str]:
+    """Create an empty database on the test server; (its URL, its name)."""
+    name = f"promptbank_test_{uuid.uuid4().hex[:12]}"
+    _on_postgres_server(f'CREATE DATABASE "{name}"')
     return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False), name
 
 
 def _drop_postgres_database(name: str) -> None:
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    _on_postgres_server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

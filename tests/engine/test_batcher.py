@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -139,32 +140,9 @@ def test_a_lone_request_on_an_idle_engine_waits_only_max_wait(frozen: FrozenMode
         batcher.close()
 
 
-def test_a_round_waits_for_as_many_rows_as_the_last_one_served(frozen: FrozenModel) -> None:
-    # Clients answered by a round come back spread out (over HTTP, tens of ms apart): the next round waits for
-    # as many rows as the last one served, up to wait_share of its compute time, not just for a quiet gap.
-    batcher, loader = make_batcher(frozen, max_wait_ms=50, wait_share=1.0)
-    try:
-        first = batcher.submit([Row(0, SPEC, "hold"), Row(1, SPEC, "a"), Row(2, SPEC, "b")])
-        assert loader.entered.wait(10)
-        threading.Event().wait(0.6)  # a round of 3 rows that computes for 0.6 s
-        loader.gate.set()
-        first.result(10)
-        futures = []
-        for text in ("back", "back later", "back last"):
-            threading.Event().wait(0.15)  # three times the quiet gap between clients
-            futures.append(batcher.submit([Row(1, SPEC, text)]))
-        for future in futures:
-            future.result(10)
-        stats = batcher.stats()
-        assert (stats["batches"], stats["rows"]) == (2, 6)
-        assert stats["wait_ms_p99"] >= 300  # the second round waited for all three clients
-    finally:
-        loader.gate.set()
-        batcher.close()
-
-
-def test_with_no_wait_share_a_round_waits_max_wait_at_most(frozen: FrozenModel) -> None:
-    batcher, loader = make_batcher(frozen, max_wait_ms=50, wait_share=0.0)
+def _three_clients_back_after_a_long_round(wait_share: float, frozen: FrozenModel) -> dict[str, Any]:
+    """A 0.6 s round of 3 rows, then its 3 clients send again 0.15 s apart (three times the 50 ms quiet gap)."""
+    batcher, loader = make_batcher(frozen, max_wait_ms=50, wait_share=wait_share)
     try:
         first = batcher.submit([Row(0, SPEC, "hold"), Row(1, SPEC, "a"), Row(2, SPEC, "b")])
         assert loader.entered.wait(10)
@@ -177,7 +155,20 @@ def test_with_no_wait_share_a_round_waits_max_wait_at_most(frozen: FrozenModel) 
             futures.append(batcher.submit([Row(1, SPEC, text)]))
         for future in futures:
             future.result(10)
-        assert batcher.stats()["batches"] == 4  # each client that came back ran alone
+        return batcher.stats()
     finally:
         loader.gate.set()
         batcher.close()
+
+
+def test_a_round_waits_for_as_many_rows_as_the_last_one_served(frozen: FrozenModel) -> None:
+    # Clients answered by a round come back spread out (over HTTP, tens of ms apart): the next round waits for
+    # as many rows as the last one served, up to wait_share of its compute time, not just for a quiet gap.
+    stats = _three_clients_back_after_a_long_round(1.0, frozen)
+    assert (stats["batches"], stats["rows"]) == (2, 6)
+    assert stats["wait_ms_p99"] >= 300  # the second round waited for all three clients
+
+
+def test_with_no_wait_share_a_round_waits_max_wait_at_most(frozen: FrozenModel) -> None:
+    stats = _three_clients_back_after_a_long_round(0.0, frozen)
+    assert stats["batches"] == 4  # each client that came back ran alone
