@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         app.state.settings = settings
         app.state.session_factory = make_session_factory(engine)
         app.state.read_session_factory = make_read_session_factory(engine)
-        model_runtime.start(make_prompt_loader(app.state.read_session_factory))
+        model_runtime.start(make_prompt_loader(app.state.read_session_factory, lambda: model_runtime.wait(0)))
         app.state.runtime = model_runtime
         worker: Worker | None = None
         thread: threading.Thread | None = None

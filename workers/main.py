@@ -17,13 +17,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
-from app.db.repositories import DatasetRepository, JobRepository, TaskRepository
+from app.db.repositories import DatasetRepository, JobRepository, PromptRepository, TaskRepository
+from app.engine.artifact import Artifact
+from app.engine.methods import parse_config
 from app.engine.model import FrozenModel
-from app.engine.prompt_tuning import METHOD, PromptTuningConfig
-from app.engine.serialization import prompt_to_bytes
 from app.services.prompts import store_prompt
 from app.services.tasks import task_spec
-from workers.prompt_tuning import Cancelled, EvalReport, StepReport, train_prompt_tuning
+from workers.jobs import JOB_KINDS, JobContext
+from workers.training import Cancelled, EvalReport, StepReport
 
 log = logging.getLogger(__name__)
 
@@ -158,40 +159,48 @@ class Worker:
                 raise JobLost(job_id)
             task = TaskRepository(session).get(job.task_id)
             assert task is not None  # jobs are deleted with their task
+            run = JOB_KINDS.get(job.type)
+            if run is None:
+                raise ValueError(f"this worker knows no job type {job.type!r}; known: {', '.join(JOB_KINDS)}")
             spec, task_id = task_spec(task), task.id
-            config = PromptTuningConfig.model_validate(job.hyperparameters)
+            config = parse_config(job.hyperparameters)
             train, val = _load_examples(session, job)
-            # train_prompt_tuning refuses rows longer than the context itself, naming the example.
+            init = _load_init(session, config.init_prompt_id)
+            # The trainer refuses rows longer than the context itself, naming the example.
             model = self.get_model()
-            dataset_id, hyperparameters = job.dataset_id, job.hyperparameters
+            dataset_id, options = job.dataset_id, dict(job.options or {})
         beat.progress = {"step": 0, "total_steps": config.steps}
-        result = train_prompt_tuning(
-            model,
-            spec,
-            train,
-            val,
-            config,
+        context = JobContext(
+            model=model,
+            spec=spec,
+            train=train,
+            val=val,
+            config=config,
+            options=options,
+            init=init,
             on_step=beat.on_step,
             on_eval=beat.on_eval,
             should_stop=beat.should_stop,
+            event=lambda kind, message, data: beat.beat(event=(kind, message, data)),
+            set_total_steps=lambda total: beat.progress.update(total_steps=total),
         )
-        tensors = prompt_to_bytes(result.prompt, {"method": METHOD, "base_model": model.identity.fingerprint})
+        result = run(context)
         with self.sessions.begin() as session:
             repo = JobRepository(session)
             prompt = store_prompt(
                 session,
                 task_id=task_id,
-                tensors=tensors,
-                method=METHOD,
-                num_virtual_tokens=int(result.prompt.shape[0]),
-                hidden_size=int(result.prompt.shape[1]),
+                artifact=result.artifact,
+                positions=result.positions,
+                hidden_size=model.hidden_size,
                 identity=model.identity,
                 metrics=result.metrics,
-                hyperparameters=hyperparameters,
+                hyperparameters=result.hyperparameters,
                 job_id=job_id,
                 dataset_id=dataset_id,
             )
-            progress = {**beat.progress, "step": config.steps, "total_steps": config.steps}
+            total = beat.progress.get("total_steps", config.steps)
+            progress = {**beat.progress, "step": total, "total_steps": total}
             if not repo.finish(
                 job_id, self.worker_id, JobStatus.succeeded, result_prompt_id=prompt.id, progress=progress
             ):
@@ -200,10 +209,21 @@ class Worker:
             repo.add_event(
                 job_id,
                 "succeeded",
-                f"stored prompt {prompt.id} (version {prompt.version}) from step {result.best_step}",
+                f"stored {result.artifact.method} prompt {prompt.id} (version {prompt.version}) "
+                f"from step {result.best_step}",
                 {"prompt_id": prompt.id, "metrics": result.metrics},
             )
         return JobStatus.succeeded, {}
+
+
+def _load_init(session: Session, prompt_id: int | None) -> Artifact | None:
+    """The stored prompt a job starts from ({"from_prompt": id}); the job fails if it was deleted since."""
+    if prompt_id is None:
+        return None
+    prompt = PromptRepository(session).get(prompt_id, with_tensors=True)
+    if prompt is None:
+        raise ValueError(f"init prompt {prompt_id} of this job was deleted")
+    return Artifact.from_bytes(prompt.tensors)
 
 
 def _load_examples(session: Session, job: Job) -> tuple[list[tuple[str, str]], list[tuple[str, str]] | None]:

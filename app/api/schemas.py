@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.engine.prompt_tuning import PromptTuningConfig
+from app.engine.methods import TrainConfigUnion
+from app.engine.methods.prompt import PromptConfig
+from app.services.job_types import JobType, LengthSearch
 
 
 class Strict(BaseModel):
@@ -80,12 +82,22 @@ class TaskOut(BaseModel):
 
 
 class JobCreate(Strict):
-    type: Literal["train"] = "train"
+    type: JobType = Field(default="train", description='"train", or "length_search" (trains several lengths).')
     task: str | int = Field(description="Task id or name.")
     dataset_id: int
     validation_dataset_id: int | None = None
-    hyperparameters: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    hyperparameters: TrainConfigUnion = Field(  # type: ignore[valid-type]
+        default_factory=PromptConfig,
+        description='The method (`method`, default "prompt") and its hyperparameters.',
+    )
+    search: LengthSearch | None = Field(default=None, description='Options of a "length_search" job.')
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+
+    @model_validator(mode="after")
+    def _check_type_options(self) -> JobCreate:
+        if self.search is not None and self.type != "length_search":
+            raise ValueError('"search" only goes with "type": "length_search".')
+        return self
 
 
 class JobProgress(BaseModel):
@@ -138,7 +150,8 @@ class PromptOut(BaseModel):
     version: int
     active: bool
     method: str
-    num_virtual_tokens: int
+    num_virtual_tokens: int = Field(description="Positions the prompt adds to each row (before and after the input).")
+    shapes: dict[str, list[int]] = Field(description="Shape of each stored tensor, by name.")
     hidden_size: int
     base_model: BaseModelIdentity
     size_bytes: int

@@ -97,6 +97,8 @@ class Job(Base):
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
     )
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # what a job type needs besides the method's hyperparameters (e.g. a length search's lengths)
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, name="job_status", native_enum=False, length=16), default=JobStatus.queued
     )
@@ -146,6 +148,8 @@ class Prompt(Base):
     base_model_fingerprint: Mapped[str] = mapped_column(String(64))
     tensors: Mapped[bytes] = mapped_column(LargeBinary)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    # name -> shape of each stored tensor (what GET /v1/prompts shows without reading the tensors)
+    shapes: Mapped[dict[str, list[int]] | None] = mapped_column(JSON, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)

@@ -10,16 +10,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
-
-import torch
 
 from app.engine.batch_stats import BatchCounters
 from app.engine.mixed import Row, classify_rows, generate_rows
 from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.text import render
+from app.engine.pool import PromptMissing, PromptPool
+from app.engine.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +56,7 @@ class _Pending:
     enqueued: float = field(compare=False)
     deadline: float | None = field(compare=False)
     future: Future[Result] = field(compare=False)
+    loaded: dict[int, Segments] = field(compare=False, default_factory=dict)  # prompts missing from the pool
 
 
 class Batcher:
@@ -73,7 +71,7 @@ class Batcher:
         self,
         frozen: FrozenModel,
         pool: PromptPool,
-        load: Callable[[int], torch.Tensor],
+        load: Callable[[int], Segments],
         options: BatcherOptions | None = None,
     ) -> None:
         self.frozen, self.pool, self.load = frozen, pool, load
@@ -113,13 +111,22 @@ class Batcher:
             self._cond.notify()
 
     def submit(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Future[Result]:
-        """Queue rows (of any tasks); the future gives one result per row, in order."""
+        """Queue rows (of any tasks and methods); the future gives one result per row, in order.
+
+        Runs on the caller's thread: tokenises each row once, and reads the prompts the pool lacks (load may read
+        the database and raise for an unreadable prompt), so the engine thread only computes.
+        """
         future: Future[Result] = Future()
         if not rows:
             future.set_result([])
             return future
-        # Tokenising here, on the caller's thread, keeps it off the engine thread's critical path.
-        tokens = sum(len(self.frozen.encode(render(row.spec.template, row.text))) for row in rows)
+        rows = [row.tokenized(self.frozen) for row in rows]
+        tokens = sum(len(row.ids) for row in rows)
+        loaded = {
+            prompt_id: self.load(prompt_id)
+            for prompt_id in dict.fromkeys(row.prompt_id for row in rows)
+            if prompt_id not in self.pool
+        }
         now = time.monotonic()
         item = _Pending(
             sort_key=(-priority, next(self._arrivals)),
@@ -128,6 +135,7 @@ class Batcher:
             enqueued=now,
             deadline=None if timeout is None else now + timeout,
             future=future,
+            loaded=loaded,
         )
         with self._cond:
             if self._closed:
@@ -225,12 +233,21 @@ class Batcher:
             self._round_rows = sum(len(item.rows) for item in taken)
 
     def _serve(self, items: list[_Pending], started: float) -> None:
-        items = self._drop_unloadable(items)
-        if not items:
-            return
+        self.pool.stage({prompt_id: prompt for item in items for prompt_id, prompt in item.loaded.items()})
         rows = [row for item in items for row in item.rows]
         try:
             results = self._compute(rows)
+        except PromptMissing as missing:
+            # Evicted between its request's submit and this round: those requests go back to their callers,
+            # which submit again (reading the prompt off this thread); the others are served now.
+            lost = set(missing.prompt_ids)
+            keep = [item for item in items if not lost & {row.prompt_id for row in item.rows}]
+            for item in items:
+                if item not in keep:
+                    item.future.set_exception(missing)
+            if keep and len(keep) < len(items):
+                self._serve(keep, started)
+            return
         except Exception as exc:  # a failed batch fails its requests, never the engine thread
             log.exception("inference batch of %d rows failed", len(rows))
             with self._cond:
@@ -245,28 +262,6 @@ class Batcher:
             item.future.set_result(results[offset : offset + len(item.rows)])
             offset += len(item.rows)
 
-    def _drop_unloadable(self, items: list[_Pending]) -> list[_Pending]:
-        """Load the round's missing prompts first, so one unreadable or deleted prompt fails only its requests."""
-        failed: dict[int, Exception] = {}
-        for prompt_id in dict.fromkeys(row.prompt_id for item in items for row in item.rows):
-            if prompt_id not in self.pool:
-                try:
-                    self.pool.get(prompt_id, partial(self.load, prompt_id))
-                except Exception as exc:
-                    failed[prompt_id] = exc
-        if not failed:
-            return items
-        keep = []
-        for item in items:
-            bad = next((failed[row.prompt_id] for row in item.rows if row.prompt_id in failed), None)
-            if bad is None:
-                keep.append(item)
-            else:
-                with self._cond:
-                    self._counters.failed += 1
-                item.future.set_exception(bad)
-        return keep
-
     def _compute(self, rows: list[Row]) -> Result:
         """Classification rows in one mixed pass, generation rows in another; results in row order."""
         results: Result = [None] * len(rows)
@@ -274,7 +269,7 @@ class Batcher:
         for kind, run in (("classification", classify_rows), ("generation", generate_rows)):
             indices = [i for i, row in enumerate(rows) if row.spec.kind == kind]
             if indices:
-                outputs = run(self.frozen, self.pool, [rows[i] for i in indices], self.load, max_batch_tokens=budget)
+                outputs = run(self.frozen, self.pool, [rows[i] for i in indices], max_batch_tokens=budget)
                 for i, output in zip(indices, outputs, strict=True):
                     results[i] = output
         return results

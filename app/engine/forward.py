@@ -1,129 +1,184 @@
-"""One forward pass over rows that each carry their own soft prompt (or none): batching, loss, scores."""
+"""The one forward: rows that each carry their own prompt (any method), for training, validation and serving.
+
+Row b is laid out as keys [pad | cached prompt_b] (from batch_cache) and queries
+[pad | row prefix | input | after | branch 1 | branch 2 ...], left-padded so that generation appends right after
+the row's own part. Positions continue after the cached prompt; every branch starts where the shared part (row
+prefix, input, after) ends, and sees it but not its sibling branches. A branch is a target fed for teacher
+forcing: the rest of a multi-token label when classifying, the output when training.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from transformers import DynamicCache
 
 from app.engine.model import FrozenModel
-from app.engine.text import EncodedExample
+from app.engine.prompt_cache import batch_cache
+from app.engine.segments import ServedPrompt
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Left-padded rows [prompt | input | target], L = the longest row.
+class Query:
+    """What a row feeds: its input ids, then branches that see the input but not each other."""
 
-    inputs_embeds [B, L, H] (model dtype), attention_mask [B, L] long, position_ids [B, L] long,
-    target_mask [B, L] bool (True where the NEXT token is a target), target_ids [B, L] long (that next
-    token where target_mask, 0 elsewhere). Left padding puts every row's last token at position L-1.
-    """
-
-    inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    target_mask: torch.Tensor
-    target_ids: torch.Tensor
+    input_ids: Sequence[int]
+    branches: tuple[Sequence[int], ...] = ()
 
     @property
-    def size(self) -> int:
-        """Rows in the batch."""
-        return int(self.inputs_embeds.shape[0])
+    def tokens(self) -> int:
+        """Token positions of the row (input and branches), without what its prompt adds."""
+        return len(self.input_ids) + sum(len(branch) for branch in self.branches)
 
 
-def row_length(prompt: torch.Tensor | None, example: EncodedExample) -> int:
-    """Positions one row occupies: prompt vectors, input tokens and target tokens."""
-    virtual = 0 if prompt is None else int(prompt.shape[0])
-    return virtual + len(example.input_ids) + len(example.target_ids)
+@dataclass(frozen=True)
+class Pass:
+    """The result of forward_rows.
+
+    hidden [B, W+1, H]: the body's output; its extra last slot holds each row's cached prompt's last state (read
+    for rows whose own part is empty). last [B] long: the slot predicting the token after the row's shared part.
+    branch_starts: per row, the slot of each branch's first token. key_real [B, P+W] bool: False on pads.
+    """
+
+    hidden: torch.Tensor
+    cache: DynamicCache
+    key_real: torch.Tensor
+    last: torch.Tensor
+    branch_starts: list[list[int]]
 
 
-def build_batch(frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]) -> Batch:
-    """Left-pad rows with per-row prompts [n_i, H] (any length, or None) into one batch; prompts keep grad."""
-    if len(prompts) != len(examples):
-        raise ValueError(f"got {len(prompts)} prompts for {len(examples)} examples.")
-    if not examples:
-        raise ValueError("cannot build an empty batch.")
-    lengths = [row_length(prompt, example) for prompt, example in zip(prompts, examples, strict=True)]
-    width = max(lengths)
-    if width > frozen.max_positions:
-        row = lengths.index(width)
-        raise ValueError(f"row {row} needs {width} positions but the model's context holds {frozen.max_positions}.")
-    device, dtype, hidden = frozen.device, frozen.dtype, frozen.hidden_size
-    rows: list[torch.Tensor] = []
-    target_mask = torch.zeros(len(examples), width, dtype=torch.bool)
-    target_ids = torch.zeros(len(examples), width, dtype=torch.long)
-    for index, (prompt, example, length) in enumerate(zip(prompts, examples, lengths, strict=True)):
-        if length == 0:
-            raise ValueError(f"row {index} is empty: no prompt, no input, no target.")
-        parts = [torch.zeros(width - length, hidden, device=device, dtype=dtype)]
-        if prompt is not None:
-            if prompt.dim() != 2 or prompt.shape[1] != hidden:
-                raise ValueError(f"row {index}: prompt shape {tuple(prompt.shape)} is not [n, {hidden}].")
-            parts.append(prompt.to(device=device, dtype=dtype))  # .to keeps the graph back to the prompt
-        tokens = example.input_ids + example.target_ids
-        if tokens:
-            parts.append(frozen.embed(torch.tensor(tokens, dtype=torch.long)))
-        rows.append(torch.cat(parts))
-        n_targets = len(example.target_ids)
-        if n_targets:
-            if length == n_targets:
-                raise ValueError(f"row {index}: a target needs at least one prompt or input position before it.")
-            # The logits at position t predict token t+1, so the targets are read one position early.
-            target_mask[index, width - n_targets - 1 : width - 1] = True
-            target_ids[index, width - n_targets - 1 : width - 1] = torch.tensor(example.target_ids)
-    pads = torch.tensor([width - length for length in lengths]).unsqueeze(1)
-    attention_mask = (torch.arange(width).unsqueeze(0) >= pads).long()
-    # Positions count real tokens only, so a padded row sees exactly the positions it would see alone.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return Batch(
-        inputs_embeds=torch.stack(rows),
-        attention_mask=attention_mask.to(device),
-        position_ids=position_ids.to(device),
-        target_mask=target_mask.to(device),
-        target_ids=target_ids.to(device),
+def _row_embeds(frozen: FrozenModel, served: ServedPrompt, query: Query, pad: int, plain: torch.Tensor) -> torch.Tensor:
+    """One row's query embeddings [W, H]: the plain token embeddings unless its prompt adds or maps parts."""
+    if served.row_prefix is None and served.map_embeds is None and served.after is None:
+        return plain
+    ids = [*query.input_ids, *(token for branch in query.branches for token in branch)]
+    n_input = len(query.input_ids)
+    tokens = frozen.embed(torch.tensor(ids, dtype=torch.long)) if ids else plain[:0]
+    mapped = served.map_embeds(tokens) if served.map_embeds is not None and ids else tokens
+    parts = [plain[:pad]]
+    if served.row_prefix is not None:
+        parts.append(served.row_prefix(tokens[:n_input]).to(frozen.dtype))
+    parts.append(mapped[:n_input])
+    if served.after is not None:
+        parts.append(served.after)
+    parts.append(mapped[n_input:])
+    return torch.cat(parts)
+
+
+def forward_rows(frozen: FrozenModel, served: Sequence[ServedPrompt], queries: Sequence[Query]) -> Pass:
+    """Run B rows, each over its own prompt, in one pass (differentiable when gradients are on)."""
+    device = frozen.device
+    shared = [s.extra_width + len(q.input_ids) for s, q in zip(served, queries, strict=True)]
+    widths = [s.extra_width + q.tokens for s, q in zip(served, queries, strict=True)]
+    width = max(widths)
+    ids = torch.zeros(len(queries), width, dtype=torch.long)
+    segments = torch.full((len(queries), width), -1, dtype=torch.long)  # -1 pad, 0 shared, k+1 branch k
+    positions = torch.zeros(len(queries), width, dtype=torch.long)
+    last: list[int] = []
+    branch_starts: list[list[int]] = []
+    for row, (prompt, query) in enumerate(zip(served, queries, strict=True)):
+        start = width - widths[row]
+        first_position = prompt.length
+        # Token ids sit where the tokens are; the prompt's own slots (row prefix, after) hold 0 until replaced.
+        at = start + prompt.row_prefix_length
+        ids[row, at : at + len(query.input_ids)] = torch.tensor(list(query.input_ids), dtype=torch.long)
+        end = start + shared[row]
+        segments[row, start:end] = 0
+        positions[row, start:end] = torch.arange(first_position, first_position + shared[row])
+        last.append(end - 1 if shared[row] else width)
+        starts = []
+        for k, branch in enumerate(query.branches):
+            starts.append(end)
+            ids[row, end : end + len(branch)] = torch.tensor(list(branch), dtype=torch.long)
+            segments[row, end : end + len(branch)] = k + 1
+            positions[row, end : end + len(branch)] = torch.arange(
+                first_position + shared[row], first_position + shared[row] + len(branch)
+            )
+            end += len(branch)
+        branch_starts.append(starts)
+    cache, prompt_real = batch_cache(frozen, [s.kv for s in served])
+    segments, positions = segments.to(device), positions.to(device)
+    key_real = torch.cat([prompt_real, segments >= 0], dim=1)
+    prompt_last = torch.zeros(len(queries), 1, frozen.hidden_size, device=device, dtype=frozen.dtype)
+    for row, prompt in enumerate(served):
+        if shared[row] == 0:
+            if prompt.kv is None or prompt.kv.last_hidden is None:
+                raise ValueError(f"row {row} has no input tokens and its prompt gives no state to read; give an input.")
+            prompt_last = prompt_last.index_copy(
+                0, torch.tensor([row], device=device), prompt.kv.last_hidden[None, None]
+            )
+    last_slots = torch.tensor(last, device=device)
+    if width == 0:
+        return Pass(prompt_last, cache, key_real, last_slots, branch_starts)
+    plain = frozen.embed(ids)
+    embeds = torch.stack(
+        [
+            _row_embeds(frozen, prompt, query, width - widths[row], plain[row])
+            for row, (prompt, query) in enumerate(zip(served, queries, strict=True))
+        ]
     )
-
-
-def hidden_states(frozen: FrozenModel, batch: Batch) -> torch.Tensor:
-    """The decoder body's last hidden states [B, L, H], without the LM head."""
-    # base_model is the body for every causal LM (Llama: .model, GPT-2: .transformer); projecting onto the
-    # vocabulary only where a score is needed avoids a [B, L, vocab] tensor per forward.
+    span = prompt_real.shape[1]
+    key_segments = torch.cat([torch.zeros_like(prompt_real, dtype=torch.long), segments], dim=1)
+    causal = torch.arange(span + width, device=device) <= span + torch.arange(width, device=device).unsqueeze(1)
+    # A query sees real keys at or before it that are prompt, shared part, or its own branch (never a sibling).
+    same = (key_segments.unsqueeze(1) == 0) | (key_segments.unsqueeze(1) == segments.unsqueeze(2))
+    allowed = key_real.unsqueeze(1) & causal & same
+    # An additive float mask works for both the eager and the SDPA attention paths; no query row is fully masked
+    # since every real query sees itself (pad queries see nothing real and are never read).
+    mask = torch.zeros(allowed.shape, dtype=frozen.dtype, device=device)
+    mask = mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min).unsqueeze(1)
     output = frozen.model.base_model(
-        inputs_embeds=batch.inputs_embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
     )
-    return output.last_hidden_state
+    hidden = torch.cat([output.last_hidden_state, prompt_last], dim=1)
+    return Pass(hidden, output.cache, key_real, last_slots, branch_starts)
 
 
-def _target_logits(frozen: FrozenModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits [N, vocab] at the N target positions and the ids [N] they should predict."""
-    if not bool(batch.target_mask.any()):
-        raise ValueError("the batch holds no target tokens to score.")
-    hidden = hidden_states(frozen, batch)[batch.target_mask]
-    return frozen.logits(hidden).float(), batch.target_ids[batch.target_mask]
+def score_targets(
+    frozen: FrozenModel,
+    served: Sequence[ServedPrompt],
+    inputs: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[Sequence[int]]],
+) -> list[torch.Tensor]:
+    """Total log-probability of each row's target sequences after its input: one float32 tensor [K_b] per row.
+
+    A target's first token is read at the input's last state; the rest is fed as a branch of the same pass, so
+    the input runs once however many targets (labels) a row scores. Differentiable (training uses it).
+    """
+    for row, row_targets in enumerate(targets):
+        if any(not target for target in row_targets):
+            raise ValueError(f"row {row} has an empty target.")
+    queries = [
+        Query(ids, tuple(target[:-1] for target in row_targets if len(target) > 1))
+        for ids, row_targets in zip(inputs, targets, strict=True)
+    ]
+    result = forward_rows(frozen, served, queries)
+    slots: dict[tuple[int, int], int] = {}  # (row, hidden slot) -> row of `logits`: each state read once
+    reads: list[tuple[int, int, int]] = []  # (state, target token, target number)
+    count = 0
+    for row, row_targets in enumerate(targets):
+        source = int(result.last[row])
+        starts = iter(result.branch_starts[row])
+        for target in row_targets:
+            branch = next(starts) if len(target) > 1 else -1
+            for step, token in enumerate(target):
+                # Token `step` is predicted by the input's last state, then by the branch's previous token.
+                at = source if step == 0 else branch + step - 1
+                reads.append((slots.setdefault((row, at), len(slots)), token, count))
+            count += 1
+    where = torch.tensor(list(slots), device=frozen.device)
+    logits = frozen.logits(result.hidden[where[:, 0], where[:, 1]]).float()
+    # log p(token) = logit - logsumexp: no second [N, vocab] tensor for a full log_softmax.
+    normalizers = torch.logsumexp(logits, dim=-1)
+    state_index, target_ids, target_index = torch.tensor(reads, device=frozen.device).unbind(1)
+    picked = logits[state_index, target_ids] - normalizers[state_index]
+    totals = torch.zeros(count, device=frozen.device).index_add(0, target_index, picked)
+    return list(totals.split([len(row_targets) for row_targets in targets]))
 
 
-def lm_loss(frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]) -> torch.Tensor:
-    """Mean cross-entropy over every target token of the batch (a scalar, differentiable w.r.t. prompts)."""
-    logits, ids = _target_logits(frozen, build_batch(frozen, prompts, examples))
-    return F.cross_entropy(logits, ids)
-
-
-def target_logprobs(
-    frozen: FrozenModel, prompts: list[torch.Tensor | None], examples: list[EncodedExample]
-) -> torch.Tensor:
-    """Sum of log-probabilities of each row's target tokens [B] float32 (0 for rows without target)."""
-    batch = build_batch(frozen, prompts, examples)
-    logits, ids = _target_logits(frozen, batch)
-    token_logprobs = torch.log_softmax(logits, dim=-1).gather(1, ids.unsqueeze(1)).squeeze(1)
-    rows = batch.target_mask.nonzero(as_tuple=True)[0]
-    totals = torch.zeros(batch.size, device=token_logprobs.device, dtype=torch.float32)
-    return totals.index_add(0, rows, token_logprobs)
-
-
-def count_target_tokens(examples: list[EncodedExample]) -> int:
-    """How many target tokens a list of examples holds (to average summed log-probs per token)."""
-    return sum(len(example.target_ids) for example in examples)
+def last_states(frozen: FrozenModel, served: Sequence[ServedPrompt], inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[B, H]: each row's final state after its input (what predicts the next token)."""
+    result = forward_rows(frozen, served, [Query(ids) for ids in inputs])
+    return result.hidden[torch.arange(len(inputs), device=frozen.device), result.last]

@@ -1,19 +1,26 @@
-"""Rows of different tasks in one forward pass: each row's input attends over its prompt's pooled keys/values."""
+"""Rows of different tasks and methods in one forward pass, each over its own prompt version from the pool."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from app.engine.inference import _cut_at_stop
+from app.engine.decode import Decoding, decode
+from app.engine.forward import Query, forward_rows, last_states, score_targets
 from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.prompt_cache import PromptKV, Query, forward_cached
-from app.engine.text import TaskSpec, encode_example, label_token_ids, output_text, render
+from app.engine.segments import ServedPrompt
+from app.engine.text import TaskSpec, encode_example, label_token_ids, render
 
-Loader = Callable[[int], torch.Tensor]
+
+class PromptSource(Protocol):
+    """Where rows' prompts come from (the prompt pool): served prompts by id, at most capacity at once."""
+
+    capacity: int
+
+    def get_many(self, prompt_ids: Sequence[int]) -> dict[int, ServedPrompt]: ...
 
 
 def forward_overhead(frozen: FrozenModel) -> int:
@@ -30,51 +37,73 @@ def forward_overhead(frozen: FrozenModel) -> int:
 
 @dataclass(frozen=True)
 class Row:
-    """One request row: which prompt version serves it, its task, its input, and generation limits."""
+    """One request row: which prompt version serves it, its task, its input, and generation limits.
+
+    input_ids: the rendered input's token ids, computed once per request (by the batcher's submit, on the
+    caller's thread); rows built without them are tokenised when first served.
+    """
 
     prompt_id: int
     spec: TaskSpec
     text: str
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ()
+    input_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.input_ids is not None:
+            object.__setattr__(self, "input_ids", tuple(self.input_ids))
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be at least 0, got {self.max_new_tokens}.")
+
+    def tokenized(self, frozen: FrozenModel) -> Row:
+        """This row with its input ids (itself when it has them)."""
+        if self.input_ids is not None:
+            return self
+        ids = tuple(encode_example(frozen, self.spec, self.text, None).input_ids)
+        return Row(self.prompt_id, self.spec, self.text, self.max_new_tokens, self.stop, ids)
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        if self.input_ids is None:
+            raise ValueError("the row is not tokenized; call tokenized(frozen) first.")
+        return self.input_ids
 
 
 def _batches(
     frozen: FrozenModel,
-    pool: PromptPool,
+    prompts: PromptSource,
     rows: list[Row],
-    widths: list[int],
+    tokens: list[int],
     extra: list[int],
-    load: Loader,
     budget: int,
-) -> Iterator[tuple[list[int], list[PromptKV]]]:
-    """Row indices sorted by width and cut into sub-batches, each with its rows' prompt keys/values.
+) -> Iterator[tuple[list[int], list[ServedPrompt]]]:
+    """Row indices sorted by width and cut into sub-batches, each with its rows' served prompts.
 
-    Rows are taken in chunks of at most pool.capacity distinct prompts (all of a round, when they fit), the
-    chunk's missing prompts computed together; each chunk is cut by _partition.
+    Rows are taken in chunks of at most prompts.capacity distinct prompts (all of a round, when they fit), the
+    chunk's missing prompts resolved together; each chunk is cut by _partition. tokens: each row's own token
+    positions (input and branches); extra: new tokens it may decode.
     """
     if budget < 1:
         raise ValueError(f"max_batch_tokens must be at least 1, got {budget}.")
     # Similar widths together keep padding small; equal prompts together keep distinct prompts per chunk few.
-    order = sorted(range(len(rows)), key=lambda i: (widths[i], extra[i], rows[i].prompt_id))
+    order = sorted(range(len(rows)), key=lambda i: (tokens[i], extra[i], rows[i].prompt_id))
     overhead = forward_overhead(frozen)
-    for chunk in _prompt_chunks(order, rows, pool.capacity):
-        ready = pool.get_many(sorted({rows[i].prompt_id for i in chunk}), load)
-        kvs = {index: ready[rows[index].prompt_id] for index in chunk}
+    for chunk in _prompt_chunks(order, rows, prompts.capacity):
+        ready = prompts.get_many(sorted({rows[i].prompt_id for i in chunk}))
+        served = {index: ready[rows[index].prompt_id] for index in chunk}
+        widths = {index: tokens[index] + served[index].extra_width for index in chunk}
         for index in chunk:
-            if kvs[index].length + widths[index] > frozen.max_positions:
+            needed = served[index].length + widths[index]
+            if needed > frozen.max_positions:
                 raise ValueError(
-                    f"row {index} needs {kvs[index].length + widths[index]} positions but the model's context "
-                    f"holds {frozen.max_positions}."
+                    f"row {index} needs {needed} positions but the model's context holds {frozen.max_positions}."
                 )
-        spans = {index: kvs[index].length for index in chunk}
-        for group in _partition(chunk, widths, extra, spans, budget, overhead):
-            yield group, [kvs[index] for index in group]
+        spans = {index: served[index].length for index in chunk}
+        ordered = sorted(chunk, key=lambda i: (widths[i], extra[i], rows[i].prompt_id))
+        for group in _partition(ordered, widths, extra, spans, budget, overhead):
+            yield group, [served[index] for index in group]
 
 
 def _prompt_chunks(order: list[int], rows: list[Row], capacity: int) -> Iterator[list[int]]:
@@ -92,7 +121,7 @@ def _prompt_chunks(order: list[int], rows: list[Row], capacity: int) -> Iterator
 
 
 def _partition(
-    order: list[int], widths: list[int], extra: list[int], spans: dict[int, int], budget: int, overhead: int
+    order: list[int], widths: dict[int, int], extra: list[int], spans: dict[int, int], budget: int, overhead: int
 ) -> list[list[int]]:
     """Cut rows sorted by width into consecutive sub-batches of least estimated cost (dynamic programming).
 
@@ -122,10 +151,8 @@ def _partition(
     return groups[::-1]
 
 
-def _label_targets(
-    frozen: FrozenModel, spec: TaskSpec, text: str, memo: dict[TaskSpec, list[list[int]]]
-) -> list[list[int]]:
-    """Each label's token ids after this input, exactly as inference.classify scores them."""
+def _label_targets(frozen: FrozenModel, spec: TaskSpec, memo: dict[TaskSpec, list[list[int]]]) -> list[list[int]]:
+    """Each label's token ids after an input of this task."""
     if spec not in memo:
         if spec.kind != "classification":
             raise ValueError(f"classify_rows needs classification tasks, got a {spec.kind} task.")
@@ -134,145 +161,115 @@ def _label_targets(
         if empty:
             raise ValueError(f"labels {empty} encode to no tokens.")
         memo[spec] = labels
-    labels = memo[spec]
-    firsts = [ids[0] for ids in labels]
-    if all(len(ids) == 1 for ids in labels) and len(set(firsts)) == len(firsts):
-        return labels
-    # Multi-token labels are tokenized after the real rendered input, like inference's target scoring.
-    return [encode_example(frozen, spec, text, label).target_ids for label in spec.labels]
+    return memo[spec]
+
+
+def target_scores(
+    frozen: FrozenModel,
+    prompts: PromptSource,
+    rows: list[Row],
+    targets: Sequence[Sequence[Sequence[int]]],
+    *,
+    max_batch_tokens: int = 4096,
+) -> list[torch.Tensor]:
+    """Each row's total log-probability of each of its target sequences, float32 [K_b], rows in order.
+
+    A target's first token is read at the input's last position; the rest is fed as a branch in the same
+    forward pass, seeing the input but not the other targets, so the input runs once however many targets.
+    """
+    rows = [row.tokenized(frozen) for row in rows]
+    tokens = [
+        len(row.ids) + sum(len(t) - 1 for t in row_targets) for row, row_targets in zip(rows, targets, strict=True)
+    ]
+    results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
+    for group, served in _batches(frozen, prompts, rows, tokens, [0] * len(rows), max_batch_tokens):
+        totals = score_targets(frozen, served, [rows[i].ids for i in group], [targets[i] for i in group])
+        for index, scores in zip(group, totals, strict=True):
+            results[index] = scores
+    return results
+
+
+def label_scores(
+    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
+) -> list[torch.Tensor]:
+    """Each row's total log-probability of each of its task's labels, float32 [K] in spec.labels order."""
+    memo: dict[TaskSpec, list[list[int]]] = {}
+    targets = [_label_targets(frozen, row.spec, memo) for row in rows]
+    return target_scores(frozen, prompts, rows, targets, max_batch_tokens=max_batch_tokens)
 
 
 @torch.no_grad()
 def classify_rows(
-    frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
+    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
 ) -> list[dict[str, float]]:
-    """Probabilities over each row's labels (softmax of each label's total log-prob), rows of any tasks, in order.
-
-    A label's first token is read at the input's last position; the rest of a multi-token label is fed as a
-    branch in the same forward pass, seeing the input but not the other labels, so the input runs once.
-    """
-    memo: dict[TaskSpec, list[list[int]]] = {}
-    targets = [_label_targets(frozen, row.spec, row.text, memo) for row in rows]
-    queries = [
-        Query(encode_example(frozen, row.spec, row.text, None).input_ids, tuple(t[:-1] for t in labels if len(t) > 1))
-        for row, labels in zip(rows, targets, strict=True)
+    """Probabilities over each row's labels (softmax of each label's total log-prob), rows in order."""
+    scores = label_scores(frozen, prompts, rows, max_batch_tokens=max_batch_tokens)
+    return [
+        dict(zip(row.spec.labels, torch.softmax(row_scores, dim=-1).tolist(), strict=True))
+        for row, row_scores in zip(rows, scores, strict=True)
     ]
-    widths = [query.width for query in queries]
-    results: list[dict[str, float]] = [{} for _ in rows]
-    for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
-        hidden = forward_cached(frozen, kvs, [queries[i] for i in group])[0]
-        width = hidden.shape[1] - 1
-        slots: dict[tuple[int, int], int] = {}  # (row in batch, hidden index) -> row of `logits`: each read once
-        reads: list[tuple[int, int, int]] = []  # (slot, target token, label number within the batch)
-        n_labels = 0
-        for b, index in enumerate(group):
-            source = queries[index].last_input_slot(width)
-            branch = width - queries[index].width + len(queries[index].input_ids)
-            for label in targets[index]:
-                for step, token in enumerate(label):
-                    # Token `step` is predicted by the input's last state, then by the branch's previous token.
-                    at = source if step == 0 else branch + step - 1
-                    reads.append((slots.setdefault((b, at), len(slots)), token, n_labels))
-                n_labels += 1
-                if len(label) > 1:
-                    branch += len(label) - 1
-        where = torch.tensor(list(slots), device=frozen.device)
-        logits = frozen.logits(hidden[where[:, 0], where[:, 1]]).float()
-        # log p(token) = logit - logsumexp: no second [N, vocab] tensor for a full log_softmax.
-        normalizers = torch.logsumexp(logits, dim=-1)
-        state_index, target_ids, label_index = torch.tensor(reads, device=frozen.device).unbind(1)
-        picked = logits[state_index, target_ids] - normalizers[state_index]
-        totals = torch.zeros(n_labels, device=frozen.device).index_add(0, label_index, picked)
-        start = 0
-        for index in group:
-            labels = rows[index].spec.labels
-            probabilities = torch.softmax(totals[start : start + len(labels)], dim=-1).tolist()
-            results[index] = dict(zip(labels, probabilities, strict=True))
-            start += len(labels)
-    return results
 
 
 @torch.no_grad()
 def logits_rows(
-    frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
+    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
 ) -> list[torch.Tensor]:
     """Float32 logits [vocab] predicting the token after each row's rendered input, rows in order."""
-    queries = [Query(encode_example(frozen, row.spec, row.text, None).input_ids) for row in rows]
+    return [
+        frozen.logits(state).float() for state in state_rows(frozen, prompts, rows, max_batch_tokens=max_batch_tokens)
+    ]
+
+
+@torch.no_grad()
+def state_rows(
+    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
+) -> list[torch.Tensor]:
+    """The final hidden state [H] after each row's input (under its prompt), rows in order."""
+    rows = [row.tokenized(frozen) for row in rows]
     results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
-    widths = [query.width for query in queries]
-    for group, kvs in _batches(frozen, pool, rows, widths, [0] * len(rows), load, max_batch_tokens):
-        hidden = forward_cached(frozen, kvs, [queries[i] for i in group])[0]
-        slots = torch.tensor([queries[i].last_input_slot(hidden.shape[1] - 1) for i in group], device=frozen.device)
-        logits = frozen.logits(hidden[torch.arange(len(group), device=frozen.device), slots]).float()
+    tokens = [len(row.ids) for row in rows]
+    for group, served in _batches(frozen, prompts, rows, tokens, [0] * len(rows), max_batch_tokens):
+        states = last_states(frozen, served, [rows[i].ids for i in group])
         for b, index in enumerate(group):
-            results[index] = logits[b]
+            results[index] = states[b]
     return results
 
 
-def _generate_batch(frozen: FrozenModel, rows: list[Row], inputs: list[list[int]], kvs: list[PromptKV]) -> list[str]:
-    """Greedy decoding of one sub-batch with the cache; finished rows leave the batch."""
-    rendered = [render(row.spec.template, row.text) for row in rows]
-    # Never run past the context: a row near the limit gets fewer new tokens (as inference.generate does).
-    budgets = [
-        min(row.max_new_tokens, frozen.max_positions - kv.length - len(ids))
-        for row, ids, kv in zip(rows, inputs, kvs, strict=True)
-    ]
-    texts = [output_text(text, "") for text in rendered]
-    active = [i for i, budget in enumerate(budgets) if budget > 0]
-    if not active:
-        return texts
-    queries = [Query(inputs[i]) for i in active]
-    hidden, cache, key_real = forward_cached(frozen, [kvs[i] for i in active], queries)
-    slots = torch.tensor([query.last_input_slot(hidden.shape[1] - 1) for query in queries], device=frozen.device)
-    last = hidden[torch.arange(len(active), device=frozen.device), slots]
-    positions = torch.tensor([kvs[i].length + len(inputs[i]) for i in active], device=frozen.device)
-    generated: list[list[int]] = [[] for _ in rows]
-    body = frozen.model.base_model
-    while True:
-        next_ids = frozen.logits(last).argmax(dim=-1)
-        keep: list[int] = []
-        for slot, token in enumerate(next_ids.tolist()):
-            i = active[slot]
-            if token == frozen.eos_token_id:
+@torch.no_grad()
+def mean_state_rows(
+    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
+) -> list[torch.Tensor]:
+    """The mean hidden state [H] over each row's own positions (its input, under its prompt), rows in order."""
+    rows = [row.tokenized(frozen) for row in rows]
+    results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
+    tokens = [len(row.ids) for row in rows]
+    for group, served in _batches(frozen, prompts, rows, tokens, [0] * len(rows), max_batch_tokens):
+        result = forward_rows(frozen, served, [Query(rows[i].ids) for i in group])
+        for b, index in enumerate(group):
+            n_input = len(rows[index].ids)
+            if n_input == 0:  # nothing of its own: the state after the prompt
+                results[index] = result.hidden[b, int(result.last[b])]
                 continue
-            generated[i].append(token)
-            texts[i] = output_text(rendered[i], frozen.decode(generated[i]))
-            cut = _cut_at_stop(texts[i], list(rows[i].stop))
-            if cut is not None:
-                texts[i] = cut
-            elif len(generated[i]) < budgets[i]:
-                keep.append(slot)
-        if not keep:
-            return texts
-        if len(keep) < len(active):
-            # Dropping finished rows from the cache costs one gather per layer and saves their later steps.
-            index = torch.tensor(keep, device=frozen.device)
-            cache.batch_select_indices(index)
-            key_real, next_ids, positions = key_real[index], next_ids[index], positions[index]
-            active = [active[slot] for slot in keep]
-        key_real = torch.cat([key_real, key_real.new_ones(len(active), 1)], dim=1)
-        output = body(
-            input_ids=next_ids.unsqueeze(1),
-            attention_mask=key_real.long(),
-            position_ids=positions.unsqueeze(1),
-            cache=cache,  # transformers >= 5.24 name; past_key_values is deprecated
-            use_cache=True,
-        )
-        positions = positions + 1
-        last = output.last_hidden_state[:, -1]
+            # The shared part ends at `last`: [row prefix | input | after]; the input is its middle.
+            first = int(result.last[b]) - served[b].after_length - n_input + 1
+            results[index] = result.hidden[b, first : first + n_input].mean(dim=0)
+    return results
 
 
 @torch.no_grad()
 def generate_rows(
-    frozen: FrozenModel, pool: PromptPool, rows: list[Row], load: Loader, *, max_batch_tokens: int = 4096
+    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
 ) -> list[str]:
     """Greedy continuations of rows of any tasks, each stopping on its own (eos, max_new_tokens, stop), in order."""
-    inputs = [encode_example(frozen, row.spec, row.text, None).input_ids for row in rows]
-    widths = [len(ids) for ids in inputs]
+    rows = [row.tokenized(frozen) for row in rows]
+    tokens = [len(row.ids) for row in rows]
     extra = [row.max_new_tokens for row in rows]
     results: list[str] = ["" for _ in rows]
-    for group, kvs in _batches(frozen, pool, rows, widths, extra, load, max_batch_tokens):
-        texts = _generate_batch(frozen, [rows[i] for i in group], [inputs[i] for i in group], kvs)
-        for index, text in zip(group, texts, strict=True):
+    for group, served in _batches(frozen, prompts, rows, tokens, extra, max_batch_tokens):
+        decodings = [
+            Decoding(render(rows[i].spec.template, rows[i].text), rows[i].ids, rows[i].max_new_tokens, rows[i].stop)
+            for i in group
+        ]
+        for index, text in zip(group, decode(frozen, served, decodings), strict=True):
             results[index] = text
     return results

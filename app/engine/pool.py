@@ -1,45 +1,49 @@
-"""An LRU pool of prompt keys/values on the model device, keyed by prompt id (an immutable prompt version)."""
+"""An LRU pool of served prompts on the model device, keyed by prompt id (an immutable prompt version)."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-
-import torch
+from collections.abc import Callable, Iterable, Mapping
 
 from app.engine.model import FrozenModel
-from app.engine.prompt_cache import PromptKV, compute_prompt_kv, compute_prompt_kvs
+from app.engine.segments import Segments, ServedPrompt, resolve
 
-
-def _token_chunks(items: list[tuple[int, torch.Tensor]], budget: int) -> list[list[tuple[int, torch.Tensor]]]:
-    """Consecutive (id, prompt [n, hidden]) items grouped so each group's count x longest n stays within budget."""
-    chunks: list[list[tuple[int, torch.Tensor]]] = []
-    longest = 0
-    for item in items:
-        length = int(item[1].shape[0])
-        if chunks and (len(chunks[-1]) + 1) * max(longest, length) <= budget:
-            chunks[-1].append(item)
-            longest = max(longest, length)
-        else:
-            chunks.append([item])
-            longest = length
-    return chunks
+SegmentsLoader = Callable[[int], Segments]
 
 
 class PoolCapacityError(ValueError):
     """One batch needs more distinct prompts than the pool holds; the caller must split the batch."""
 
 
-class PromptPool:
-    """LRU map prompt id -> PromptKV, bounded in entries and optionally in bytes.
+class PromptMissing(LookupError):
+    """A prompt is neither pooled nor staged and the pool has no loader (it was evicted after its request was
+    queued): the request must be submitted again, which reads it off the engine thread."""
 
-    Callers pass prompt ids and never touch the storage. Only the engine thread calls get/get_many/discard/clear;
-    the lock exists so that stats() may be read from any thread while the engine works. KV computation runs
+    def __init__(self, prompt_ids: list[int]) -> None:
+        super().__init__(f"prompts {prompt_ids} are not loaded")
+        self.prompt_ids = prompt_ids
+
+
+class PromptPool:
+    """LRU map prompt id -> ServedPrompt (cached keys/values + per-row parts), bounded in entries and bytes.
+
+    Callers pass prompt ids and never touch the storage. A miss is resolved from segments staged for it (the
+    batcher stages what requests loaded before the round, so the engine thread never reads the database) or, in
+    tests, benchmarks and training evaluation, from a loader. Only the engine thread calls stage/get_many/discard/
+    clear; the lock exists so that stats() may be read from any thread while the engine works. Resolving runs
     outside the lock so a stats() reader never waits on a forward pass.
     """
 
-    def __init__(self, frozen: FrozenModel, capacity: int, *, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        frozen: FrozenModel,
+        capacity: int,
+        *,
+        max_bytes: int | None = None,
+        loader: SegmentsLoader | None = None,
+        max_batch_tokens: int = 4096,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"pool capacity must be at least 1 prompt, got {capacity}.")
         if max_bytes is not None and max_bytes < 1:
@@ -47,33 +51,32 @@ class PromptPool:
         self.frozen = frozen
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[int, PromptKV] = OrderedDict()  # least recently used first
+        self.loader = loader
+        self.max_batch_tokens = max_batch_tokens
+        self._entries: OrderedDict[int, ServedPrompt] = OrderedDict()  # least recently used first
+        self._staged: dict[int, Segments] = {}
         self._bytes = 0
         self._hits = 0
         self._misses = 0
         self._evictions = 0
         self._lock = threading.Lock()
 
-    def get(self, prompt_id: int, load: Callable[[], torch.Tensor]) -> PromptKV:
-        """The prompt's keys/values; on a miss, load() gives the prompt [n, hidden] and its KV is computed once."""
+    def stage(self, segments: Mapping[int, Segments]) -> None:
+        """Segments to resolve at the next get_many that misses them (loaded off the engine thread)."""
         with self._lock:
-            found = self._entries.get(prompt_id)
-            if found is not None:
-                self._entries.move_to_end(prompt_id)
-                self._hits += 1
-                return found
-            self._misses += 1
-        kv = compute_prompt_kv(self.frozen, load())
-        with self._lock:
-            self._insert(prompt_id, kv)
-        return kv
+            for prompt_id, prompt in segments.items():
+                if prompt_id not in self._entries:
+                    self._staged[prompt_id] = prompt
 
-    def get_many(
-        self, prompt_ids: Iterable[int], load: Callable[[int], torch.Tensor], *, max_batch_tokens: int = 4096
-    ) -> dict[int, PromptKV]:
-        """Keys/values of every distinct prompt one batch needs, misses computed together in batched forwards.
+    def get(self, prompt_id: int) -> ServedPrompt:
+        """One prompt (see get_many)."""
+        return self.get_many([prompt_id])[prompt_id]
 
-        Raises PoolCapacityError when the prompts cannot all be pooled at once; the caller must split the batch.
+    def get_many(self, prompt_ids: Iterable[int]) -> dict[int, ServedPrompt]:
+        """Every distinct prompt one batch needs; misses resolved together (one pass per chunk of prompts).
+
+        Raises PoolCapacityError when the prompts cannot all be pooled at once (the caller must split the batch),
+        PromptMissing when a miss is neither staged nor loadable here.
         """
         wanted = list(dict.fromkeys(prompt_ids))
         if len(wanted) > self.capacity:
@@ -81,39 +84,53 @@ class PromptPool:
                 f"one batch needs {len(wanted)} distinct prompts but the pool holds {self.capacity}; "
                 "split the batch or raise the pool capacity."
             )
-        found: dict[int, PromptKV] = {}
+        found: dict[int, ServedPrompt] = {}
         with self._lock:
             for prompt_id in wanted:
-                kv = self._entries.get(prompt_id)
-                if kv is not None:
+                served = self._entries.get(prompt_id)
+                if served is not None:
                     self._entries.move_to_end(prompt_id)
-                    found[prompt_id] = kv
-            self._hits += len(found)
-            self._misses += len(wanted) - len(found)
-        missing = [(prompt_id, load(prompt_id)) for prompt_id in wanted if prompt_id not in found]
-        # One forward per chunk rather than per prompt: on a GPU a lone 20-vector prompt is all launch latency.
-        for chunk in _token_chunks(missing, max_batch_tokens):
-            kvs = compute_prompt_kvs(self.frozen, [prompt for _, prompt in chunk])
+                    found[prompt_id] = served
+            missing = [prompt_id for prompt_id in wanted if prompt_id not in found]
+            sources = {prompt_id: self._staged.pop(prompt_id) for prompt_id in missing if prompt_id in self._staged}
+        unknown = [prompt_id for prompt_id in missing if prompt_id not in sources]
+        if unknown and self.loader is None:
             with self._lock:
+                self._staged.update(sources)  # keep them for the retry
+            raise PromptMissing(unknown)
+        for prompt_id in unknown:
+            sources[prompt_id] = self.loader(prompt_id)  # type: ignore[misc]
+        if missing:
+            # One pass for many prompts rather than one each: on a GPU a lone 20-vector prompt is all launch latency.
+            ids = list(sources)
+            resolved = resolve(self.frozen, [sources[i] for i in ids], max_batch_tokens=self.max_batch_tokens)
+            with self._lock:
+                self._hits += len(found)
+                self._misses += len(missing)
                 # Inserted as most recent, so with len(wanted) <= capacity none evicts another wanted one.
-                for (prompt_id, _), kv in zip(chunk, kvs, strict=True):
-                    self._insert(prompt_id, kv)
-                    found[prompt_id] = kv
+                for prompt_id, served in zip(ids, resolved, strict=True):
+                    self._insert(prompt_id, served)
+                    found[prompt_id] = served
+        else:
+            with self._lock:
+                self._hits += len(found)
         return {prompt_id: found[prompt_id] for prompt_id in wanted}
 
     def discard(self, prompt_id: int) -> bool:
         """Drop a prompt (e.g. its task was deleted or retrained); True if it was pooled."""
         with self._lock:
-            kv = self._entries.pop(prompt_id, None)
-            if kv is None:
+            served = self._entries.pop(prompt_id, None)
+            self._staged.pop(prompt_id, None)
+            if served is None:
                 return False
-            self._bytes -= kv.nbytes
+            self._bytes -= served.nbytes
             return True
 
     def clear(self) -> None:
         """Drop every prompt; counters are kept."""
         with self._lock:
             self._entries.clear()
+            self._staged.clear()
             self._bytes = 0
 
     def __contains__(self, prompt_id: object) -> bool:
@@ -132,7 +149,7 @@ class PromptPool:
                 "evictions": self._evictions,
             }
 
-    def _insert(self, prompt_id: int, kv: PromptKV) -> None:
+    def _insert(self, prompt_id: int, kv: ServedPrompt) -> None:
         """Add kv as most recent and evict least-recently-used entries beyond the limits (caller holds the lock)."""
         previous = self._entries.pop(prompt_id, None)
         if previous is not None:

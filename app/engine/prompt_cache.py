@@ -1,4 +1,4 @@
-"""A soft prompt's keys and values at every layer, computed once, and a forward of rows over several of them."""
+"""A prompt's keys and values at every layer: computed once per prompt version, or given, then batched as a cache."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ class PromptKV:
     keys, values: [layers, kv_heads, n, head_dim] on the model device and dtype. Llama keys are stored after
     RoPE at positions 0..n-1, which stays right because a prompt always sits at the start of its row.
     last_hidden: [hidden], the body's output at position n-1: it predicts the first token of a row whose
-    input encodes to nothing, a row that would otherwise have no query position to read.
+    input encodes to nothing, a row that would otherwise have no query position to read (None for keys/values
+    given directly, e.g. learned prefixes: such rows are refused). The tensors carry gradients while training.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
-    last_hidden: torch.Tensor
+    last_hidden: torch.Tensor | None
 
     @property
     def length(self) -> int:
@@ -34,7 +35,8 @@ class PromptKV:
     @property
     def nbytes(self) -> int:
         """Device memory the keys and values hold."""
-        return int(self.keys.nbytes + self.values.nbytes + self.last_hidden.nbytes)
+        last = 0 if self.last_hidden is None else self.last_hidden.nbytes
+        return int(self.keys.nbytes + self.values.nbytes + last)
 
 
 def _full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
@@ -46,15 +48,17 @@ def _full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
     return layers  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def compute_prompt_kv(frozen: FrozenModel, prompt: torch.Tensor) -> PromptKV:
     """Run the prompt [n, hidden] alone through the body once and keep every layer's keys and values."""
     return compute_prompt_kvs(frozen, [prompt])[0]
 
 
-@torch.no_grad()
 def compute_prompt_kvs(frozen: FrozenModel, prompts: Sequence[torch.Tensor]) -> list[PromptKV]:
-    """Keys/values of several prompts [n_i, hidden] from one right-padded forward (one launch, not B)."""
+    """Keys/values of several prompts [n_i, hidden] from one right-padded forward (one launch, not B).
+
+    Differentiable: training runs it with gradients on (once per step for the batch's one prompt), serving under
+    no_grad (once per prompt version).
+    """
     for prompt in prompts:
         if prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != frozen.hidden_size:
             raise ValueError(f"prompt shape {tuple(prompt.shape)} is not [n >= 1, {frozen.hidden_size}].")
@@ -62,16 +66,29 @@ def compute_prompt_kvs(frozen: FrozenModel, prompts: Sequence[torch.Tensor]) -> 
             raise ValueError(f"a {prompt.shape[0]}-vector prompt exceeds the model's {frozen.max_positions} positions.")
     lengths = [int(prompt.shape[0]) for prompt in prompts]
     width = max(lengths)
-    embeds = torch.zeros(len(prompts), width, frozen.hidden_size, device=frozen.device, dtype=frozen.dtype)
-    for row, prompt in enumerate(prompts):
-        embeds[row, : lengths[row]] = prompt.to(device=frozen.device, dtype=frozen.dtype)
+    embeds = torch.stack(
+        [
+            torch.cat([prompt.to(device=frozen.device, dtype=frozen.dtype), pad_rows(frozen, width - length)])
+            for prompt, length in zip(prompts, lengths, strict=True)
+        ]
+    )
     # Right padding leaves every real position at 0..n_i-1 (the default positions) and, attention being causal,
     # its keys untouched by the pads after it; the mask only hides the pads from the pads' own queries.
     mask = None
     if min(lengths) < width:
         mask = (torch.arange(width) < torch.tensor(lengths).unsqueeze(1)).long().to(frozen.device)
     output = frozen.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
-    layers = _full_attention_layers(output.cache)
+    return split_cache(output.cache, output.last_hidden_state, lengths)
+
+
+def pad_rows(frozen: FrozenModel, count: int) -> torch.Tensor:
+    """count zero vectors [count, hidden] in the model's dtype and device (padding)."""
+    return torch.zeros(count, frozen.hidden_size, device=frozen.device, dtype=frozen.dtype)
+
+
+def split_cache(cache: DynamicCache, last_hidden: torch.Tensor, lengths: list[int]) -> list[PromptKV]:
+    """One PromptKV per right-padded row of a cache filled by a prompts-only pass (last_hidden [B, W, H])."""
+    layers = _full_attention_layers(cache)
     keys = torch.stack([layer.keys for layer in layers if layer.keys is not None], dim=1)
     values = torch.stack([layer.values for layer in layers if layer.values is not None], dim=1)
     if keys.shape[1] != len(layers):
@@ -81,104 +98,58 @@ def compute_prompt_kvs(frozen: FrozenModel, prompts: Sequence[torch.Tensor]) -> 
         PromptKV(
             keys=keys[row, :, :, :length].clone(),
             values=values[row, :, :, :length].clone(),
-            last_hidden=output.last_hidden_state[row, length - 1].clone(),
+            last_hidden=last_hidden[row, length - 1].clone(),
         )
         for row, length in enumerate(lengths)
     ]
 
 
-def batch_cache(frozen: FrozenModel, prompts: Sequence[PromptKV]) -> tuple[DynamicCache, torch.Tensor]:
+def kv_shape(frozen: FrozenModel) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of the model's attention cache."""
+    config = frozen.model.config
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or frozen.hidden_size // heads
+    return int(layers), int(kv_heads), int(head_dim)
+
+
+def batch_cache(frozen: FrozenModel, prompts: Sequence[PromptKV | None]) -> tuple[DynamicCache, torch.Tensor]:
     """A DynamicCache over B prompts left-padded to the longest, and which of its positions are real.
 
-    Row b's prompt fills the last n_b of the P = max n_b slots (keys [B, kv_heads, P, head_dim] per layer); the
-    returned mask [B, P] bool is False on the pads, which the caller must mask out of attention.
+    Row b's prompt fills the last n_b of the P = max n_b slots (keys [B, kv_heads, P, head_dim] per layer; a row
+    without cached prompt (None) has P pads); the returned mask [B, P] bool is False on the pads, which the
+    caller must mask out of attention. Gradients flow back to the prompts' keys/values.
     """
     if not prompts:
         raise ValueError("cannot build a cache for an empty batch.")
-    width = max(kv.length for kv in prompts)
-    first = prompts[0].keys
-    shape = (first.shape[0], len(prompts), first.shape[1], width, first.shape[3])
-    keys = first.new_zeros(shape)
-    values = first.new_zeros(shape)
+    width = max((kv.length for kv in prompts if kv is not None), default=0)
+    layers, kv_heads, head_dim = kv_shape(frozen)
     real = torch.zeros(len(prompts), width, dtype=torch.bool, device=frozen.device)
-    for row, kv in enumerate(prompts):
-        # One copy per row across all layers, thanks to the stacked layout.
-        keys[:, row, :, width - kv.length :] = kv.keys
-        values[:, row, :, width - kv.length :] = kv.values
-        real[row, width - kv.length :] = True
     cache = DynamicCache()
-    for layer in range(shape[0]):
-        cache.update(keys[layer], values[layer], layer)
-    return cache, real
-
-
-@dataclass(frozen=True)
-class Query:
-    """What a row feeds after its prompt: its input ids, then branches that see the input but not each other."""
-
-    input_ids: list[int]
-    branches: tuple[list[int], ...] = ()
-
-    @property
-    def width(self) -> int:
-        """Query positions the row occupies."""
-        return len(self.input_ids) + sum(len(branch) for branch in self.branches)
-
-    def last_input_slot(self, width: int) -> int:
-        """Index into forward_cached's hidden [B, Q+1, H] of the state that predicts the token after the input."""
-        if not self.input_ids:
-            return width  # the prompt's own last state
-        return width - self.width + len(self.input_ids) - 1
-
-
-def forward_cached(
-    frozen: FrozenModel, kvs: list[PromptKV], queries: list[Query]
-) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
-    """Run B rows' queries over their cached prompts.
-
-    Layout of row b: keys [pad | prompt_b] (P slots, from batch_cache) then queries [pad | input_b | branches_b]
-    (Q slots, left-padded so generation appends right after the input). Returns hidden [B, Q+1, H] whose extra
-    last slot holds each prompt's own last hidden state (read for rows without input), the cache, and
-    key_real [B, P+Q] bool (False on pads).
-    """
-    device = frozen.device
-    width = max(query.width for query in queries)
-    ids = torch.zeros(len(queries), width, dtype=torch.long)
-    segments = torch.full((len(queries), width), -1, dtype=torch.long)  # -1 pad, 0 input, k+1 branch k
-    positions = torch.zeros(len(queries), width, dtype=torch.long)
-    for row, (kv, query) in enumerate(zip(kvs, queries, strict=True)):
-        start = width - query.width
-        n_input = len(query.input_ids)
-        # Positions continue after the prompt; every branch starts where the input ends.
-        parts = [(query.input_ids, 0, kv.length)]
-        parts += [(branch, k + 1, kv.length + n_input) for k, branch in enumerate(query.branches)]
-        for tokens, segment, first_position in parts:
-            end = start + len(tokens)
-            ids[row, start:end] = torch.tensor(tokens, dtype=torch.long)
-            segments[row, start:end] = segment
-            positions[row, start:end] = torch.arange(first_position, first_position + len(tokens))
-            start = end
-    cache, prompt_real = batch_cache(frozen, kvs)
-    segments, positions = segments.to(device), positions.to(device)
-    key_real = torch.cat([prompt_real, segments >= 0], dim=1)
-    prompt_last = torch.stack([kv.last_hidden for kv in kvs]).unsqueeze(1)
     if width == 0:
-        return prompt_last, cache, key_real
-    span = prompt_real.shape[1]
-    key_segments = torch.cat([torch.zeros_like(prompt_real, dtype=torch.long), segments], dim=1)
-    causal = torch.arange(span + width, device=device) <= span + torch.arange(width, device=device).unsqueeze(1)
-    # A query sees real keys at or before it that are prompt, input, or its own branch (never a sibling branch).
-    same = (key_segments.unsqueeze(1) == 0) | (key_segments.unsqueeze(1) == segments.unsqueeze(2))
-    allowed = key_real.unsqueeze(1) & causal & same
-    # An additive float mask works for both the eager and the SDPA attention paths; no row is fully masked
-    # since every prompt has at least one real position.
-    mask = torch.zeros(allowed.shape, dtype=frozen.dtype, device=device)
-    mask = mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min).unsqueeze(1)
-    output = frozen.model.base_model(
-        inputs_embeds=frozen.embed(ids),
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-    )
-    return torch.cat([output.last_hidden_state, prompt_last], dim=1), output.cache, key_real
+        return cache, real
+    pad = torch.zeros(layers, kv_heads, width, head_dim, device=frozen.device, dtype=frozen.dtype)
+    keys, values = [], []
+    for row, kv in enumerate(prompts):
+        length = 0 if kv is None else kv.length
+        real[row, width - length :] = True
+        if kv is None:
+            keys.append(pad)
+            values.append(pad)
+            continue
+        # Learned prefixes train in float32 whatever the model runs in.
+        row_keys, row_values = kv.keys.to(frozen.dtype), kv.values.to(frozen.dtype)
+        if length == width:
+            keys.append(row_keys)
+            values.append(row_values)
+        else:
+            keys.append(torch.cat([pad[:, :, : width - length], row_keys], dim=2))
+            values.append(torch.cat([pad[:, :, : width - length], row_values], dim=2))
+    # [layers, B, kv_heads, P, head_dim]: one stack per batch, then a view per layer.
+    stacked_keys, stacked_values = torch.stack(keys, dim=1), torch.stack(values, dim=1)
+    if stacked_keys.shape[0] != layers or stacked_keys.shape[2:] != (kv_heads, width, head_dim):
+        raise ValueError(f"cached keys of shape {tuple(keys[0].shape)} do not fit this model's attention.")
+    for layer in range(layers):
+        cache.update(stacked_keys[layer], stacked_values[layer], layer)
+    return cache, real

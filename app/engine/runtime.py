@@ -9,16 +9,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from app.engine.batcher import Batcher, BatcherOptions, Result
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
+from app.engine.pool import PromptMissing, PromptPool
+from app.engine.segments import Segments
 
 log = logging.getLogger(__name__)
 
-PromptLoader = Callable[[int], torch.Tensor]
+PromptLoader = Callable[[int], Segments]  # prompt id -> how it enters a pass (reads the database)
 
 
 class ModelNotReady(RuntimeError):
@@ -67,7 +66,12 @@ class ModelRuntime:
 
     def _start_batcher(self, model: FrozenModel) -> None:
         assert self._prompt_loader is not None
-        pool = PromptPool(model, self.options.pool_capacity, max_bytes=self.options.pool_max_bytes)
+        pool = PromptPool(
+            model,
+            self.options.pool_capacity,
+            max_bytes=self.options.pool_max_bytes,
+            max_batch_tokens=self.options.batcher.max_batch_tokens,
+        )
         self._batcher = Batcher(model, pool, self._prompt_loader, self.options.batcher)
         self._batcher.start()
         self._ready.set()
@@ -111,6 +115,15 @@ class ModelRuntime:
         self.wait(timeout=0)
         assert self._batcher is not None
         return self._batcher.submit(rows, priority=priority, timeout=timeout)
+
+    def run(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Result:
+        """Submit rows and wait for their results; a prompt evicted before its round is read again and retried."""
+        for _ in range(3):
+            try:
+                return self.submit(rows, priority=priority, timeout=timeout).result()
+            except PromptMissing:
+                continue
+        raise PromptMissing(sorted({row.prompt_id for row in rows}))
 
     def discard_prompt(self, prompt_id: int) -> None:
         """Drop a deleted prompt's cached keys/values."""

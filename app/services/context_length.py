@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from app.db.models import Task
-from app.engine.inference import token_budget
 from app.engine.model import FrozenModel
 from app.engine.text import encode_example
 from app.services.tasks import task_spec
@@ -16,11 +15,13 @@ def first_overflow(
 ) -> tuple[int, int] | None:
     """(index, tokens needed) of the first (input, output) row past the model's context with the prompt, or None.
 
-    Callers raise their own error from it: a request's inputs and a dataset's examples are named differently.
+    virtual_tokens: the positions the prompt adds to a row (before and after the input); extra: new tokens to
+    decode. Callers raise their own error from it: a request's inputs and a dataset's examples are named differently.
     """
     spec = task_spec(task)
     for index, (text, output) in enumerate(rows):
-        needed = token_budget(model, virtual_tokens, encode_example(model, spec, text, output), extra)
+        example = encode_example(model, spec, text, output)
+        needed = virtual_tokens + len(example.input_ids) + len(example.target_ids) + extra
         if needed > model.max_positions:
             return index, needed
     return None

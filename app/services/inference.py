@@ -6,15 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Prompt, Task
+from app.engine.artifact import Artifact
 from app.engine.batcher import BatcherClosed, QueueFull, QueueTimeout
+from app.engine.methods import load_segments
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
+from app.engine.pool import PromptMissing
 from app.engine.runtime import ModelNotReady, ModelRuntime
-from app.engine.serialization import prompt_from_bytes
+from app.engine.segments import Segments
 from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from app.services.context_length import first_overflow
 from app.services.prompts import get_prompt
@@ -28,17 +30,18 @@ class InferResult:
     outputs: list[dict[str, Any]]
 
 
-def make_prompt_loader(sessions: sessionmaker[Session]) -> Callable[[int], torch.Tensor]:
-    """What the engine calls on a pool miss: the prompt version's tensor, read from the database."""
+def make_prompt_loader(
+    sessions: sessionmaker[Session], get_model: Callable[[], FrozenModel]
+) -> Callable[[int], Segments]:
+    """What a request calls for a prompt the pool lacks (on its own thread): the stored version's segments."""
 
-    def load(prompt_id: int) -> torch.Tensor:
+    def load(prompt_id: int) -> Segments:
         with sessions() as session:
-            prompt = get_prompt(session, prompt_id, with_tensors=True)
-            try:
-                tensor, _meta = prompt_from_bytes(prompt.tensors)
-            except ValueError as exc:
-                raise Conflict(f"prompt {prompt_id} is unreadable: {exc}", code="prompt_corrupt") from exc
-            return tensor
+            data = get_prompt(session, prompt_id, with_tensors=True).tensors
+        try:
+            return load_segments(get_model(), Artifact.from_bytes(data))
+        except ValueError as exc:
+            raise Conflict(f"prompt {prompt_id} is unreadable: {exc}", code="prompt_corrupt") from exc
 
     return load
 
@@ -102,7 +105,9 @@ def infer(
     session.close()  # nothing more to read: do not hold a connection while queued behind other requests
     rows = [Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop)) for text in inputs]
     try:
-        results = runtime.submit(rows, priority=priority, timeout=timeout).result()
+        results = runtime.run(rows, priority=priority, timeout=timeout)
+    except PromptMissing as exc:
+        raise ServiceUnavailable(f"{exc}: the prompt pool is thrashing; retry shortly", code="overloaded") from exc
     except QueueFull as exc:
         raise ServiceUnavailable(f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
     except QueueTimeout as exc:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, Task
-from app.db.repositories import JobRepository
+from app.db.repositories import JobRepository, PromptRepository
+from app.engine.methods import TrainConfig, get_method
 from app.engine.model import FrozenModel
-from app.engine.prompt_tuning import PromptTuningConfig
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services.context_length import first_overflow
 from app.services.datasets import check_labels, get_dataset
@@ -31,18 +32,58 @@ def check_fits_context(model: FrozenModel, task: Task, examples: list[dict[str, 
         )
 
 
+def check_method(session: Session, config: TrainConfig, model: FrozenModel | None) -> None:
+    """Refuse hyperparameters the model cannot run, and an init prompt of another method, model or shape."""
+    method = get_method(config.method)
+    if model is not None:  # an API-only replica has no model to check against; the worker repeats these checks
+        try:
+            method.check(model, config)
+        except ValueError as exc:
+            raise InvalidInput(f"hyperparameters: {exc}", code="invalid_hyperparameters") from exc
+    prompt_id = config.init_prompt_id
+    if prompt_id is None:
+        return
+    init = PromptRepository(session).get(prompt_id)
+    if init is None:
+        raise InvalidInput(
+            f"init prompt {prompt_id} does not exist; GET /v1/prompts lists them", code="init_prompt_invalid"
+        )
+    if init.method != config.method:
+        raise InvalidInput(
+            f"init prompt {prompt_id} is a {init.method!r} prompt; a {config.method!r} job starts from a "
+            f"{config.method!r} prompt",
+            code="init_prompt_invalid",
+        )
+    if model is not None:
+        if init.base_model_fingerprint != model.identity.fingerprint:
+            raise InvalidInput(
+                f"init prompt {prompt_id} belongs to base model {init.base_model_name!r}, not {model.identity.name!r}",
+                code="init_prompt_invalid",
+            )
+        expected = method.expected_shapes(model, config)
+        if init.shapes != expected:
+            raise InvalidInput(
+                f"init prompt {prompt_id} has shapes {init.shapes}; this job's prompt has {expected}: match "
+                "num_virtual_tokens and the method's options to it",
+                code="init_prompt_invalid",
+            )
+
+
 def enqueue_training(
     session: Session,
     *,
     task: Task,
     dataset_id: int,
     validation_dataset_id: int | None,
-    config: PromptTuningConfig,
+    config: TrainConfig,
     priority: int,
     max_attempts: int,
     model: FrozenModel | None,
+    job_type: str = "train",
+    options: dict[str, Any] | None = None,
 ) -> Job:
-    """Validate a training request against its task and data, then queue it."""
+    """Validate a training request (any job type, any method) against its task, data and model, then queue it."""
+    check_method(session, config, model)
     datasets = [get_dataset(session, dataset_id, with_examples=True)]
     if validation_dataset_id is not None:
         datasets.append(get_dataset(session, validation_dataset_id, with_examples=True))
@@ -56,22 +97,33 @@ def enqueue_training(
         if task.kind == "classification":
             check_labels(dataset, task.labels)
         if model is not None:  # an API-only replica has no tokenizer; the worker repeats this check
-            check_fits_context(model, task, dataset.examples, config.num_virtual_tokens)
+            positions = get_method(config.method).positions(config)
+            if job_type == "length_search":
+                lengths = (options or {}).get("search", {}).get("lengths")
+                if isinstance(lengths, list):
+                    positions += max(lengths) - config.num_virtual_tokens
+            check_fits_context(model, task, dataset.examples, positions)
     repo = JobRepository(session)
     job = repo.add(
         Job(
-            type="train",
+            type=job_type,
             task_id=task.id,
             dataset_id=dataset_id,
             validation_dataset_id=validation_dataset_id,
             hyperparameters=config.model_dump(mode="json"),
+            options=options or {},
             status=JobStatus.queued,
             priority=priority,
             progress={"step": 0, "total_steps": config.steps},
             max_attempts=max_attempts,
         )
     )
-    repo.add_event(job.id, "queued", f"training job queued for task {task.name!r}", {"priority": priority})
+    repo.add_event(
+        job.id,
+        "queued",
+        f"{job_type} job ({config.method}) queued for task {task.name!r}",
+        {"priority": priority, "method": config.method},
+    )
     return job
 
 

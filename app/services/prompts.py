@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Prompt, Task
 from app.db.repositories import PromptRepository, TaskRepository
+from app.engine.artifact import Artifact
 from app.engine.model import ModelIdentity
 from app.engine.runtime import ModelRuntime
 from app.errors import NotFound
@@ -58,9 +59,8 @@ def store_prompt(
     session: Session,
     *,
     task_id: int,
-    tensors: bytes,
-    method: str,
-    num_virtual_tokens: int,
+    artifact: Artifact,
+    positions: int,
     hidden_size: int,
     identity: ModelIdentity,
     metrics: dict[str, Any],
@@ -69,16 +69,18 @@ def store_prompt(
     dataset_id: int | None,
 ) -> Prompt:
     """Store a trained prompt as the task's next version and make it active."""
+    tensors = artifact.to_bytes({"base_model": identity.fingerprint, "base_model_name": identity.name})
     prompt = PromptRepository(session).add_version(
         Prompt(
             task_id=task_id,
-            method=method,
-            num_virtual_tokens=num_virtual_tokens,
+            method=artifact.method,
+            num_virtual_tokens=positions,
             hidden_size=hidden_size,
             base_model_name=identity.name,
             base_model_fingerprint=identity.fingerprint,
             tensors=tensors,
             size_bytes=len(tensors),
+            shapes=artifact.shapes,
             metrics=metrics,
             hyperparameters=hyperparameters,
             job_id=job_id,

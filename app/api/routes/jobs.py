@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, status
 from sqlalchemy.orm import Session
 
@@ -9,6 +11,7 @@ from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, Sessio
 from app.api.schemas import ErrorResponse, JobCreate, JobEventOut, JobOut, JobProgress
 from app.db.models import Job, JobStatus
 from app.services import jobs as service
+from app.services.job_types import LengthSearch
 from app.services.tasks import resolve_task
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -34,11 +37,18 @@ def job_out(session: Session, job: Job) -> JobOut:
     )
 
 
+def _options(body: JobCreate) -> dict[str, Any]:
+    """What the job type needs besides the method's hyperparameters, stored on the job row."""
+    if body.type == "length_search":
+        return {"search": (body.search or LengthSearch()).model_dump(mode="json")}
+    return {}
+
+
 @router.post(
     "", status_code=status.HTTP_202_ACCEPTED, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
 )
 def create_job(body: JobCreate, session: SessionDep, runtime: RuntimeDep, settings: SettingsDep) -> JobOut:
-    """Queue a job that trains the task's prompt on a dataset."""
+    """Queue a job that trains the task's prompt (any method) on a dataset."""
     job = service.enqueue_training(
         session,
         task=resolve_task(session, body.task),
@@ -48,6 +58,8 @@ def create_job(body: JobCreate, session: SessionDep, runtime: RuntimeDep, settin
         priority=body.priority,
         max_attempts=settings.max_job_attempts,
         model=runtime.model,
+        job_type=body.type,
+        options=_options(body),
     )
     return job_out(session, job)
 

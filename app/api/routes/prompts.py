@@ -24,6 +24,7 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
             active=p.id in active,
             method=p.method,
             num_virtual_tokens=p.num_virtual_tokens,
+            shapes=p.shapes or {},
             hidden_size=p.hidden_size,
             base_model=BaseModelIdentity(name=p.base_model_name, fingerprint=p.base_model_fingerprint),
             size_bytes=p.size_bytes,

@@ -1,4 +1,9 @@
-"""Train one soft prompt on a frozen model: read top to bottom, nanoGPT style. Torch only, no DB."""
+"""Train one prompt of any method on a frozen model: read top to bottom, nanoGPT style. Torch only, no DB.
+
+Training, validation and serving share one forward (app/engine/forward.py): a step scores the gold targets of a
+batch over the module's current prompt with gradients; validation serves the current prompt through the same
+batched path the inference engine uses (its keys/values computed once per evaluation).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine.forward import count_target_tokens, lm_loss, target_logprobs
-from app.engine.inference import classify, token_budget
+from app.engine.artifact import Artifact
+from app.engine.forward import score_targets
+from app.engine.methods import TrainConfig, get_method
+from app.engine.methods.base import PromptModule
+from app.engine.mixed import Row, label_scores, target_scores
 from app.engine.model import FrozenModel
-from app.engine.prompt_tuning import PromptTuningConfig, SoftPrompt, initial_prompt
+from app.engine.pool import PromptPool
+from app.engine.segments import resolve
 from app.engine.text import EncodedExample, TaskSpec, encode_example
 
 EVAL_BATCH_SIZE = 16
@@ -39,9 +48,10 @@ class EvalReport:
 
 @dataclass
 class TrainResult:
-    """The best prompt seen (cpu float32 [n, H]), the step it came from, and summary metrics."""
+    """The best prompt seen (a detached CPU artifact), the step it came from, and summary metrics."""
 
-    prompt: torch.Tensor
+    artifact: Artifact
+    positions: int
     best_step: int
     metrics: dict[str, float | int | None]
 
@@ -50,7 +60,7 @@ class Cancelled(Exception):
     """should_stop() asked the job to end; nothing is returned."""
 
 
-def get_lr(step: int, config: PromptTuningConfig) -> float:
+def get_lr(step: int, config: TrainConfig) -> float:
     """Learning rate for a 0-based step: linear warm-up, then cosine decay to 10% of the peak."""
     warmup = min(config.warmup_steps, config.steps)
     if step < warmup:
@@ -61,7 +71,7 @@ def get_lr(step: int, config: PromptTuningConfig) -> float:
 
 
 def split_validation(
-    train: list[tuple[str, str]], config: PromptTuningConfig, generator: torch.Generator
+    train: list[tuple[str, str]], config: TrainConfig, generator: torch.Generator
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Hold out a seeded validation_fraction of train (at least 1, at most max_validation_examples)."""
     if len(train) < 2:
@@ -86,7 +96,7 @@ def batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[
 
 
 def encode_all(
-    frozen: FrozenModel, spec: TaskSpec, pairs: list[tuple[str, str]], config: PromptTuningConfig, name: str
+    frozen: FrozenModel, spec: TaskSpec, pairs: list[tuple[str, str]], positions: int, name: str
 ) -> list[EncodedExample]:
     """Encode (input, output) pairs, refusing unknown labels and rows longer than the context."""
     examples = []
@@ -94,7 +104,7 @@ def encode_all(
         if spec.kind == "classification" and output not in spec.labels:
             raise ValueError(f'{name} example {line}: label "{output}" is not one of {list(spec.labels)}.')
         example = encode_example(frozen, spec, text, output)
-        needed = token_budget(frozen, config.num_virtual_tokens, example)
+        needed = positions + len(example.input_ids) + len(example.target_ids)
         if needed > frozen.max_positions:
             raise ValueError(
                 f"{name} example {line}: needs {needed} positions with the prompt, "
@@ -108,21 +118,35 @@ def encode_all(
 def evaluate(
     frozen: FrozenModel,
     spec: TaskSpec,
-    prompt: torch.Tensor,
+    module: PromptModule,
     val: list[tuple[str, str]],
     examples: list[EncodedExample],
 ) -> tuple[float, float | None]:
-    """(mean loss per target token, accuracy or None) of a prompt on the validation set."""
-    total = 0.0
-    for start in range(0, len(examples), EVAL_BATCH_SIZE):
-        chunk = examples[start : start + EVAL_BATCH_SIZE]
-        total += float(target_logprobs(frozen, [prompt] * len(chunk), chunk).sum())
-    loss = -total / count_target_tokens(examples)
+    """(mean loss per target token, accuracy or None) of the module's current prompt on the validation set.
+
+    Served as the engine serves a stored version: through a pool (its keys/values computed once) in batched
+    mixed passes. Classification reads every label's score in one pass and takes the gold one's as the loss.
+    """
+    pool = PromptPool(frozen, capacity=1, loader=lambda _: module.segments())
+    rows = [Row(0, spec, text, input_ids=tuple(ex.input_ids)) for (text, _), ex in zip(val, examples, strict=True)]
+    tokens = sum(len(example.target_ids) for example in examples)
     if spec.kind != "classification":
-        return loss, None
-    predictions = classify(frozen, prompt, spec, [text for text, _ in val], batch_size=EVAL_BATCH_SIZE)
-    hits = sum(max(probs, key=probs.__getitem__) == gold for probs, (_, gold) in zip(predictions, val, strict=True))
+        totals = target_scores(frozen, pool, rows, [[ex.target_ids] for ex in examples])
+        return -float(sum(float(t.sum()) for t in totals)) / tokens, None
+    scores = label_scores(frozen, pool, rows)
+    gold = [spec.labels.index(output) for _, output in val]
+    loss = -sum(float(row[g]) for row, g in zip(scores, gold, strict=True)) / tokens
+    hits = sum(int(row.argmax()) == g for row, g in zip(scores, gold, strict=True))
     return loss, hits / len(val)
+
+
+def batch_loss(frozen: FrozenModel, module: PromptModule, examples: list[EncodedExample]) -> torch.Tensor:
+    """Mean cross-entropy per target token of a batch under the module's prompt (differentiable)."""
+    served = resolve(frozen, [module.segments()])[0]  # the prompt's keys/values once for the whole batch
+    totals = score_targets(
+        frozen, [served] * len(examples), [ex.input_ids for ex in examples], [[ex.target_ids] for ex in examples]
+    )
+    return -torch.cat(totals).sum() / sum(len(ex.target_ids) for ex in examples)
 
 
 def is_better(loss: float, accuracy: float | None, best: tuple[float, float | None]) -> bool:
@@ -133,20 +157,23 @@ def is_better(loss: float, accuracy: float | None, best: tuple[float, float | No
     return accuracy > best_accuracy or (accuracy == best_accuracy and loss < best_loss)
 
 
-def train_prompt_tuning(
+def train_prompt(
     frozen: FrozenModel,
     spec: TaskSpec,
     train: list[tuple[str, str]],
     val: list[tuple[str, str]] | None,
-    config: PromptTuningConfig,
+    config: TrainConfig,
     *,
+    init: Artifact | None = None,
     on_step: Callable[[StepReport], None] | None = None,
     on_eval: Callable[[EvalReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train a soft prompt with AdamW on the frozen model; return the best prompt by validation metric."""
+    """Train config.method's prompt with AdamW on the frozen model; return the best prompt by validation metric."""
     if not train:
         raise ValueError("the training set is empty.")
+    method = get_method(config.method)
+    method.check(frozen, config)
     # One seeded CPU generator drives the split, the initialisation and the batch order, so a seeded job
     # is bit-reproducible on CPU.
     generator = torch.Generator().manual_seed(config.seed)
@@ -155,21 +182,22 @@ def train_prompt_tuning(
     elif len(val) > config.max_validation_examples:
         keep = torch.randperm(len(val), generator=generator)[: config.max_validation_examples].tolist()
         val = [val[i] for i in sorted(keep)]
-    train_examples = encode_all(frozen, spec, train, config, "training")
-    val_examples = encode_all(frozen, spec, val, config, "validation")
+    positions = method.positions(config)
+    train_examples = encode_all(frozen, spec, train, positions, "training")
+    val_examples = encode_all(frozen, spec, val, positions, "validation")
 
-    soft_prompt = SoftPrompt(initial_prompt(frozen, config, spec, generator)).to(frozen.device)
+    module = method.build(frozen, config, spec, generator, init)
     # The optimizer sees the prompt and nothing else: the base model is frozen and shared.
-    optimizer = torch.optim.AdamW(soft_prompt.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def run_eval(step: int) -> tuple[float, float | None]:
-        loss, accuracy = evaluate(frozen, spec, soft_prompt().detach(), val, val_examples)
+        loss, accuracy = evaluate(frozen, spec, module, val, val_examples)
         if on_eval is not None:
             on_eval(EvalReport(step=step, val_loss=loss, val_accuracy=accuracy))
         return loss, accuracy
 
     best = run_eval(0)
-    best_step, best_prompt = 0, soft_prompt().detach().to("cpu", torch.float32).clone()
+    best_step, best_artifact = 0, module.artifact()
     init_loss, init_accuracy = best
     sampler = batches(len(train_examples), min(config.batch_size, len(train_examples)), generator)
     train_loss = float("nan")
@@ -182,11 +210,10 @@ def train_prompt_tuning(
         for group in optimizer.param_groups:
             group["lr"] = lr
         chunk = [train_examples[i] for i in next(sampler)]
-        prompt = soft_prompt()
-        loss = lm_loss(frozen, [prompt] * len(chunk), chunk)
+        loss = batch_loss(frozen, module, chunk)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(soft_prompt.parameters(), config.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm)
         optimizer.step()
         train_loss = loss.item()
         train_seconds += time.perf_counter() - started
@@ -196,10 +223,11 @@ def train_prompt_tuning(
             current = run_eval(step)
             if is_better(*current, best):
                 best, best_step = current, step
-                best_prompt = soft_prompt().detach().to("cpu", torch.float32).clone()
+                best_artifact = module.artifact()
 
     return TrainResult(
-        prompt=best_prompt,
+        artifact=best_artifact,
+        positions=module.positions,
         best_step=best_step,
         metrics={
             "best_step": best_step,
@@ -212,5 +240,6 @@ def train_prompt_tuning(
             "train_size": len(train_examples),
             "val_size": len(val_examples),
             "steps": config.steps,
+            "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
         },
     )

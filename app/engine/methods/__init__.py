@@ -1,0 +1,74 @@
+"""The prompt methods: one module each, registered on import; `TrainConfigUnion` is the job hyperparameters' type.
+
+Adding a method is one new module here (plus its tests): it is found and imported below, and its config joins the
+discriminated union on `method` that POST /v1/jobs validates.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Annotated, Any, Union
+
+from pydantic import Discriminator, Tag
+
+from app.engine.artifact import Artifact
+from app.engine.methods.base import REGISTRY, Method, PromptModule, TrainConfig
+from app.engine.model import FrozenModel
+from app.engine.segments import Segments
+
+_SHARED = {"base", "init"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _SHARED:
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+DEFAULT_METHOD = "prompt"
+
+
+def _method_of(value: Any) -> str:
+    """The union's discriminator: the `method` field, "prompt" when absent (jobs stored before methods existed)."""
+    if isinstance(value, dict):
+        return str(value.get("method", DEFAULT_METHOD))
+    return str(getattr(value, "method", DEFAULT_METHOD))
+
+
+TrainConfigUnion = Annotated[  # type: ignore[valid-type]
+    Union[tuple(Annotated[m.config_type, Tag(name)] for name, m in sorted(REGISTRY.items()))],  # noqa: UP007
+    Discriminator(
+        _method_of,
+        custom_error_type="unknown_method",
+        custom_error_message=("unknown method; use one of: " + ", ".join(sorted(REGISTRY))),
+    ),
+]
+
+
+def get_method(name: str) -> Method:
+    """The registered method called name; ValueError listing the known ones."""
+    method = REGISTRY.get(name)
+    if method is None:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}.")
+    return method
+
+
+def parse_config(data: dict[str, Any]) -> TrainConfig:
+    """Hyperparameters (a job row's JSON) as the config of their method."""
+    method = get_method(_method_of(data))
+    return method.config_type.model_validate({"method": method.name, **data})
+
+
+def load_segments(frozen: FrozenModel, artifact: Artifact) -> Segments:
+    """How a stored prompt version enters a pass (what the pool resolves on a miss)."""
+    return get_method(artifact.method).load(frozen, artifact).segments()
+
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "REGISTRY",
+    "Method",
+    "PromptModule",
+    "TrainConfig",
+    "TrainConfigUnion",
+    "get_method",
+    "load_segments",
+    "parse_config",
+]

@@ -1,0 +1,15 @@
+"""Job kinds: one module each, with TYPE and run(ctx) -> Trained; the worker dispatches on job.type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workers.jobs import length_search, train
+from workers.jobs.base import JobContext, Trained
+
+JOB_KINDS: dict[str, Callable[[JobContext], Trained]] = {
+    train.TYPE: train.run,
+    length_search.TYPE: length_search.run,
+}
+
+__all__ = ["JOB_KINDS", "JobContext", "Trained"]
