@@ -11,7 +11,8 @@ def test_prompt_list_shows_versions_with_metadata(client: TestClient) -> None:
     assert len(prompts) == 1
     prompt = prompts[0]
     assert prompt["id"] == job["result_prompt_id"] and prompt["version"] == 1 and prompt["active"]
-    assert prompt["method"] == "prompt_tuning" and prompt["num_virtual_tokens"] == 4
+    assert prompt["method"] == "prompt" and prompt["num_virtual_tokens"] == 4
+    assert prompt["shapes"] == {"prompt": [4, prompt["hidden_size"]]}
     assert prompt["size_bytes"] > 4 * prompt["hidden_size"] * 4  # float32 vectors plus a header
     health = client.get("/healthz").json()
     assert prompt["base_model"]["fingerprint"] == health["model"]["fingerprint"]

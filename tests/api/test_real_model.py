@@ -12,16 +12,16 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Prompt
+from app.engine.artifact import Artifact
 from app.engine.inference import classify
+from app.engine.methods.prompt import PromptConfig
 from app.engine.model import FrozenModel
-from app.engine.prompt_tuning import PromptTuningConfig
 from app.engine.runtime import ModelRuntime
-from app.engine.serialization import prompt_from_bytes
 from app.engine.text import TaskSpec
 from app.main import create_app, serving_options
 from tests.api.helpers import create_dataset, create_task, wait_for_job
 from tests.conftest import make_settings
-from workers.prompt_tuning import train_prompt_tuning
+from workers.training import train_prompt
 
 pytestmark = pytest.mark.real_model
 
@@ -63,12 +63,15 @@ def test_prompt_trained_through_the_api_round_trips_through_the_database(
     # the same seeded training in-process gives the very tensor the database holds ...
     spec = TaskSpec("classification", TEMPLATE, ("positive", "negative"))
     pairs = [(ex["input"], ex["output"]) for ex in REVIEWS]
-    trained = train_prompt_tuning(smollm, spec, pairs, None, PromptTuningConfig(**HYPER)).prompt  # type: ignore[arg-type]
+    trained = train_prompt(smollm, spec, pairs, None, PromptConfig(**HYPER)).artifact  # type: ignore[arg-type]
     with Session(db_engine) as session:
-        stored, _meta = prompt_from_bytes(session.scalars(select(Prompt)).one().tensors)
-    assert torch.equal(stored, trained)
+        stored = Artifact.from_bytes(session.scalars(select(Prompt)).one().tensors)
+    assert stored.method == trained.method == "prompt"
+    assert stored.tensors.keys() == trained.tensors.keys() == {"prompt"}
+    assert torch.equal(stored.tensors["prompt"], trained.tensors["prompt"])
+    trained_prompt = trained.tensors["prompt"]
     # ... and serving it (cached prompt keys/values, batched) gives the uncached outputs, up to float rounding
-    direct = classify(smollm, trained, spec, inputs)
+    direct = classify(smollm, trained_prompt, spec, inputs)
     for output, expected in zip(served["outputs"], direct, strict=True):
         assert output["label"] == max(expected, key=expected.__getitem__)
         assert all(abs(output["scores"][label] - expected[label]) < 1e-4 for label in expected)

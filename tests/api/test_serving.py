@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.db.session import make_session_factory
+from app.engine.artifact import Artifact
 from app.engine.inference import classify
 from app.engine.model import FrozenModel
-from app.engine.serialization import prompt_to_bytes
 from app.engine.text import TaskSpec
 from app.services.prompts import store_prompt
 from tests.api.helpers import create_task
@@ -28,9 +28,8 @@ def store_random_prompt(engine: Engine, frozen: FrozenModel, task_id: int, promp
         stored = store_prompt(
             session,
             task_id=task_id,
-            tensors=prompt_to_bytes(prompt, {}),
-            method="prompt_tuning",
-            num_virtual_tokens=prompt.shape[0],
+            artifact=Artifact("prompt", {"prompt": prompt}),
+            positions=prompt.shape[0],
             hidden_size=frozen.hidden_size,
             identity=frozen.identity,
             metrics={},
