@@ -12,26 +12,37 @@ from app.engine.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
+from app.engine.segments import Segments
 from app.engine.text import TaskSpec
 
 SPEC = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
 
 
 class GatedLoader:
-    """Prompt loader whose first call blocks until released: holds the engine thread busy on demand."""
+    """Prompt loader (run by submit, on the caller's thread) whose prompt 0 holds the engine thread on demand.
+
+    Prompt 0 is made from each row's input (a per-row prefix), computed inside the round's forward pass on the
+    engine thread: it blocks there until the gate opens.
+    """
 
     def __init__(self, hidden: int) -> None:
         self.hidden = hidden
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.threads: set[str] = set()
 
-    def __call__(self, prompt_id: int) -> torch.Tensor:
-        if prompt_id == 0:
-            self.entered.set()
-            self.gate.wait(10)
+    def _held(self, embeds: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        self.gate.wait(10)
+        return torch.zeros(1, self.hidden)
+
+    def __call__(self, prompt_id: int) -> Segments:
+        self.threads.add(threading.current_thread().name)
         if prompt_id == 99:
             raise KeyError("prompt 99 was deleted")
-        return torch.full((3, self.hidden), 0.01 * prompt_id)
+        if prompt_id == 0:
+            return Segments(row_prefix=self._held, row_prefix_length=1)
+        return Segments(prefix=torch.full((3, self.hidden), 0.01 * prompt_id))
 
 
 def make_batcher(frozen: FrozenModel, **options: float) -> tuple[Batcher, GatedLoader]:
@@ -97,10 +108,25 @@ def test_a_prompt_that_cannot_be_loaded_fails_only_its_own_request(frozen: Froze
     batcher, loader = make_batcher(frozen)
     loader.gate.set()
     try:
-        futures = [batcher.submit([Row(99, SPEC, "gone")]), batcher.submit([Row(1, SPEC, "fine")])]
         with pytest.raises(KeyError):
-            futures[0].result(10)
-        assert set(futures[1].result(10)[0]) == {"positive", "negative"}
+            batcher.submit([Row(99, SPEC, "gone")])
+        assert set(batcher.submit([Row(1, SPEC, "fine")]).result(10)[0]) == {"positive", "negative"}
+    finally:
+        batcher.close()
+
+
+def test_prompts_are_read_on_the_callers_thread_never_on_the_engine_thread(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen)
+    loader.gate.set()
+    try:
+        futures = [batcher.submit([Row(p, SPEC, "good"), Row(p + 1, SPEC, "bad")]) for p in (1, 3, 5)]
+        for future in futures:
+            future.result(10)
+        # Six prompts loaded, by the test's thread only; the pool resolved them without a loader of its own.
+        assert loader.threads == {threading.current_thread().name}
+        assert batcher.pool.loader is None and batcher.pool.stats()["entries"] == 6
+        assert batcher.submit([Row(3, SPEC, "again")]).result(10)  # pooled: nothing to load
+        assert batcher.pool.stats()["hits"] >= 1
     finally:
         batcher.close()
 

@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from app.engine.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
-from app.engine.forward import build_batch, hidden_states
+from app.engine.forward import score_targets
 from app.engine.inference import classify, generate
+from app.engine.methods import load_segments, parse_config
 from app.engine.mixed import Row, logits_rows
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.pool import PromptPool
-from app.engine.prompt_tuning import PromptTuningConfig
+from app.engine.segments import Segments, resolve
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
-from workers.prompt_tuning import train_prompt_tuning
+from tests.engine.reference import plain_label_logprob, plain_logits
+from workers.training import train_prompt
 
 pytestmark = pytest.mark.real_model
 
@@ -58,11 +60,11 @@ def test_mixed_prompts_in_one_batch_match_rows_run_alone(smollm: FrozenModel) ->
     prompts = [torch.randn(3, 576, generator=generator) * 0.05, None, torch.randn(7, 576, generator=generator) * 0.05]
     examples = [encode_example(smollm, SENTIMENT, text, label) for text, label in REVIEWS[:3]]
     with torch.no_grad():
-        together = hidden_states(smollm, build_batch(smollm, prompts, examples))
-        for row, (prompt, example) in enumerate(zip(prompts, examples, strict=True)):
-            alone = hidden_states(smollm, build_batch(smollm, [prompt], [example]))[0]
-            last = smollm.logits(together[row, -1]) - smollm.logits(alone[-1])
-            assert last.abs().max() < 1e-4
+        served = resolve(smollm, [Segments(prefix=p) for p in prompts])
+        scores = score_targets(smollm, served, [ex.input_ids for ex in examples], [[ex.target_ids] for ex in examples])
+    for row, (prompt, example) in enumerate(zip(prompts, examples, strict=True)):
+        expected = plain_label_logprob(smollm, prompt, example.input_ids, example.target_ids)
+        assert abs(float(scores[row][0]) - expected) < 1e-4
 
 
 def test_pooled_prompts_serve_rows_of_many_tasks_as_the_uncached_model(smollm: FrozenModel) -> None:
@@ -71,19 +73,19 @@ def test_pooled_prompts_serve_rows_of_many_tasks_as_the_uncached_model(smollm: F
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randn(n, 576, generator=generator) * 0.05 for n in (1, 5, 20)]
     rows = [Row(i % 3, SENTIMENT, text) for i, (text, _) in enumerate(REVIEWS)]
-    logits = logits_rows(smollm, PromptPool(smollm, capacity=4), rows, lambda prompt_id: prompts[prompt_id])
+    pool = PromptPool(smollm, capacity=4, loader=lambda prompt_id: Segments(prefix=prompts[prompt_id]))
+    logits = logits_rows(smollm, pool, rows)
     for row, got in zip(rows, logits, strict=True):
         example = encode_example(smollm, SENTIMENT, row.text, None)
-        with torch.no_grad():
-            alone = hidden_states(smollm, build_batch(smollm, [prompts[row.prompt_id]], [example]))[0, -1]
-        assert (got - smollm.logits(alone).float()).abs().max() < 1e-4
+        assert (got - plain_logits(smollm, prompts[row.prompt_id], example.input_ids)).abs().max() < 1e-4
 
 
 def test_a_few_training_steps_reduce_loss_and_the_prompt_serves(smollm: FrozenModel) -> None:
-    config = PromptTuningConfig(num_virtual_tokens=8, steps=6, batch_size=4, eval_every=3, warmup_steps=1)
-    result = train_prompt_tuning(smollm, SENTIMENT, REVIEWS, REVIEWS[:4], config)
+    config = parse_config({"num_virtual_tokens": 8, "steps": 6, "batch_size": 4, "eval_every": 3, "warmup_steps": 1})
+    result = train_prompt(smollm, SENTIMENT, REVIEWS, REVIEWS[:4], config)
     assert result.metrics["best_val_loss"] < result.metrics["init_val_loss"]  # type: ignore[operator]
-    scores = classify(smollm, result.prompt, SENTIMENT, ["An absolute joy.", "Dreadful."])
+    prompt = load_segments(smollm, result.artifact)
+    scores = classify(smollm, prompt, SENTIMENT, ["An absolute joy.", "Dreadful."])
     assert all(set(row) == {"positive", "negative"} and abs(sum(row.values()) - 1) < 1e-5 for row in scores)
-    texts = generate(smollm, result.prompt, CHAT, ["Name a colour."], max_new_tokens=5, stop=["\n"])
+    texts = generate(smollm, prompt, CHAT, ["Name a colour."], max_new_tokens=5, stop=["\n"])
     assert len(texts) == 1 and "\n" not in texts[0]

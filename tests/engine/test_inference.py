@@ -1,14 +1,14 @@
-"""Serving a prompt: label probabilities and greedy generation."""
+"""Serving one prompt over many inputs: label probabilities and greedy generation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from app.engine.forward import build_batch, hidden_states
-from app.engine.inference import classify, generate, token_budget
+from app.engine.inference import classify, generate
 from app.engine.model import FrozenModel
-from app.engine.text import EncodedExample, TaskSpec, encode_example, label_token_ids
+from app.engine.text import TaskSpec, label_token_ids
+from tests.engine.reference import greedy_without_cache
 
 INPUTS = ["the movie was good", "bad", "what is the capital of france? tell me now", "they hate that place"]
 
@@ -49,25 +49,13 @@ def test_classification_without_a_prompt_works(frozen: FrozenModel, sentiment: T
     assert classify(frozen, None, sentiment, []) == []
 
 
-def _greedy_without_cache(frozen: FrozenModel, prompt: torch.Tensor, spec: TaskSpec, text: str, n: int) -> str:
-    example = encode_example(frozen, spec, text, None)
-    generated: list[int] = []
-    for _ in range(n):
-        batch = build_batch(frozen, [prompt], [EncodedExample(example.input_ids + generated, [])])
-        token = int(frozen.logits(hidden_states(frozen, batch)[0, -1]).argmax())
-        if token == frozen.eos_token_id:
-            break
-        generated.append(token)
-    return frozen.decode(generated).removeprefix(" ")
-
-
 def test_left_padding_generation_equals_alone(frozen: FrozenModel, answer: TaskSpec) -> None:
     prompt = _prompt(9, seed=3)
     together = generate(frozen, prompt, answer, INPUTS, max_new_tokens=12)
     alone = [generate(frozen, prompt, answer, [text], max_new_tokens=12)[0] for text in INPUTS]
     assert together == alone
     with torch.no_grad():
-        assert together[0] == _greedy_without_cache(frozen, prompt, answer, INPUTS[0], 12)
+        assert together[0] == greedy_without_cache(frozen, prompt, answer, INPUTS[0], 12)
 
 
 def test_generation_stops_at_stop_string(frozen: FrozenModel, answer: TaskSpec) -> None:
@@ -87,8 +75,4 @@ def test_generation_respects_max_new_tokens(frozen: FrozenModel, answer: TaskSpe
     longer = generate(frozen, prompt, answer, INPUTS[:1], max_new_tokens=12)[0]
     assert longer.startswith(short) and len(short) < len(longer)
     with torch.no_grad():
-        assert short == _greedy_without_cache(frozen, prompt, answer, INPUTS[0], 3)
-
-
-def test_token_budget_counts_prompt_input_target_and_extra(frozen: FrozenModel) -> None:
-    assert token_budget(frozen, 20, EncodedExample([1, 2, 3], [4]), extra=5) == 29
+        assert short == greedy_without_cache(frozen, prompt, answer, INPUTS[0], 3)

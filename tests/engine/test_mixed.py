@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from app.engine.forward import build_batch, hidden_states
 from app.engine.inference import classify, generate
 from app.engine.mixed import Row, _partition, classify_rows, generate_rows, logits_rows
-from app.engine.model import FrozenModel, load_frozen_model
+from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
+from app.engine.segments import Segments
 from app.engine.text import TaskSpec, encode_example, label_token_ids
-from tests.conftest import TEST_DEVICE
-from tests.tiny_model import EOS, build_tokenizer
+from tests.engine.reference import plain_logits
 
 PROMPT_LENGTHS = (1, 3, 5, 8, 13, 20)  # prompt id i has PROMPT_LENGTHS[i] vectors
 SENTIMENT = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
@@ -31,31 +28,6 @@ TEXTS = (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> FrozenModel:
-    """A 2-layer Llama with grouped KV heads (4 query, 2 KV) and RoPE, like SmolLM2 in miniature."""
-    path = Path(tmp_path_factory.mktemp("tiny-llama"))
-    tokenizer = build_tokenizer()
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    assert isinstance(eos, int)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        initializer_range=0.5,  # random logits with contrast, as in tests/tiny_model.py
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return load_frozen_model(path, device=TEST_DEVICE, dtype="float32")
-
-
 @pytest.fixture(params=["gpt2", "llama"])
 def model(request: pytest.FixtureRequest) -> FrozenModel:
     fixture = "frozen" if request.param == "gpt2" else "tiny_llama"
@@ -66,11 +38,16 @@ def load(prompt_id: int) -> torch.Tensor:
     return torch.randn(PROMPT_LENGTHS[prompt_id], 64, generator=torch.Generator().manual_seed(prompt_id))
 
 
+def segments(prompt_id: int) -> Segments:
+    return Segments(prefix=load(prompt_id))
+
+
+def pool_of(frozen: FrozenModel, capacity: int = 8) -> PromptPool:
+    return PromptPool(frozen, capacity=capacity, loader=segments)
+
+
 def _uncached_logits(frozen: FrozenModel, row: Row) -> torch.Tensor:
-    example = encode_example(frozen, row.spec, row.text, None)
-    with torch.no_grad():
-        batch = build_batch(frozen, [load(row.prompt_id)], [example])
-        return frozen.logits(hidden_states(frozen, batch)[0, -1]).float()
+    return plain_logits(frozen, load(row.prompt_id), encode_example(frozen, row.spec, row.text, None).input_ids)
 
 
 def _rows(specs: tuple[TaskSpec, ...], **limits: object) -> list[Row]:
@@ -82,8 +59,8 @@ def _rows(specs: tuple[TaskSpec, ...], **limits: object) -> list[Row]:
 
 def test_mixed_batch_logits_equal_each_row_alone_without_cache(model: FrozenModel) -> None:
     rows = _rows((SENTIMENT, WORDY, ANSWER))
-    pool = PromptPool(model, capacity=8)
-    mixed = logits_rows(model, pool, rows, load, max_batch_tokens=600)  # several sub-batches
+    pool = pool_of(model, 8)
+    mixed = logits_rows(model, pool, rows, max_batch_tokens=600)  # several sub-batches
     for row, logits in zip(rows, mixed, strict=True):
         assert (logits - _uncached_logits(model, row)).abs().max().item() < 1e-4
     # Each prompt's keys/values were computed once for the whole request.
@@ -94,7 +71,7 @@ def test_mixed_classification_equals_classify_of_each_task(model: FrozenModel) -
     assert all(len(ids) == 1 for ids in label_token_ids(model, SENTIMENT))
     assert all(len(ids) > 1 for ids in label_token_ids(model, WORDY)[:2])
     rows = _rows((SENTIMENT, WORDY))
-    mixed = classify_rows(model, PromptPool(model, capacity=8), rows, load, max_batch_tokens=800)
+    mixed = classify_rows(model, pool_of(model, 8), rows, max_batch_tokens=800)
     for row, probabilities in zip(rows, mixed, strict=True):
         alone = classify(model, load(row.prompt_id), row.spec, [row.text])[0]
         assert list(probabilities) == list(row.spec.labels)
@@ -103,15 +80,15 @@ def test_mixed_classification_equals_classify_of_each_task(model: FrozenModel) -
 
 def test_results_do_not_depend_on_batch_composition_or_order(frozen: FrozenModel) -> None:
     rows = _rows((SENTIMENT, WORDY))
-    reference = classify_rows(frozen, PromptPool(frozen, capacity=8), rows, load)
-    reference_logits = logits_rows(frozen, PromptPool(frozen, capacity=8), rows, load)
+    reference = classify_rows(frozen, pool_of(frozen, 8), rows)
+    reference_logits = logits_rows(frozen, pool_of(frozen, 8), rows)
     order = list(range(len(rows)))
     for seed, budget, capacity in [(1, 1, 8), (2, 10**6, 8), (3, 500, 2)]:
         random.Random(seed).shuffle(order)
         shuffled = [rows[i] for i in order]
-        pool = PromptPool(frozen, capacity=capacity)
-        probabilities = classify_rows(frozen, pool, shuffled, load, max_batch_tokens=budget)
-        logits = logits_rows(frozen, pool, shuffled, load, max_batch_tokens=budget)
+        pool = pool_of(frozen, capacity)
+        probabilities = classify_rows(frozen, pool, shuffled, max_batch_tokens=budget)
+        logits = logits_rows(frozen, pool, shuffled, max_batch_tokens=budget)
         for position, i in enumerate(order):
             assert probabilities[position] == pytest.approx(reference[i], abs=1e-4)
             assert (logits[position] - reference_logits[i]).abs().max().item() < 1e-4
@@ -123,7 +100,7 @@ def test_mixed_generation_equals_generate_of_each_row_alone(model: FrozenModel) 
         Row(row.prompt_id, row.spec, row.text, max_new_tokens=limits[i % len(limits)])
         for i, row in enumerate(_rows((ANSWER, QUESTION))[:24])
     ]
-    mixed = generate_rows(model, PromptPool(model, capacity=8), rows, load, max_batch_tokens=900)
+    mixed = generate_rows(model, pool_of(model, 8), rows, max_batch_tokens=900)
     for row, text in zip(rows, mixed, strict=True):
         alone = generate(model, load(row.prompt_id), row.spec, [row.text], max_new_tokens=row.max_new_tokens)[0]
         assert text == alone
@@ -133,13 +110,13 @@ def test_mixed_generation_equals_generate_of_each_row_alone(model: FrozenModel) 
 
 def test_each_row_stops_at_its_own_stop_string(model: FrozenModel) -> None:
     rows = [Row(p, ANSWER, TEXTS[p % len(TEXTS)], max_new_tokens=12) for p in range(len(PROMPT_LENGTHS))]
-    full = generate_rows(model, PromptPool(model, capacity=8), rows, load)
+    full = generate_rows(model, pool_of(model, 8), rows)
     # Stop on a piece of some rows' own output; other rows get a stop string they never produce.
     stops = [
         (text[2:4], "never-seen") if i % 2 == 0 and len(text) > 4 else ("never-seen",) for i, text in enumerate(full)
     ]
     stopped = [Row(row.prompt_id, row.spec, row.text, 12, stop) for row, stop in zip(rows, stops, strict=True)]
-    cut = generate_rows(model, PromptPool(model, capacity=8), stopped, load)
+    cut = generate_rows(model, pool_of(model, 8), stopped)
     for row, whole, text in zip(stopped, full, cut, strict=True):
         expected = whole[: whole.find(row.stop[0])] if row.stop[0] in whole else whole
         assert text == expected
@@ -152,19 +129,19 @@ def test_row_whose_input_encodes_to_nothing_reads_the_prompt_last_state(model: F
     bare = TaskSpec("classification", "{input}", ("extraordinary", "neutral nice"))
     echo = TaskSpec("generation", "{input}")
     rows = [Row(2, bare, ""), Row(4, bare, "good"), Row(1, echo, "", max_new_tokens=5)]
-    pool = PromptPool(model, capacity=8)
-    for row, logits in zip(rows, logits_rows(model, pool, rows, load), strict=True):
+    pool = pool_of(model, 8)
+    for row, logits in zip(rows, logits_rows(model, pool, rows), strict=True):
         assert (logits - _uncached_logits(model, row)).abs().max().item() < 1e-4
-    for row, probabilities in zip(rows[:2], classify_rows(model, pool, rows[:2], load), strict=True):
+    for row, probabilities in zip(rows[:2], classify_rows(model, pool, rows[:2]), strict=True):
         assert probabilities == pytest.approx(classify(model, load(row.prompt_id), bare, [row.text])[0], abs=1e-4)
-    assert generate_rows(model, pool, rows[2:], load) == generate(model, load(1), echo, [""], max_new_tokens=5)
+    assert generate_rows(model, pool, rows[2:]) == generate(model, load(1), echo, [""], max_new_tokens=5)
 
 
 def test_request_with_more_prompts_than_the_pool_holds_is_split(frozen: FrozenModel) -> None:
     rows = _rows((SENTIMENT,))
-    pool = PromptPool(frozen, capacity=2)
-    small = classify_rows(frozen, pool, rows, load)
-    roomy = classify_rows(frozen, PromptPool(frozen, capacity=8), rows, load)
+    pool = pool_of(frozen, 2)
+    small = classify_rows(frozen, pool, rows)
+    roomy = classify_rows(frozen, pool_of(frozen, 8), rows)
     for a, b in zip(small, roomy, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
     assert pool.stats()["entries"] == 2
@@ -174,12 +151,12 @@ def test_request_with_more_prompts_than_the_pool_holds_is_split(frozen: FrozenMo
 def test_row_longer_than_the_context_is_refused(frozen: FrozenModel) -> None:
     long_text = " ".join(["the movie was good"] * 80)
     with pytest.raises(ValueError, match="positions but the model's context holds 256"):
-        logits_rows(frozen, PromptPool(frozen, capacity=2), [Row(5, SENTIMENT, long_text)], load)
+        logits_rows(frozen, pool_of(frozen, 2), [Row(5, SENTIMENT, long_text)])
 
 
 def test_classify_rows_refuses_a_generation_task(frozen: FrozenModel) -> None:
     with pytest.raises(ValueError, match="needs classification tasks"):
-        classify_rows(frozen, PromptPool(frozen, capacity=2), [Row(0, SENTIMENT, "good"), Row(1, ANSWER, "hi")], load)
+        classify_rows(frozen, pool_of(frozen, 2), [Row(0, SENTIMENT, "good"), Row(1, ANSWER, "hi")])
 
 
 def test_negative_max_new_tokens_is_refused() -> None:

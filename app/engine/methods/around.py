@@ -18,7 +18,7 @@ from app.engine.text import TaskSpec
 
 
 class AroundConfig(TrainConfig):
-    method: Literal["around"]
+    method: Literal["around"] = Field(description="Learned vectors before and after the input.")
     num_after_tokens: int = Field(default=4, ge=1, le=64, description="Learned vectors after the input.")
     after_init_text: str | None = Field(
         default=None, max_length=1000, description='Text whose embeddings start the part after (init="text").'

@@ -31,7 +31,9 @@ class EveryK(BaseModel):
 
 
 class DeepOverwriteConfig(TrainConfig):
-    method: Literal["deep_overwrite"]
+    method: Literal["deep_overwrite"] = Field(
+        description="Deep prompt: hidden states at the prompt positions replaced at chosen layers."
+    )
     layers: Literal["all"] | EveryK | list[int] = Field(
         default="all",
         description='Layers whose input is replaced at the prompt positions: "all", {"every": k}, or indices '

@@ -19,7 +19,7 @@ from app.engine.text import TaskSpec
 
 
 class InputDependentConfig(TrainConfig):
-    method: Literal["input_dependent"]
+    method: Literal["input_dependent"] = Field(description="A prompt generated from each input by a small network.")
     generator_hidden: int = Field(
         default=64, ge=1, le=4096, description="Width of the prompt generator's hidden layer."
     )

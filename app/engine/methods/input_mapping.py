@@ -19,7 +19,9 @@ from app.engine.text import TaskSpec
 
 
 class InputMappingConfig(TrainConfig):
-    method: Literal["input_mapping"]
+    method: Literal["input_mapping"] = Field(
+        description="A learnable low-rank mapping of the input embeddings (with an optional prompt)."
+    )
     num_virtual_tokens: int = Field(
         default=0, ge=0, le=256, description="Prompt vectors before the (mapped) input; 0: the mapping alone."
     )

@@ -23,7 +23,7 @@ from app.engine.text import TaskSpec
 
 
 class PrefixConfig(TrainConfig):
-    method: Literal["prefix"]
+    method: Literal["prefix"] = Field(description="Prefix tuning: learned keys and values at every layer.")
     reparameterize: bool = Field(
         default=False,
         description="Train the keys/values through a small MLP over n embeddings (collapsed when stored).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from app.engine.artifact import Artifact
@@ -16,7 +17,9 @@ from app.engine.text import TaskSpec
 
 
 class PromptConfig(TrainConfig):
-    method: Literal["prompt"] = "prompt"
+    method: Literal["prompt"] = Field(
+        "prompt", description="Plain prompt tuning: n trainable embeddings before the input."
+    )
 
 
 class SoftPrompt(PromptModule):
