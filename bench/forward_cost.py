@@ -2,7 +2,7 @@
 
     python -m bench.forward_cost [--repeats 3] [--rows 32]
 
-Part 1 times app.engine.prompt_cache.forward_cached on the bundled SmolLM2 for batches of B rows of Q tokens
+Part 1 times app.engine.forward.forward_rows on the bundled SmolLM2 for batches of B rows of Q tokens
 (B in 1..32, Q in 8..64, one 20-vector prompt) and fits time = c0 + c1 * B * Q by least squares: c0 / c1 is the
 fixed cost of a pass in query positions. Part 2 scores --rows Rotten Tomatoes snippets of mixed lengths (64
 tasks) with mixed.classify_rows under several values of that overhead, next to the model on the inputs alone
@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from app.engine import mixed
+from app.engine.forward import Query, forward_rows
 from app.engine.mixed import Row, classify_rows
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.pool import PromptPool
-from app.engine.prompt_cache import Query, compute_prompt_kv, forward_cached
+from app.engine.segments import Segments, resolve
 from bench.serving_runners import RawRunner
 from bench.serving_workload import SINGLE, make_requests, random_prompts, snippets
 
@@ -41,13 +42,13 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 @torch.no_grad()
 def fit_pass_cost(frozen: FrozenModel, repeats: int) -> None:
-    kv = compute_prompt_kv(frozen, torch.randn(20, frozen.hidden_size) * 0.02)
+    served = resolve(frozen, [Segments(prefix=torch.randn(20, frozen.hidden_size) * 0.02)])[0]
     points: list[tuple[int, float]] = []
     print("B   Q   ms/pass  ms/position")
     for rows in (1, 2, 4, 8, 16, 32):
         for width in (8, 16, 32, 64):
             queries = [Query(list(range(100, 100 + width))) for _ in range(rows)]
-            seconds = median_seconds(partial(forward_cached, frozen, [kv] * rows, queries), repeats)
+            seconds = median_seconds(partial(forward_rows, frozen, [served] * rows, queries), repeats)
             points.append((rows * width, seconds))
             print(f"{rows:<3} {width:<3} {seconds * 1000:8.1f}  {seconds * 1000 / (rows * width):.2f}")
     design = torch.tensor([[1.0, float(positions)] for positions, _ in points], dtype=torch.float64)
@@ -60,7 +61,7 @@ def sweep_overhead(frozen: FrozenModel, rows: int, repeats: int) -> None:
     prompts = random_prompts(frozen, 64, 20)
     requests = make_requests(frozen, SINGLE, snippets(frozen, rows, 48), rows, 64)
     batch = [Row(request.task, SINGLE, request.text) for request in requests]
-    pool = PromptPool(frozen, 1024)
+    pool = PromptPool(frozen, 1024, loader=lambda prompt_id: Segments(prefix=prompts[prompt_id]))
     raw = RawRunner(frozen, None, SINGLE, 16)
     default = mixed.forward_overhead
     cuts: dict[int, list[int]] = {}
@@ -74,7 +75,7 @@ def sweep_overhead(frozen: FrozenModel, rows: int, repeats: int) -> None:
     def engine(overhead: int) -> Callable[[], object]:
         def run() -> object:
             mixed.forward_overhead = lambda _: overhead
-            return classify_rows(frozen, pool, batch, lambda prompt_id: prompts[prompt_id])
+            return classify_rows(frozen, pool, batch)
 
         return run
 

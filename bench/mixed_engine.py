@@ -3,9 +3,9 @@
     python -m bench.mixed_engine [--rows 64] [--repeats 3] [--threads 1]
 
 64 Rotten Tomatoes snippets of 20-40 tokens, each served by its own random 20-vector prompt (64 tasks), scored
-on the bundled SmolLM2 by: (1) the uncached forward with each row's prompt prepended, 16 rows per batch
-(forward.build_batch, which accepts one prompt per row), (1b) inference.classify once per task, the path a
-single-task server takes, (2) the model on the inputs alone, no prompt, 16 per batch, a floor no prompt method
+on the bundled SmolLM2 by: (1) the uncached forward with each row's prompt prepended as input embeddings, 16 rows
+per batch (bench.serving_workload.uncached_hidden), (1b) inference.classify once per task, the path a single-task
+server takes, (2) the model on the inputs alone, no prompt, 16 per batch, a floor no prompt method
 can beat, (3) mixed.classify_rows with a warm pool and (3c) with a cold one (the 64 prompt forwards included),
 and (4) classify_rows with multi-token labels. Prints rows/s, the median of the repeats, and the ratios.
 """
@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from app.engine.bundled import ensure_bundled_model
-from app.engine.forward import build_batch, hidden_states
 from app.engine.inference import classify
 from app.engine.mixed import Row, classify_rows
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.pool import PromptPool
+from app.engine.segments import Segments
 from app.engine.text import TaskSpec, encode_example, label_token_ids
 from bench.data import balanced_splits
+from bench.serving_workload import uncached_hidden
 
 TEMPLATE = "Review: {input}\nSentiment:"
 SINGLE = TaskSpec("classification", TEMPLATE, ("positive", "negative"))
@@ -52,9 +53,8 @@ def uncached_batches(
     label_ids = [ids[0] for ids in label_token_ids(frozen, SINGLE)]
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            examples = [encode_example(frozen, SINGLE, text, None) for text in texts[start : start + batch_size]]
-            batch = build_batch(frozen, prompts[start : start + batch_size], examples)
-            last = hidden_states(frozen, batch)[:, -1]
+            rows = [encode_example(frozen, SINGLE, text, None).input_ids for text in texts[start : start + batch_size]]
+            last = uncached_hidden(frozen, prompts[start : start + batch_size], rows)[:, -1]
             torch.softmax(torch.log_softmax(frozen.logits(last).float(), dim=-1)[:, label_ids], dim=-1).tolist()
 
 
@@ -88,10 +88,13 @@ def main() -> None:
     # SmolLM2's token embeddings have a standard deviation near 0.1; random prompts of that scale look like text.
     scale = float(frozen.embedding_matrix().float().std())
     prompts = [torch.randn(args.prompt_length, frozen.hidden_size) * scale for _ in texts]
-    load = prompts.__getitem__
+
+    def load(prompt_id: int) -> Segments:
+        return Segments(prefix=prompts[prompt_id])
+
     single_rows = [Row(i, SINGLE, text) for i, text in enumerate(texts)]
     multi_rows = [Row(i, MULTI, text) for i, text in enumerate(texts)]
-    warm = PromptPool(frozen, capacity=len(texts))
+    warm = PromptPool(frozen, capacity=len(texts), loader=load)
     n = len(texts)
     print(
         f"{n} rows of 20-40 tokens, {n} distinct prompts of {args.prompt_length} vectors, {args.device}, "
@@ -106,16 +109,16 @@ def main() -> None:
             lambda: [classify(frozen, prompt, SINGLE, [text]) for prompt, text in zip(prompts, texts, strict=True)],
         ),
         "2": ("no prompt, inputs alone, 16/batch", lambda: uncached_batches(frozen, [None] * n, texts)),
-        "3": ("classify_rows, warm pool", lambda: classify_rows(frozen, warm, single_rows, load)),
+        "3": ("classify_rows, warm pool", lambda: classify_rows(frozen, warm, single_rows)),
         "3s": (
             f"classify_rows, warm, max_batch_tokens={small}",
-            lambda: classify_rows(frozen, warm, single_rows, load, max_batch_tokens=small),
+            lambda: classify_rows(frozen, warm, single_rows, max_batch_tokens=small),
         ),
         "3c": (
             "classify_rows, cold pool (prompt KV included)",
-            lambda: classify_rows(frozen, PromptPool(frozen, capacity=n), single_rows, load),
+            lambda: classify_rows(frozen, PromptPool(frozen, capacity=n, loader=load), single_rows),
         ),
-        "4": ("classify_rows, multi-token labels, warm", lambda: classify_rows(frozen, warm, multi_rows, load)),
+        "4": ("classify_rows, multi-token labels, warm", lambda: classify_rows(frozen, warm, multi_rows)),
     }
     rate = rows_per_second({code: work for code, (_, work) in methods.items()}, n, args.repeats)
     for code, (name, _) in methods.items():

@@ -20,8 +20,8 @@ import httpx
 import torch
 
 from app.db.session import make_engine, make_session_factory
+from app.engine.artifact import Artifact
 from app.engine.model import FrozenModel
-from app.engine.serialization import prompt_to_bytes
 from app.engine.text import TaskSpec
 from app.services.prompts import store_prompt
 from bench.sentiment import free_port, wait_healthy
@@ -91,9 +91,8 @@ class HttpService:
                     store_prompt(
                         session,
                         task_id=task_id,
-                        tensors=prompt_to_bytes(prompt, {}),
-                        method="prompt_tuning",
-                        num_virtual_tokens=int(prompt.shape[0]),
+                        artifact=Artifact("prompt", {"prompt": prompt}),
+                        positions=int(prompt.shape[0]),
                         hidden_size=int(prompt.shape[1]),
                         identity=self.frozen.identity,
                         metrics={},

@@ -10,7 +10,6 @@ A configuration serves a list of requests at a concurrency c and returns a Round
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import warnings
@@ -20,10 +19,11 @@ from typing import Any
 
 import torch
 
-from app.engine.batcher import Batcher
+from app.engine.batcher import Batcher, BatcherOptions
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
+from app.engine.segments import Segments
 from app.engine.text import TaskSpec, encode_example, label_token_ids
 from bench.serving_workload import Request, Scores, raw_scores
 
@@ -196,15 +196,6 @@ class PeftRunner:
         return lockstep(requests, concurrency, self.serve_sequential)
 
 
-def make_batcher(frozen: FrozenModel, pool: PromptPool, load: Callable[[int], torch.Tensor], **limits: Any) -> Batcher:
-    """A Batcher with these limits, whether it takes them as keywords or as one BatcherOptions."""
-    if "options" in inspect.signature(Batcher).parameters:
-        from app.engine.batcher import BatcherOptions
-
-        return Batcher(frozen, pool, load, BatcherOptions(**limits))  # type: ignore[call-arg]
-    return Batcher(frozen, pool, load=load, **limits)  # type: ignore[call-arg]
-
-
 class EngineRunner:
     """(d) engine: promptbank's Batcher in-process, one row per request, c submitting threads."""
 
@@ -218,8 +209,9 @@ class EngineRunner:
         max_wait_ms: float,
     ) -> None:
         self.pool = PromptPool(frozen, pool_capacity)
-        limits = {"max_batch_tokens": max_batch_tokens, "max_wait_ms": max_wait_ms, "max_queue_rows": 100_000}
-        self.batcher = make_batcher(frozen, self.pool, lambda prompt_id: prompts[prompt_id], **limits)
+        options = BatcherOptions(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_rows=100_000)
+        # Prompt ids are task numbers; a plain prompt enters a pass as its prefix.
+        self.batcher = Batcher(frozen, self.pool, lambda prompt_id: Segments(prefix=prompts[prompt_id]), options)
         self.batcher.start()
 
     def run(self, requests: list[Request], concurrency: int, *, spec: TaskSpec) -> RoundResult:
