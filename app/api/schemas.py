@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,6 +48,18 @@ class DatasetDetail(DatasetOut):
     preview: list[dict[str, str]] = Field(description="The first few examples.")
 
 
+class EnsembleTop(Strict):
+    top: int = Field(ge=1, le=16, description="The task's k best versions by validation score.")
+
+
+PromptIds = Annotated[list[Annotated[int, Field(ge=1, le=2**31 - 1)]], Field(min_length=1, max_length=16)]
+
+
+def ensemble_spec(value: PromptIds | EnsembleTop | None) -> list[int] | dict[str, int] | None:
+    """An ensemble as services take it: prompt ids, {"top": k}, or None."""
+    return value.model_dump() if isinstance(value, EnsembleTop) else value
+
+
 # --- tasks ----------------------------------------------------------------------------------------------
 
 TaskStatus = Literal["untrained", "training", "ready"]
@@ -75,7 +87,17 @@ class TaskOut(BaseModel):
     template: str
     status: TaskStatus
     active_prompt_id: int | None
+    ensemble: PromptIds | EnsembleTop | None = Field(
+        default=None, description="Served by default instead of the active version (classification)."
+    )
     created_at: datetime
+
+
+class TaskUpdate(Strict):
+    ensemble: PromptIds | EnsembleTop | None = Field(
+        description='Serve an ensemble by default: prompt ids of this task, {"top": k}, or null for the active '
+        "version alone."
+    )
 
 
 # --- jobs -----------------------------------------------------------------------------------------------
@@ -174,6 +196,31 @@ class InferRequest(Strict):
     timeout_ms: int | None = Field(
         default=None, ge=1, le=600_000, description="Fail fast with 503 if not started within this time."
     )
+    ensemble: PromptIds | EnsembleTop | None = Field(
+        default=None,
+        description="Classification: average the label probabilities of these versions of the task (prompt ids, "
+        'or {"top": k}: the k best by validation score), run in the same batches.',
+    )
+
+
+class EmbedRequest(Strict):
+    task: str | int = Field(description="Task id or name.")
+    inputs: list[str] = Field(min_length=1)
+    pooling: Literal["last", "mean"] = Field(
+        default="last", description="The last position's hidden state, or the mean over the input's positions."
+    )
+    priority: int = Field(default=0, ge=-100, le=100, description="Higher is served first when the queue is busy.")
+    timeout_ms: int | None = Field(
+        default=None, ge=1, le=600_000, description="Fail fast with 503 if not started within this time."
+    )
+
+
+class EmbedResponse(BaseModel):
+    task: str
+    prompt_id: int
+    pooling: str
+    dimensions: int
+    embeddings: list[list[float]]
 
 
 class ClassificationOutput(BaseModel):
@@ -187,7 +234,8 @@ class GenerationOutput(BaseModel):
 
 class InferResponse(BaseModel):
     task: str
-    prompt_id: int
+    prompt_id: int = Field(description="The version that served (an ensemble's first member).")
+    ensemble: list[int] | None = Field(default=None, description="The versions whose probabilities were averaged.")
     outputs: list[ClassificationOutput] | list[GenerationOutput]
 
 

@@ -65,6 +65,8 @@ class Task(Base):
     # No FK on purpose: a prompt row points at its task and the task at its active prompt; the service keeps
     # the two consistent inside one transaction, and a cycle of FKs makes deletes order-dependent.
     active_prompt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # served by default instead of the active version: prompt ids, or {"top": k} (best k by validation)
+    ensemble: Mapped[Any] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     prompts: Mapped[list[Prompt]] = relationship(

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.batch_stats import BatchCounters
-from app.engine.mixed import Row, classify_rows, generate_rows
+from app.engine.mixed import Row, classify_rows, generate_rows, mean_state_rows, state_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing, PromptPool
 from app.engine.segments import Segments
 
 log = logging.getLogger(__name__)
 
-Result = list[Any]  # per row: dict label -> probability (classification) or str (generation)
+Result = list[Any]  # per row: dict label -> probability (classification), str (generation), list[float] (embedding)
 
 
 class QueueFull(RuntimeError):
@@ -263,15 +263,21 @@ class Batcher:
             offset += len(item.rows)
 
     def _compute(self, rows: list[Row]) -> Result:
-        """Classification rows in one mixed pass, generation rows in another; results in row order."""
+        """Classification rows in one mixed pass, generation rows in another, embeddings in a third; in order."""
         results: Result = [None] * len(rows)
         budget = self.options.max_batch_tokens
-        for kind, run in (("classification", classify_rows), ("generation", generate_rows)):
-            indices = [i for i, row in enumerate(rows) if row.spec.kind == kind]
+        work: list[tuple[Callable[[Row], bool], Callable[..., list[Any]]]] = [
+            (lambda row: row.pooling is None and row.spec.kind == "classification", classify_rows),
+            (lambda row: row.pooling is None and row.spec.kind == "generation", generate_rows),
+            (lambda row: row.pooling == "last", state_rows),
+            (lambda row: row.pooling == "mean", mean_state_rows),
+        ]
+        for wanted, run in work:
+            indices = [i for i, row in enumerate(rows) if wanted(row)]
             if indices:
                 outputs = run(self.frozen, self.pool, [rows[i] for i in indices], max_batch_tokens=budget)
                 for i, output in zip(indices, outputs, strict=True):
-                    results[i] = output
+                    results[i] = output.float().cpu().tolist() if rows[i].pooling else output
         return results
 
     # -- observability -----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -49,6 +49,7 @@ class Row:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ()
     input_ids: tuple[int, ...] | None = None
+    pooling: Literal["last", "mean"] | None = None  # set: the row asks for its hidden state (an embedding)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -62,7 +63,7 @@ class Row:
         if self.input_ids is not None:
             return self
         ids = tuple(encode_example(frozen, self.spec, self.text, None).input_ids)
-        return Row(self.prompt_id, self.spec, self.text, self.max_new_tokens, self.stop, ids)
+        return Row(self.prompt_id, self.spec, self.text, self.max_new_tokens, self.stop, ids, self.pooling)
 
     @property
     def ids(self) -> tuple[int, ...]:

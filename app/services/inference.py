@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +18,7 @@ from app.engine.pool import PromptMissing
 from app.engine.runtime import ModelNotReady, ModelRuntime
 from app.engine.segments import Segments
 from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from app.services import ensembles
 from app.services.context_length import first_overflow
 from app.services.prompts import get_prompt
 from app.services.tasks import task_spec
@@ -27,7 +28,8 @@ from app.services.tasks import task_spec
 class InferResult:
     task: Task
     prompt_id: int
-    outputs: list[dict[str, Any]]
+    outputs: list[Any]
+    ensemble: list[int] | None = None
 
 
 def make_prompt_loader(
@@ -46,6 +48,17 @@ def make_prompt_loader(
     return load
 
 
+def _check_base_model(prompt: Prompt, model: FrozenModel) -> Prompt:
+    if prompt.base_model_fingerprint != model.identity.fingerprint:
+        raise Conflict(
+            f"prompt {prompt.id} was trained on base model {prompt.base_model_name!r} "
+            f"({prompt.base_model_fingerprint[:12]}), but this service runs {model.identity.name!r} "
+            f"({model.identity.fingerprint[:12]}); retrain the task on this model",
+            code="base_model_mismatch",
+        )
+    return prompt
+
+
 def _active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
     # Read on every request: a new active version or a deleted prompt is seen by the very next request, on
     # every replica sharing the database (the pool is keyed by immutable prompt ids, so it is never stale).
@@ -57,14 +70,23 @@ def _active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
         prompt = get_prompt(session, task.active_prompt_id)
     except NotFound:  # deleted between reading the task and the prompt
         raise Conflict(f"task {task.name!r} has no trained prompt right now; retry", code="task_not_trained") from None
-    if prompt.base_model_fingerprint != model.identity.fingerprint:
-        raise Conflict(
-            f"prompt {prompt.id} was trained on base model {prompt.base_model_name!r} "
-            f"({prompt.base_model_fingerprint[:12]}), but this service runs {model.identity.name!r} "
-            f"({model.identity.fingerprint[:12]}); retrain the task on this model",
-            code="base_model_mismatch",
-        )
-    return prompt
+    return _check_base_model(prompt, model)
+
+
+def _serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble: Any) -> tuple[list[Prompt], bool]:
+    """The versions that serve a request, and whether they form an ensemble (asked for, or the task's default)."""
+    if ensemble is not None:
+        if task.kind != "classification":
+            raise InvalidInput(
+                "ensembles average label probabilities: only classification tasks take one", code="ensemble_invalid"
+            )
+        chosen = ensembles.members(session, task, ensembles.validate_spec(ensemble))
+        return [_check_base_model(prompt, model) for prompt in chosen], True
+    if task.ensemble is not None:
+        chosen = ensembles.members(session, task, task.ensemble, strict=False)
+        if chosen:
+            return [_check_base_model(prompt, model) for prompt in chosen], True
+    return [_active_prompt(session, task, model)], False
 
 
 def _check_lengths(model: FrozenModel, task: Task, inputs: list[str], virtual_tokens: int, reserve: int) -> None:
@@ -82,6 +104,27 @@ def _check_lengths(model: FrozenModel, task: Task, inputs: list[str], virtual_to
         )
 
 
+def _model(runtime: ModelRuntime) -> FrozenModel:
+    try:
+        return runtime.wait(timeout=0)
+    except ModelNotReady as exc:
+        raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
+
+
+def _run(runtime: ModelRuntime, rows: list[Row], priority: int, timeout: float | None) -> list[Any]:
+    """Queue rows with other requests' and wait; engine refusals become 503s."""
+    try:
+        return runtime.run(rows, priority=priority, timeout=timeout)
+    except PromptMissing as exc:
+        raise ServiceUnavailable(f"{exc}: the prompt pool is thrashing; retry shortly", code="overloaded") from exc
+    except QueueFull as exc:
+        raise ServiceUnavailable(f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
+    except QueueTimeout as exc:
+        raise ServiceUnavailable(f"{exc}; retry, or raise timeout_ms", code="queue_timeout") from exc
+    except BatcherClosed as exc:
+        raise ServiceUnavailable(str(exc), code="shutting_down") from exc
+
+
 def infer(
     session: Session,
     runtime: ModelRuntime,
@@ -92,30 +135,49 @@ def infer(
     stop: list[str],
     priority: int = 0,
     timeout: float | None = None,
+    ensemble: Any = None,
 ) -> InferResult:
-    """Classify or generate for every input with the task's active prompt, batched with other requests."""
-    try:
-        model = runtime.wait(timeout=0)
-    except ModelNotReady as exc:
-        raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
-    prompt = _active_prompt(session, task, model)
+    """Classify or generate for every input with the task's active prompt (or an ensemble of its versions, whose
+    rows share the same batches), batched with other requests."""
+    model = _model(runtime)
+    prompts, is_ensemble = _serving_prompts(session, task, model, ensemble)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
-    _check_lengths(model, task, inputs, prompt.num_virtual_tokens, reserve)
+    _check_lengths(model, task, inputs, max(p.num_virtual_tokens for p in prompts), reserve)
     session.close()  # nothing more to read: do not hold a connection while queued behind other requests
-    rows = [Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop)) for text in inputs]
-    try:
-        results = runtime.run(rows, priority=priority, timeout=timeout)
-    except PromptMissing as exc:
-        raise ServiceUnavailable(f"{exc}: the prompt pool is thrashing; retry shortly", code="overloaded") from exc
-    except QueueFull as exc:
-        raise ServiceUnavailable(f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
-    except QueueTimeout as exc:
-        raise ServiceUnavailable(f"{exc}; retry, or raise timeout_ms", code="queue_timeout") from exc
-    except BatcherClosed as exc:
-        raise ServiceUnavailable(str(exc), code="shutting_down") from exc
+    rows = [
+        Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop))
+        for prompt in prompts
+        for text in inputs
+    ]
+    results = _run(runtime, rows, priority, timeout)
     if task.kind == "classification":
-        outputs = [{"label": max(scores, key=scores.__getitem__), "scores": scores} for scores in results]
+        per_member = [results[i * len(inputs) : (i + 1) * len(inputs)] for i in range(len(prompts))]
+        scored = ensembles.average(per_member) if len(prompts) > 1 else per_member[0]
+        outputs = [{"label": max(scores, key=scores.__getitem__), "scores": scores} for scores in scored]
     else:
         outputs = [{"text": text} for text in results]
-    return InferResult(task=task, prompt_id=prompt.id, outputs=outputs)
+    members = [p.id for p in prompts] if is_ensemble else None
+    return InferResult(task=task, prompt_id=prompts[0].id, outputs=outputs, ensemble=members)
+
+
+def embed(
+    session: Session,
+    runtime: ModelRuntime,
+    task: Task,
+    inputs: list[str],
+    *,
+    pooling: Literal["last", "mean"],
+    priority: int = 0,
+    timeout: float | None = None,
+) -> InferResult:
+    """One vector per input: the frozen model's final hidden state under the task's active prompt (the last
+    position's, or the mean over the input's positions), batched by the same engine as inference."""
+    model = _model(runtime)
+    prompt = _active_prompt(session, task, model)
+    _check_lengths(model, task, inputs, prompt.num_virtual_tokens, 0)
+    session.close()
+    spec = task_spec(task)
+    rows = [Row(prompt.id, spec, text, pooling=pooling) for text in inputs]
+    vectors = _run(runtime, rows, priority, timeout)
+    return InferResult(task=task, prompt_id=prompt.id, outputs=vectors)

@@ -12,6 +12,7 @@ from app.db.repositories import TaskRepository
 from app.engine.runtime import ModelRuntime
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
+from app.services import ensembles
 
 PLACEHOLDER = "{input}"
 MAX_LABEL_CHARS = 100
@@ -92,6 +93,18 @@ def task_statuses(session: Session, tasks: Sequence[Task]) -> dict[int, str]:
 
 def list_tasks(session: Session, *, limit: int, offset: int) -> Sequence[Task]:
     return TaskRepository(session).list(limit=limit, offset=offset)
+
+
+def set_ensemble(session: Session, task: Task, ensemble: list[int] | dict[str, int] | None) -> None:
+    """Serve an ensemble of the task's versions by default (classification), or its active version (None)."""
+    if ensemble is not None:
+        if task.kind != "classification":
+            raise InvalidInput(
+                "ensembles average label probabilities: only classification tasks take one", code="ensemble_invalid"
+            )
+        ensembles.members(session, task, ensembles.validate_spec(ensemble), strict=isinstance(ensemble, list))
+    task.ensemble = ensemble
+    session.flush()
 
 
 def delete_task(session: Session, task: Task, runtime: ModelRuntime) -> None:

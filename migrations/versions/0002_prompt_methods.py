@@ -1,4 +1,4 @@
-"""prompt methods: a shapes column on prompts, an options column on jobs; prompt_tuning becomes prompt
+"""prompt methods: prompts.shapes, jobs.options, tasks.ensemble; the method prompt_tuning becomes prompt
 
 Revision ID: 0002
 Revises: 0001
@@ -31,6 +31,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("shapes", sa.JSON(), nullable=True))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("options", sa.JSON(), nullable=True))
+    with op.batch_alter_table("tasks") as batch:
+        batch.add_column(sa.Column("ensemble", sa.JSON(), nullable=True))
     bind = op.get_bind()
     # Prompts stored before methods existed are plain prompts of one tensor "prompt" [n, hidden]; their bytes
     # stay as they are (the artifact reader reads the old format).
@@ -43,6 +45,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     bind.execute(prompts.update().where(prompts.c.method == "prompt").values(method="prompt_tuning"))
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("ensemble")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("options")
     with op.batch_alter_table("prompts") as batch:

@@ -7,12 +7,17 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.api.deps import ReadSessionDep, RuntimeDep, SettingsDep
-from app.api.schemas import ErrorResponse, InferRequest, InferResponse
+from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.errors import InvalidInput
-from app.services.inference import infer
+from app.services.inference import embed, infer
 from app.services.tasks import resolve_task
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+def _check_count(inputs: list[str], limit: int) -> None:
+    if len(inputs) > limit:
+        raise InvalidInput(f"at most {limit} inputs per call; split the request", code="too_many_inputs")
 
 
 @router.post(
@@ -22,10 +27,7 @@ def run_inference(
     body: InferRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
 ) -> InferResponse:
     """Classify or generate with the task's active prompt."""
-    if len(body.inputs) > settings.max_infer_inputs:
-        raise InvalidInput(
-            f"at most {settings.max_infer_inputs} inputs per call; split the request", code="too_many_inputs"
-        )
+    _check_count(body.inputs, settings.max_infer_inputs)
     result = infer(
         session,
         runtime,
@@ -35,9 +37,41 @@ def run_inference(
         stop=body.stop,
         priority=body.priority,
         timeout=None if body.timeout_ms is None else body.timeout_ms / 1000,
+        ensemble=ensemble_spec(body.ensemble),
     )
     return InferResponse.model_validate(
-        {"task": result.task.name, "prompt_id": result.prompt_id, "outputs": result.outputs}
+        {
+            "task": result.task.name,
+            "prompt_id": result.prompt_id,
+            "ensemble": result.ensemble,
+            "outputs": result.outputs,
+        }
+    )
+
+
+@router.post(
+    "/embed", responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+)
+def run_embedding(
+    body: EmbedRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
+) -> EmbedResponse:
+    """One vector per input: the frozen model's hidden state under the task's prompt."""
+    _check_count(body.inputs, settings.max_infer_inputs)
+    result = embed(
+        session,
+        runtime,
+        resolve_task(session, body.task),
+        body.inputs,
+        pooling=body.pooling,
+        priority=body.priority,
+        timeout=None if body.timeout_ms is None else body.timeout_ms / 1000,
+    )
+    return EmbedResponse(
+        task=result.task.name,
+        prompt_id=result.prompt_id,
+        pooling=body.pooling,
+        dimensions=len(result.outputs[0]),
+        embeddings=result.outputs,
     )
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, TaskDep, WritableTaskDep
-from app.api.schemas import ErrorResponse, TaskCreate, TaskOut
+from app.api.schemas import ErrorResponse, TaskCreate, TaskOut, TaskUpdate, ensemble_spec
 from app.db.models import Task
 from app.services import tasks as service
 
@@ -26,6 +26,7 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
             template=t.template,
             status=statuses[t.id],
             active_prompt_id=t.active_prompt_id,
+            ensemble=t.ensemble,
             created_at=t.created_at,  # type: ignore[arg-type]
         )
         for t in tasks
@@ -48,6 +49,13 @@ def list_tasks(session: ReadSessionDep, limit: LimitDep, offset: OffsetDep) -> l
 @router.get("/{task}", responses={404: {"model": ErrorResponse}})
 def get_task(task: TaskDep, session: ReadSessionDep) -> TaskOut:
     """One task, by id or name."""
+    return task_out(session, [task])[0]
+
+
+@router.patch("/{task}", responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+def update_task(body: TaskUpdate, task: WritableTaskDep, session: SessionDep) -> TaskOut:
+    """Set what the task serves by default: an ensemble of its versions, or (null) its active version."""
+    service.set_ensemble(session, task, ensemble_spec(body.ensemble))
     return task_out(session, [task])[0]
 
 
