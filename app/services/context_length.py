@@ -19,9 +19,16 @@ def first_overflow(
     decode. Callers raise their own error from it: a request's inputs and a dataset's examples are named differently.
     """
     spec = task_spec(task)
-    for index, (text, output) in enumerate(rows):
-        example = encode_example(model, spec, text, output)
-        needed = virtual_tokens + len(example.input_ids) + len(example.target_ids) + extra
+    tokens = (len(ex.input_ids) + len(ex.target_ids) for ex in (encode_example(model, spec, t, o) for t, o in rows))
+    return first_too_long(model, tokens, virtual_tokens, extra)
+
+
+def first_too_long(
+    model: FrozenModel, token_counts: Iterable[int], virtual_tokens: int, extra: int = 0
+) -> tuple[int, int] | None:
+    """(index, tokens needed) of the first row of token_counts tokens past the context with the prompt, or None."""
+    for index, count in enumerate(token_counts):
+        needed = virtual_tokens + count + extra
         if needed > model.max_positions:
             return index, needed
     return None

@@ -17,9 +17,10 @@ from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing
 from app.engine.runtime import ModelNotReady, ModelRuntime
 from app.engine.segments import Segments
+from app.engine.text import encode_example
 from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from app.services import ensembles
-from app.services.context_length import first_overflow
+from app.services.context_length import first_too_long
 from app.services.prompts import get_prompt
 from app.services.tasks import task_spec
 
@@ -89,11 +90,14 @@ def _serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble:
     return [_active_prompt(session, task, model)], False
 
 
-def _check_lengths(model: FrozenModel, task: Task, inputs: list[str], virtual_tokens: int, reserve: int) -> None:
+def _encode_checked(
+    model: FrozenModel, task: Task, inputs: list[str], virtual_tokens: int, reserve: int
+) -> list[tuple[int, ...]]:
+    """Each input's token ids (the one tokenisation of a request), refusing one past the context."""
+    spec = task_spec(task)
+    ids = [tuple(encode_example(model, spec, text, None).input_ids) for text in inputs]
     longest_label = max((len(model.encode(" " + label)) for label in task.labels), default=0)
-    overflow = first_overflow(
-        model, task, ((text, None) for text in inputs), virtual_tokens, max(reserve, longest_label)
-    )
+    overflow = first_too_long(model, map(len, ids), virtual_tokens, max(reserve, longest_label))
     if overflow is not None:
         index, needed = overflow
         raise InvalidInput(
@@ -102,6 +106,7 @@ def _check_lengths(model: FrozenModel, task: Task, inputs: list[str], virtual_to
             code="input_too_long",
             details={"index": index, "tokens": needed, "context": model.max_positions},
         )
+    return ids
 
 
 def _model(runtime: ModelRuntime) -> FrozenModel:
@@ -143,12 +148,12 @@ def infer(
     prompts, is_ensemble = _serving_prompts(session, task, model, ensemble)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
-    _check_lengths(model, task, inputs, max(p.num_virtual_tokens for p in prompts), reserve)
+    ids = _encode_checked(model, task, inputs, max(p.num_virtual_tokens for p in prompts), reserve)
     session.close()  # nothing more to read: do not hold a connection while queued behind other requests
     rows = [
-        Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop))
+        Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop), input_ids=row_ids)
         for prompt in prompts
-        for text in inputs
+        for text, row_ids in zip(inputs, ids, strict=True)
     ]
     results = _run(runtime, rows, priority, timeout)
     if task.kind == "classification":
@@ -175,9 +180,12 @@ def embed(
     position's, or the mean over the input's positions), batched by the same engine as inference."""
     model = _model(runtime)
     prompt = _active_prompt(session, task, model)
-    _check_lengths(model, task, inputs, prompt.num_virtual_tokens, 0)
+    ids = _encode_checked(model, task, inputs, prompt.num_virtual_tokens, 0)
     session.close()
     spec = task_spec(task)
-    rows = [Row(prompt.id, spec, text, pooling=pooling) for text in inputs]
+    rows = [
+        Row(prompt.id, spec, text, input_ids=row_ids, pooling=pooling)
+        for text, row_ids in zip(inputs, ids, strict=True)
+    ]
     vectors = _run(runtime, rows, priority, timeout)
     return InferResult(task=task, prompt_id=prompt.id, outputs=vectors)
