@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.models import Prompt, Task
 from app.engine.artifact import Artifact
 from app.engine.batcher import BatcherClosed, QueueFull, QueueTimeout
-from app.engine.methods import load_segments
+from app.engine.methods import get_method, load_segments
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing
@@ -91,11 +91,21 @@ def _serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble:
 
 
 def _encode_checked(
-    model: FrozenModel, task: Task, inputs: list[str], virtual_tokens: int, reserve: int
+    model: FrozenModel, task: Task, inputs: list[str], prompts: list[Prompt], reserve: int
 ) -> list[tuple[int, ...]]:
-    """Each input's token ids (the one tokenisation of a request), refusing one past the context."""
+    """Each input's token ids (the one tokenisation of a request), refusing one past the context, or one that
+    renders to nothing for a prompt that has no state of its own to predict from."""
     spec = task_spec(task)
     ids = [tuple(encode_example(model, spec, text, None).input_ids) for text in inputs]
+    empty = next((index for index, row in enumerate(ids) if not row), None)
+    needy = next((p for p in prompts if get_method(p.method).needs_input), None)
+    if empty is not None and needy is not None:
+        raise InvalidInput(
+            f"inputs[{empty}] renders to no tokens with template {task.template!r}, and a {needy.method} prompt "
+            "needs at least one; give some text",
+            code="input_empty",
+        )
+    virtual_tokens = max(p.num_virtual_tokens for p in prompts)
     longest_label = max((len(model.encode(" " + label)) for label in task.labels), default=0)
     overflow = first_too_long(model, map(len, ids), virtual_tokens, max(reserve, longest_label))
     if overflow is not None:
@@ -148,7 +158,7 @@ def infer(
     prompts, is_ensemble = _serving_prompts(session, task, model, ensemble)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
-    ids = _encode_checked(model, task, inputs, max(p.num_virtual_tokens for p in prompts), reserve)
+    ids = _encode_checked(model, task, inputs, prompts, reserve)
     session.close()  # nothing more to read: do not hold a connection while queued behind other requests
     rows = [
         Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop), input_ids=row_ids)
@@ -180,7 +190,7 @@ def embed(
     position's, or the mean over the input's positions), batched by the same engine as inference."""
     model = _model(runtime)
     prompt = _active_prompt(session, task, model)
-    ids = _encode_checked(model, task, inputs, prompt.num_virtual_tokens, 0)
+    ids = _encode_checked(model, task, inputs, [prompt], 0)
     session.close()
     spec = task_spec(task)
     rows = [

@@ -10,11 +10,13 @@ from sqlalchemy import Engine
 from app.db.models import Prompt
 from app.db.session import make_session_factory
 from app.engine.inference import classify
+from app.engine.methods import get_method, parse_config
 from app.engine.mixed import Row, mean_state_rows, state_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
 from app.engine.segments import Segments
 from app.engine.text import TaskSpec
+from app.services.prompts import store_prompt
 from tests.api.helpers import create_task
 from tests.api.test_serving import store_random_prompt
 
@@ -123,3 +125,30 @@ def test_embeddings_are_the_hidden_states_under_the_tasks_prompt(
     assert (torch.tensor(body["embeddings"][0]) - bare).abs().max() > 1e-3
     bad = client.post("/v1/embed", json={"task": "features", "inputs": INPUTS, "pooling": "max"})
     assert (bad.status_code, bad.json()["error"]["code"]) == (422, "validation_error")
+
+
+def test_an_empty_input_for_a_prefix_prompt_is_refused_not_a_failed_batch(
+    client: TestClient, db_engine: Engine, frozen: FrozenModel
+) -> None:
+    spec = TaskSpec("classification", "{input}", ("positive", "negative"))
+    task = create_task(client, "bare", template=spec.template, labels=list(spec.labels))
+    config = parse_config({"method": "prefix", "num_virtual_tokens": 2})
+    module = get_method("prefix").build(frozen, config, spec, torch.Generator().manual_seed(0))
+    with make_session_factory(db_engine).begin() as session:
+        store_prompt(
+            session,
+            task_id=task["id"],
+            artifact=module.artifact(),
+            positions=2,
+            hidden_size=frozen.hidden_size,
+            identity=frozen.identity,
+            metrics={},
+            hyperparameters=config.model_dump(mode="json"),
+            job_id=None,
+            dataset_id=None,
+        )
+    response = client.post("/v1/infer", json={"task": "bare", "inputs": ["good", ""]})
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "input_empty")
+    assert "inputs[1]" in response.json()["error"]["message"]
+    served = client.post("/v1/infer", json={"task": "bare", "inputs": ["good"]})
+    assert served.status_code == 200 and served.json()["outputs"][0]["label"] in spec.labels

@@ -119,6 +119,8 @@ class Method(ABC):
     name: ClassVar[str]
     config_type: ClassVar[type[TrainConfig]]
     cacheable: ClassVar[str]  # what the pool caches per version, in words (README, /v1/methods)
+    # True when the prompt gives no state of its own to predict from: a row must bring at least one token.
+    needs_input: ClassVar[bool] = False
 
     def check(self, frozen: FrozenModel, config: TrainConfig) -> None:
         """Refuse a config this frozen model cannot run (ValueError with what to fix); shapes are checked here."""

@@ -88,6 +88,7 @@ class PrefixMethod(Method):
     name = "prefix"
     config_type: ClassVar[type[TrainConfig]] = PrefixConfig
     cacheable = "yes: the stored keys/values are the cache (no prompt forward)"
+    needs_input = True
 
     def expected_shapes(self, frozen: FrozenModel, config: TrainConfig) -> dict[str, list[int]]:
         layers, heads, dim = kv_shape(frozen)
