@@ -1,10 +1,30 @@
+"""Migrations: the models agree with them, and 0002 carries prompts stored before methods existed, both ways."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
+from safetensors.torch import save
 from sqlalchemy import Engine, inspect
 
-from app.db.base import Base
+from app.db.base import Base, utcnow
+from app.db.session import make_engine
+from app.engine.artifact import Artifact
+from app.engine.inference import classify
+from app.engine.model import FrozenModel
+from app.engine.runtime import ModelRuntime
+from app.engine.text import TaskSpec
+from app.main import create_app, serving_options
+from app.migrate import alembic_config, upgrade
+from tests.conftest import _drop_postgres_database, _fresh_postgres_database, make_settings
 
 
 def test_models_and_migrations_agree(db_engine: Engine) -> None:
@@ -17,3 +37,150 @@ def test_models_and_migrations_agree(db_engine: Engine) -> None:
 def test_migrations_create_every_table(db_engine: Engine) -> None:
     tables = set(inspect(db_engine).get_table_names())
     assert {"tasks", "datasets", "jobs", "job_events", "prompts", "alembic_version"} <= tables
+
+
+# --- prompts stored before methods existed (revision 0001) ----------------------------------------------------
+
+# The two tables as revision 0001 made them: the models describe head, which 0001 lacks columns of.
+TASKS_0001 = sa.table(
+    "tasks",
+    sa.column("id", sa.Integer()),
+    sa.column("name", sa.String()),
+    sa.column("kind", sa.String()),
+    sa.column("labels", sa.JSON()),
+    sa.column("template", sa.Text()),
+    sa.column("active_prompt_id", sa.Integer()),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+PROMPTS_0001 = sa.table(
+    "prompts",
+    *(sa.column(name, sa.Integer()) for name in ("id", "task_id", "version", "num_virtual_tokens", "hidden_size")),
+    *(sa.column(name, sa.String()) for name in ("method", "base_model_name", "base_model_fingerprint")),
+    sa.column("tensors", sa.LargeBinary()),
+    sa.column("size_bytes", sa.Integer()),
+    sa.column("metrics", sa.JSON()),
+    sa.column("hyperparameters", sa.JSON()),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+SPEC = TaskSpec("classification", "Review: {input}\nSentiment:", ("positive", "negative"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database no migration has touched yet, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    url, name = _fresh_postgres_database()
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+def _store_old_prompt(url: str, frozen: FrozenModel, prompt: torch.Tensor) -> None:
+    """What the code of revision 0001 stored: safetensors of {"prompt": [n, hidden]}, method "prompt_tuning"."""
+    blob = save({"prompt": prompt}, metadata={"method": "prompt_tuning", "base_model": frozen.identity.fingerprint})
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.insert(TASKS_0001).values(
+                    id=1,
+                    name="sentiment",
+                    kind=SPEC.kind,
+                    labels=list(SPEC.labels),
+                    template=SPEC.template,
+                    created_at=utcnow(),
+                )
+            )
+            conn.execute(
+                sa.insert(PROMPTS_0001).values(
+                    id=1,
+                    task_id=1,
+                    version=1,
+                    method="prompt_tuning",
+                    num_virtual_tokens=prompt.shape[0],
+                    hidden_size=prompt.shape[1],
+                    base_model_name=frozen.identity.name,
+                    base_model_fingerprint=frozen.identity.fingerprint,
+                    tensors=blob,
+                    size_bytes=len(blob),
+                    metrics={},
+                    hyperparameters={"num_virtual_tokens": prompt.shape[0]},
+                    created_at=utcnow(),
+                )
+            )
+            conn.execute(sa.update(TASKS_0001).values(active_prompt_id=1))
+    finally:
+        engine.dispose()
+
+
+def _stored(url: str) -> tuple[str, dict[str, list[int]] | None, bytes]:
+    """(method, shapes, tensors) of the stored prompt, read as head describes them."""
+    columns = sa.column("method", sa.String()), sa.column("shapes", sa.JSON()), sa.column("tensors", sa.LargeBinary())
+    prompts = sa.table("prompts", *columns)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            method, shapes, tensors = conn.execute(sa.select(prompts)).one()
+            return method, shapes, tensors
+    finally:
+        engine.dispose()
+
+
+def test_a_prompt_stored_before_methods_existed_is_a_plain_prompt_after_the_upgrade(
+    empty_database_url: str, frozen: FrozenModel, tmp_path: Path
+) -> None:
+    url = empty_database_url
+    upgrade(url, "0001")
+    prompt = torch.randn(3, frozen.hidden_size, generator=torch.Generator().manual_seed(0))
+    _store_old_prompt(url, frozen, prompt)
+
+    upgrade(url)
+    method, shapes, tensors = _stored(url)
+    assert method == "prompt" and shapes == {"prompt": [3, frozen.hidden_size]}
+    artifact = Artifact.from_bytes(tensors)
+    assert artifact.method == "prompt" and artifact.tensors.keys() == {"prompt"}
+    assert torch.equal(artifact.tensors["prompt"], prompt)
+
+    # ... and the service lists and serves it as it would have before
+    settings = make_settings(url, tmp_path)
+    app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
+    with TestClient(app) as client:
+        (listed,) = client.get("/v1/prompts").json()
+        assert listed["method"] == "prompt" and listed["num_virtual_tokens"] == 3
+        assert listed["shapes"] == {"prompt": [3, frozen.hidden_size]}
+        inputs = ["a good film", "the plot was bad"]
+        served = client.post("/v1/infer", json={"task": "sentiment", "inputs": inputs})
+        assert served.status_code == 200, served.text
+        for output, alone in zip(served.json()["outputs"], classify(frozen, prompt, SPEC, inputs), strict=True):
+            assert max(abs(output["scores"][label] - p) for label, p in alone.items()) < 1e-4
+
+
+def test_downgrading_from_head_gives_old_prompts_their_old_method_name(
+    empty_database_url: str, frozen: FrozenModel, request: pytest.FixtureRequest
+) -> None:
+    url = empty_database_url
+    if url.startswith("sqlite"):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="app bug: migrations run with PRAGMA foreign_keys=ON (make_engine), so batch mode's DROP TABLE "
+                "tasks when 0002's downgrade copies it cascades to every prompt, job and job event",
+            )
+        )
+    upgrade(url, "0001")
+    _store_old_prompt(url, frozen, torch.randn(2, frozen.hidden_size))
+    upgrade(url)
+    command.downgrade(alembic_config(url), "0001")
+    engine = make_engine(url)
+    try:
+        assert "shapes" not in {c["name"] for c in inspect(engine).get_columns("prompts")}
+        assert "options" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT method FROM prompts")).scalars().all() == ["prompt_tuning"]
+    finally:
+        engine.dispose()
+    upgrade(url)  # and up again
+    assert _stored(url)[0] == "prompt"

@@ -103,9 +103,7 @@ def test_progress_is_reported_for_every_step_and_evaluation(frozen: FrozenModel)
     steps: list[StepReport] = []
     evals: list[EvalReport] = []
     config = _quick(steps=10, eval_every=4, warmup_steps=2)
-    result = train_prompt(
-        frozen, SENTIMENT, _reviews(12, 3), None, config, on_step=steps.append, on_eval=evals.append
-    )
+    result = train_prompt(frozen, SENTIMENT, _reviews(12, 3), None, config, on_step=steps.append, on_eval=evals.append)
     assert [report.step for report in steps] == list(range(1, 11))
     assert all(report.total_steps == 10 and math.isfinite(report.loss) for report in steps)
     assert [report.lr for report in steps] == [get_lr(step, config) for step in range(10)]
