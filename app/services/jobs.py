@@ -83,6 +83,12 @@ def enqueue_training(
     options: dict[str, Any] | None = None,
 ) -> Job:
     """Validate a training request (any job type, any method) against its task, data and model, then queue it."""
+    if job_type == "length_search" and config.init_prompt_id is not None:
+        raise InvalidInput(
+            "a length search trains prompts of several lengths, so no one stored prompt fits them all; start it "
+            'from "text", "vocab", "random" or "labels"',
+            code="init_prompt_invalid",
+        )
     check_method(session, config, model)
     datasets = [get_dataset(session, dataset_id, with_examples=True)]
     if validation_dataset_id is not None:

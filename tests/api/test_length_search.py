@@ -64,3 +64,20 @@ def test_a_tolerance_covering_every_score_keeps_the_shortest_length_of_any_metho
     assert prompt["method"] == "around" and prompt["hyperparameters"]["num_virtual_tokens"] == 1
     assert prompt["num_virtual_tokens"] == 1 + 2  # positions before and after the input
     assert prompt["shapes"] == {"before": [1, 64], "after": [2, 64]}
+
+
+def test_a_length_search_from_one_stored_prompt_is_refused(client: TestClient) -> None:
+    # Each length is a prompt of another shape: no single stored version can start them all.
+    create_task(client, "sentiment")
+    dataset = create_dataset(client, toy_examples(16))
+    body = {
+        "type": "length_search",
+        "task": "sentiment",
+        "dataset_id": dataset["id"],
+        "hyperparameters": {**QUICK, "init": {"from_prompt": 1}},
+        "search": {"lengths": [1, 2]},
+    }
+    response = client.post("/v1/jobs", json=body)
+    assert (response.status_code, response.json()["error"]["code"]) == (422, "init_prompt_invalid")
+    assert "several lengths" in response.json()["error"]["message"]
+    assert client.get("/v1/jobs").json() == []
