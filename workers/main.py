@@ -209,7 +209,7 @@ class Worker:
             repo.add_event(
                 job_id,
                 "succeeded",
-                f"stored {result.artifact.method} prompt {prompt.id} (version {prompt.version}) "
+                f"stored prompt {prompt.id} (version {prompt.version}, method {result.artifact.method}) "
                 f"from step {result.best_step}",
                 {"prompt_id": prompt.id, "metrics": result.metrics},
             )
