@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from app.engine.artifact import Artifact
-from app.engine.methods.base import Method, PromptModule, TrainConfig, check_init_shapes, register
+from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments
@@ -66,26 +66,17 @@ class AroundMethod(Method):
             "before": [config.num_virtual_tokens, frozen.hidden_size],
         }
 
-    def build(
-        self,
-        frozen: FrozenModel,
-        config: TrainConfig,
-        spec: TaskSpec,
-        generator: torch.Generator,
-        init: Artifact | None = None,
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
     ) -> PromptModule:
         assert isinstance(config, AroundConfig)
-        if init is not None:
-            check_init_shapes(self.name, init, self.expected_shapes(frozen, config))
-            return Around(init.tensor("before", 2).float(), init.tensor("after", 2).float()).to(frozen.device)
         before = initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens)
         after_text = config.after_init_text if config.init == "text" else None
         after = initial_vectors(frozen, config, spec, generator, config.num_after_tokens, text=after_text)
-        return Around(before, after).to(frozen.device)
+        return Around(before, after)
 
-    def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
-        module = Around(artifact.tensor("before", 2).float(), artifact.tensor("after", 2).float())
-        return module.to(frozen.device).requires_grad_(False)
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+        return Around(artifact.tensor("before", 2).float(), artifact.tensor("after", 2).float())
 
 
 METHOD = register(AroundMethod())

@@ -135,6 +135,15 @@ class Method(ABC):
         """The shapes of the artifact a job with this config stores (an init prompt must match them)."""
 
     @abstractmethod
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
+    ) -> PromptModule:
+        """A new module, started as config.init says (text, vocab, random or labels)."""
+
+    @abstractmethod
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+        """The module a stored artifact holds (ValueError when it does not fit this model)."""
+
     def build(
         self,
         frozen: FrozenModel,
@@ -143,11 +152,22 @@ class Method(ABC):
         generator: torch.Generator,
         init: Artifact | None = None,
     ) -> PromptModule:
-        """The trainable module on the model's device, started as config.init says (or from `init`)."""
+        """The trainable module on the model's device, started as config.init says or from `init`, a stored
+        version of this method and the shapes this config gives."""
+        if init is None:
+            return self.fresh(frozen, config, spec, generator).to(frozen.device)
+        if init.method != self.name:
+            raise ValueError(
+                f"the init prompt is a {init.method!r} prompt; a {self.name!r} job needs a {self.name!r} prompt."
+            )
+        expected = self.expected_shapes(frozen, config)
+        if init.shapes != expected:
+            raise ValueError(f"the init prompt has shapes {init.shapes}; this job's prompt has {expected}.")
+        return self.restore(frozen, init).to(frozen.device)
 
-    @abstractmethod
     def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
         """Rebuild a stored prompt for serving (no gradients, on the model's device)."""
+        return self.restore(frozen, artifact).to(frozen.device).requires_grad_(False)
 
 
 REGISTRY: dict[str, Method] = {}
@@ -159,11 +179,3 @@ def register(method: Method) -> Method:
         raise ValueError(f"method {method.name!r} is registered twice.")
     REGISTRY[method.name] = method
     return method
-
-
-def check_init_shapes(method: str, init: Artifact, expected: dict[str, list[int]]) -> None:
-    """Refuse an init artifact of another method or shape, saying which."""
-    if init.method != method:
-        raise ValueError(f"the init prompt is a {init.method!r} prompt; a {method!r} job needs a {method!r} prompt.")
-    if init.shapes != expected:
-        raise ValueError(f"the init prompt has shapes {init.shapes}; this job's prompt has {expected}.")

@@ -17,7 +17,7 @@ from torch import nn
 
 from app.engine.artifact import Artifact
 from app.engine.layer_loop import decoder_layers, layer_inputs
-from app.engine.methods.base import Method, PromptModule, TrainConfig, check_init_shapes, register
+from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
 from app.engine.model import FrozenModel
 from app.engine.segments import Overwrite, Segments
@@ -99,6 +99,23 @@ class DeepOverwriteMethod(Method):
         n, hidden = config.num_virtual_tokens, frozen.hidden_size
         return {"prompt": [n, hidden], "states": [len(layers), n, hidden]}
 
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
+    ) -> PromptModule:
+        assert isinstance(config, DeepOverwriteConfig)
+        layers = chosen_layers(config, decoder_layers(frozen))
+        prompt = initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens)
+        # Each layer starts from what it sees of the plain prompt: before training, the deep prompt is that prompt.
+        states = layer_inputs(frozen, prompt, layers) if layers else torch.zeros(0, *prompt.shape)
+        return DeepPrompt(prompt, layers, states)
+
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+        layers = tuple(int(layer) for layer in artifact.config.get("layers", []))
+        total = decoder_layers(frozen)
+        if any(not 1 <= layer < total for layer in layers):
+            raise ValueError(f"the stored deep prompt replaces layers {list(layers)}; this model has 0..{total - 1}.")
+        return DeepPrompt(artifact.tensor("prompt", 2).float(), layers, artifact.tensor("states", 3).float())
+
     def build(
         self,
         frozen: FrozenModel,
@@ -109,27 +126,11 @@ class DeepOverwriteMethod(Method):
     ) -> PromptModule:
         assert isinstance(config, DeepOverwriteConfig)
         layers = chosen_layers(config, decoder_layers(frozen))
-        if init is not None:
-            check_init_shapes(self.name, init, self.expected_shapes(frozen, config))
-            if tuple(init.config.get("layers", [])) != layers:
-                raise ValueError(
-                    f"the init prompt replaces layers {init.config.get('layers')}; this job's are {list(layers)}."
-                )
-            return DeepPrompt(init.tensor("prompt", 2).float(), layers, init.tensor("states", 3).float()).to(
-                frozen.device
+        if init is not None and init.method == self.name and tuple(init.config.get("layers", [])) != layers:
+            raise ValueError(
+                f"the init prompt replaces layers {init.config.get('layers')}; this job's are {list(layers)}."
             )
-        prompt = initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens)
-        # Each layer starts from what it sees of the plain prompt: before training, the deep prompt is that prompt.
-        states = layer_inputs(frozen, prompt, layers) if layers else torch.zeros(0, *prompt.shape)
-        return DeepPrompt(prompt, layers, states).to(frozen.device)
-
-    def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
-        layers = tuple(int(layer) for layer in artifact.config.get("layers", []))
-        total = decoder_layers(frozen)
-        if any(not 1 <= layer < total for layer in layers):
-            raise ValueError(f"the stored deep prompt replaces layers {list(layers)}; this model has 0..{total - 1}.")
-        module = DeepPrompt(artifact.tensor("prompt", 2).float(), layers, artifact.tensor("states", 3).float())
-        return module.to(frozen.device).requires_grad_(False)
+        return super().build(frozen, config, spec, generator, init)
 
 
 METHOD = register(DeepOverwriteMethod())

@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from app.engine.artifact import Artifact
-from app.engine.methods.base import Method, PromptModule, TrainConfig, check_init_shapes, register
+from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments
@@ -70,35 +70,21 @@ class InputDependentMethod(Method):
         n, hidden, width = config.num_virtual_tokens, frozen.hidden_size, config.generator_hidden
         return {"b1": [width], "b2": [n, hidden], "w1": [hidden, width], "w2": [width, n * hidden]}
 
-    def build(
-        self,
-        frozen: FrozenModel,
-        config: TrainConfig,
-        spec: TaskSpec,
-        generator: torch.Generator,
-        init: Artifact | None = None,
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
     ) -> PromptModule:
         assert isinstance(config, InputDependentConfig)
-        if init is not None:
-            check_init_shapes(self.name, init, self.expected_shapes(frozen, config))
-            return self._module(init).to(frozen.device)
         n, hidden, width = config.num_virtual_tokens, frozen.hidden_size, config.generator_hidden
         start = initial_vectors(frozen, config, spec, generator, n)
         w1 = torch.randn(hidden, width, generator=generator) / hidden**0.5
-        parts = PromptGenerator(n, w1, torch.zeros(width), torch.zeros(width, n * hidden), start.reshape(-1))
-        return InputDependent(parts).to(frozen.device)
-
-    def _module(self, artifact: Artifact) -> InputDependent:
-        b2 = artifact.tensor("b2", 2).float()
-        w1, b1, w2 = (
-            artifact.tensor("w1", 2).float(),
-            artifact.tensor("b1", 1).float(),
-            artifact.tensor("w2", 2).float(),
+        return InputDependent(
+            PromptGenerator(n, w1, torch.zeros(width), torch.zeros(width, n * hidden), start.reshape(-1))
         )
-        return InputDependent(PromptGenerator(int(b2.shape[0]), w1, b1, w2, b2.reshape(-1)))
 
-    def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
-        return self._module(artifact).to(frozen.device).requires_grad_(False)
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+        b2 = artifact.tensor("b2", 2).float()
+        w1, b1, w2 = (artifact.tensor(name, dims).float() for name, dims in (("w1", 2), ("b1", 1), ("w2", 2)))
+        return InputDependent(PromptGenerator(int(b2.shape[0]), w1, b1, w2, b2.reshape(-1)))
 
 
 METHOD = register(InputDependentMethod())

@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from app.engine.artifact import Artifact
-from app.engine.methods.base import Method, PromptModule, TrainConfig, check_init_shapes, register
+from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments
@@ -75,30 +75,18 @@ class InputMappingMethod(Method):
             "up": [config.rank, hidden],
         }
 
-    def build(
-        self,
-        frozen: FrozenModel,
-        config: TrainConfig,
-        spec: TaskSpec,
-        generator: torch.Generator,
-        init: Artifact | None = None,
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
     ) -> PromptModule:
         assert isinstance(config, InputMappingConfig)
-        if init is not None:
-            check_init_shapes(self.name, init, self.expected_shapes(frozen, config))
-            return self._module(init).to(frozen.device)
         hidden = frozen.hidden_size
         n = config.num_virtual_tokens
         prompt = initial_vectors(frozen, config, spec, generator, n) if n else torch.zeros(0, hidden)
         down = torch.randn(hidden, config.rank, generator=generator) / hidden**0.5
-        return InputMapping(prompt, down, torch.zeros(config.rank, hidden)).to(frozen.device)
+        return InputMapping(prompt, down, torch.zeros(config.rank, hidden))
 
-    def _module(self, artifact: Artifact) -> InputMapping:
-        tensors = [artifact.tensor(name, 2).float() for name in ("prompt", "down", "up")]
-        return InputMapping(*tensors)
-
-    def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
-        return self._module(artifact).to(frozen.device).requires_grad_(False)
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+        return InputMapping(*(artifact.tensor(name, 2).float() for name in ("prompt", "down", "up")))
 
 
 METHOD = register(InputMappingMethod())

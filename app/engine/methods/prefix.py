@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from app.engine.artifact import Artifact
-from app.engine.methods.base import Method, PromptModule, TrainConfig, check_init_shapes, register
+from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
 from app.engine.model import FrozenModel
 from app.engine.prompt_cache import PromptKV, compute_prompt_kvs, kv_shape
@@ -95,6 +95,28 @@ class PrefixMethod(Method):
         shape = [layers, heads, config.num_virtual_tokens, dim]
         return {"keys": shape, "values": list(shape)}
 
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
+    ) -> PromptModule:
+        assert isinstance(config, PrefixConfig)
+        # Any init runs through the frozen model once: the prefix starts as that prompt's keys/values.
+        embeddings = initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens)
+        with torch.no_grad():
+            kv = compute_prompt_kvs(frozen, [embeddings])[0]
+        keys, values = kv.keys.float().cpu(), kv.values.float().cpu()
+        if config.reparameterize:
+            return Prefix(keys, values, embeddings, config.reparam_hidden)
+        return Prefix(keys, values)
+
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+        keys, values = artifact.tensor("keys", 4), artifact.tensor("values", 4)
+        layers, heads, dim = kv_shape(frozen)
+        if (keys.shape[0], keys.shape[1], keys.shape[3]) != (layers, heads, dim):
+            raise ValueError(
+                f"the stored prefix has shape {tuple(keys.shape)}; this model's cache is [{layers}, {heads}, n, {dim}]."
+            )
+        return Prefix(keys.float(), values.float())
+
     def build(
         self,
         frozen: FrozenModel,
@@ -103,32 +125,14 @@ class PrefixMethod(Method):
         generator: torch.Generator,
         init: Artifact | None = None,
     ) -> PromptModule:
-        assert isinstance(config, PrefixConfig)
-        if init is not None:
-            check_init_shapes(self.name, init, self.expected_shapes(frozen, config))
-            keys, values = init.tensor("keys", 4).float(), init.tensor("values", 4).float()
-            embeddings = None
-        else:
-            # Any init runs through the frozen model once: the prefix starts as that prompt's keys/values.
-            embeddings = initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens)
-            with torch.no_grad():
-                kv = compute_prompt_kvs(frozen, [embeddings])[0]
-            keys, values = kv.keys.float().cpu(), kv.values.float().cpu()
-        if not config.reparameterize:
-            return Prefix(keys, values).to(frozen.device)
-        if embeddings is None:
-            embeddings = torch.randn(config.num_virtual_tokens, frozen.hidden_size, generator=generator) * 0.02
+        module = super().build(frozen, config, spec, generator, init)
+        assert isinstance(config, PrefixConfig) and isinstance(module, Prefix)
+        if init is None or not config.reparameterize:
+            return module
+        # Reparameterised from a stored prefix: its keys/values are the fixed start, the embeddings new.
+        keys, values = (t.detach() for t in module.keys_values())
+        embeddings = torch.randn(config.num_virtual_tokens, frozen.hidden_size, generator=generator) * 0.02
         return Prefix(keys, values, embeddings, config.reparam_hidden).to(frozen.device)
-
-    def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
-        keys, values = artifact.tensor("keys", 4), artifact.tensor("values", 4)
-        layers, heads, dim = kv_shape(frozen)
-        if (keys.shape[0], keys.shape[1], keys.shape[3]) != (layers, heads, dim):
-            raise ValueError(
-                f"the stored prefix has shape {tuple(keys.shape)}; this model's cache is [{layers}, {heads}, n, {dim}]."
-            )
-        module = Prefix(keys.to(frozen.dtype), values.to(frozen.dtype)).to(frozen.device)
-        return module.requires_grad_(False)
 
 
 METHOD = register(PrefixMethod())

@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from app.engine.artifact import Artifact
-from app.engine.methods.base import Method, PromptModule, TrainConfig, check_init_shapes, register
+from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments
@@ -58,26 +58,18 @@ class PromptMethod(Method):
     def expected_shapes(self, frozen: FrozenModel, config: TrainConfig) -> dict[str, list[int]]:
         return {"prompt": [config.num_virtual_tokens, frozen.hidden_size]}
 
-    def build(
-        self,
-        frozen: FrozenModel,
-        config: TrainConfig,
-        spec: TaskSpec,
-        generator: torch.Generator,
-        init: Artifact | None = None,
+    def fresh(
+        self, frozen: FrozenModel, config: TrainConfig, spec: TaskSpec, generator: torch.Generator
     ) -> PromptModule:
-        if init is not None:
-            check_init_shapes(self.name, init, self.expected_shapes(frozen, config))
-            return SoftPrompt(init.tensor("prompt", 2).float()).to(frozen.device)
-        return SoftPrompt(initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens)).to(frozen.device)
+        return SoftPrompt(initial_vectors(frozen, config, spec, generator, config.num_virtual_tokens))
 
-    def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
+    def restore(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
         prompt = artifact.tensor("prompt", 2)
         if prompt.shape[1] != frozen.hidden_size:
             raise ValueError(
                 f"the stored prompt has width {prompt.shape[1]}; this model's hidden size is {frozen.hidden_size}."
             )
-        return SoftPrompt(prompt.float()).to(frozen.device).requires_grad_(False)
+        return SoftPrompt(prompt.float())
 
 
 METHOD = register(PromptMethod())
