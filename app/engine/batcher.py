@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.batch_stats import BatchCounters
-from app.engine.mixed import Row, classify_rows, generate_rows, mean_state_rows, state_rows
+from app.engine.mixed import Row, classify_rows, generate_rows, state_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing, PromptPool
 from app.engine.segments import Segments
@@ -269,8 +269,7 @@ class Batcher:
         work: list[tuple[Callable[[Row], bool], Callable[..., list[Any]]]] = [
             (lambda row: row.pooling is None and row.spec.kind == "classification", classify_rows),
             (lambda row: row.pooling is None and row.spec.kind == "generation", generate_rows),
-            (lambda row: row.pooling == "last", state_rows),
-            (lambda row: row.pooling == "mean", mean_state_rows),
+            (lambda row: row.pooling is not None, state_rows),
         ]
         for wanted, run in work:
             indices = [i for i, row in enumerate(rows) if wanted(row)]

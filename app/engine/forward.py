@@ -177,8 +177,3 @@ def score_targets(
     totals = torch.zeros(count, device=frozen.device).index_add(0, target_index, picked)
     return list(totals.split([len(row_targets) for row_targets in targets]))
 
-
-def last_states(frozen: FrozenModel, served: Sequence[ServedPrompt], inputs: Sequence[Sequence[int]]) -> torch.Tensor:
-    """[B, H]: each row's final state after its input (what predicts the next token)."""
-    result = forward_rows(frozen, served, [Query(ids) for ids in inputs])
-    return result.hidden[torch.arange(len(inputs), device=frozen.device), result.last]

@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 import torch
 
 from app.engine.decode import Decoding, decode
-from app.engine.forward import Query, forward_rows, last_states, score_targets
+from app.engine.forward import Query, forward_rows, score_targets
 from app.engine.model import FrozenModel
 from app.engine.segments import ServedPrompt
 from app.engine.text import TaskSpec, encode_example, label_token_ids, render
@@ -225,34 +225,20 @@ def logits_rows(
 def state_rows(
     frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
 ) -> list[torch.Tensor]:
-    """The final hidden state [H] after each row's input (under its prompt), rows in order."""
-    rows = [row.tokenized(frozen) for row in rows]
-    results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
-    tokens = [len(row.ids) for row in rows]
-    for group, served in _batches(frozen, prompts, rows, tokens, [0] * len(rows), max_batch_tokens):
-        states = last_states(frozen, served, [rows[i].ids for i in group])
-        for b, index in enumerate(group):
-            results[index] = states[b]
-    return results
-
-
-@torch.no_grad()
-def mean_state_rows(
-    frozen: FrozenModel, prompts: PromptSource, rows: list[Row], *, max_batch_tokens: int = 4096
-) -> list[torch.Tensor]:
-    """The mean hidden state [H] over each row's own positions (its input, under its prompt), rows in order."""
+    """Each row's hidden state [H] under its prompt, rows in order, pooled as row.pooling says: the final state
+    after its input (None or "last"), or the mean over its input's positions ("mean")."""
     rows = [row.tokenized(frozen) for row in rows]
     results: list[torch.Tensor] = [torch.empty(0) for _ in rows]
     tokens = [len(row.ids) for row in rows]
     for group, served in _batches(frozen, prompts, rows, tokens, [0] * len(rows), max_batch_tokens):
         result = forward_rows(frozen, served, [Query(rows[i].ids) for i in group])
         for b, index in enumerate(group):
-            n_input = len(rows[index].ids)
-            if n_input == 0:  # nothing of its own: the state after the prompt
-                results[index] = result.hidden[b, int(result.last[b])]
+            last, n_input = int(result.last[b]), len(rows[index].ids)
+            if rows[index].pooling != "mean" or n_input == 0:  # nothing of its own: the state after the prompt
+                results[index] = result.hidden[b, last]
                 continue
             # The shared part ends at `last`: [row prefix | input | after]; the input is its middle.
-            first = int(result.last[b]) - served[b].after_length - n_input + 1
+            first = last - served[b].after_length - n_input + 1
             results[index] = result.hidden[b, first : first + n_input].mean(dim=0)
     return results
 

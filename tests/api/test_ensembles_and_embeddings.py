@@ -11,7 +11,7 @@ from app.db.models import Prompt
 from app.db.session import make_session_factory
 from app.engine.inference import classify
 from app.engine.methods import get_method, parse_config
-from app.engine.mixed import Row, mean_state_rows, state_rows
+from app.engine.mixed import Row, state_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptPool
 from app.engine.segments import Segments
@@ -116,12 +116,12 @@ def test_embeddings_are_the_hidden_states_under_the_tasks_prompt(
     body = response.json()
     assert (body["prompt_id"], body["pooling"], body["dimensions"]) == (prompt_id, pooling, frozen.hidden_size)
     pool = PromptPool(frozen, 1, loader=lambda _: Segments(prefix=prompt))
-    run = state_rows if pooling == "last" else mean_state_rows
-    expected = run(frozen, pool, [Row(0, SPEC, text) for text in INPUTS])
+    expected = state_rows(frozen, pool, [Row(0, SPEC, text, pooling=pooling) for text in INPUTS])  # type: ignore[arg-type]
     for got, want in zip(body["embeddings"], expected, strict=True):
         assert (torch.tensor(got) - want).abs().max() < 1e-4
     # The prompt matters: the bare model gives other vectors.
-    bare = run(frozen, PromptPool(frozen, 1, loader=lambda _: Segments()), [Row(0, SPEC, INPUTS[0])])[0]
+    bare_pool = PromptPool(frozen, 1, loader=lambda _: Segments())
+    bare = state_rows(frozen, bare_pool, [Row(0, SPEC, INPUTS[0], pooling=pooling)])[0]  # type: ignore[arg-type]
     assert (torch.tensor(body["embeddings"][0]) - bare).abs().max() > 1e-3
     bad = client.post("/v1/embed", json={"task": "features", "inputs": INPUTS, "pooling": "max"})
     assert (bad.status_code, bad.json()["error"]["code"]) == (422, "validation_error")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.forward import Query, forward_rows, last_states, score_targets
+from app.engine.forward import Query, forward_rows, score_targets
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments, ServedPrompt, resolve
 from app.engine.text import TaskSpec, encode_example
@@ -46,7 +46,8 @@ def test_last_states_equal_the_plain_model_row_by_row(frozen: FrozenModel, senti
     prompts = _prompts()
     ids = [encode_example(frozen, sentiment, text, None).input_ids for text in TEXTS]
     with torch.no_grad():
-        states = last_states(frozen, _served(frozen, prompts), ids)
+        result = forward_rows(frozen, _served(frozen, prompts), [Query(row) for row in ids])
+        states = result.hidden[torch.arange(len(ids)), result.last]
     for row, (prompt, row_ids) in enumerate(zip(prompts, ids, strict=True)):
         assert (states[row] - plain_hidden(frozen, prompt, row_ids)[-1]).abs().max() < 1e-4
 
