@@ -16,13 +16,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
-from app.db.models import Job, JobStatus
-from app.db.repositories import DatasetRepository, JobRepository, PromptRepository, TaskRepository
-from app.engine.artifact import Artifact
+from app.db.models import JobStatus
+from app.db.repositories import JobRepository
 from app.engine.methods import parse_config
 from app.engine.model import FrozenModel
+from app.services.job_types import job_config
 from app.services.prompts import store_prompt
-from app.services.tasks import task_spec
+from workers.inputs import load_inputs
 from workers.jobs import JOB_KINDS, JobContext
 from workers.training import Cancelled, EvalReport, StepReport
 
@@ -157,32 +157,41 @@ class Worker:
             job = JobRepository(session).get(job_id)
             if job is None:
                 raise JobLost(job_id)
-            task = TaskRepository(session).get(job.task_id)
-            assert task is not None  # jobs are deleted with their task
             run = JOB_KINDS.get(job.type)
             if run is None:
                 raise ValueError(f"this worker knows no job type {job.type!r}; known: {', '.join(JOB_KINDS)}")
-            spec, task_id = task_spec(task), task.id
-            config = parse_config(job.hyperparameters)
-            train, val = _load_examples(session, job)
-            init = _load_init(session, config.init_prompt_id)
+            hyperparameters = dict(job.hyperparameters)
+            config = parse_config(job_config(job.type, hyperparameters))
             # The trainer refuses rows longer than the context itself, naming the example.
             model = self.get_model()
-            dataset_id, options = job.dataset_id, dict(job.options or {})
-        beat.progress = {"step": 0, "total_steps": config.steps}
+            inputs = load_inputs(session, job, config, model)
+            task_id, dataset_id, options = job.task_id, job.dataset_id, dict(job.options or {})
+            lineage: dict[str, Any] = {
+                "job_type": job.type,
+                "job_id": job_id,
+                "dataset_id": dataset_id,
+                "validation_dataset_id": job.validation_dataset_id,
+                "init": hyperparameters.get("init"),
+                "init_prompt_id": config.init_prompt_id,
+            }
+        beat.progress = {"step": 0, "total_steps": job.progress.get("total_steps", config.steps)}
         context = JobContext(
             model=model,
-            spec=spec,
-            train=train,
-            val=val,
+            spec=inputs.spec,
+            train=inputs.train,
+            val=inputs.val,
             config=config,
             options=options,
-            init=init,
+            init=inputs.init,
             on_step=beat.on_step,
             on_eval=beat.on_eval,
             should_stop=beat.should_stop,
             event=lambda kind, message, data: beat.beat(event=(kind, message, data)),
             set_total_steps=lambda total: beat.progress.update(total_steps=total),
+            hyperparameters=hyperparameters,
+            teachers=inputs.teachers,
+            sources=inputs.sources,
+            candidates=inputs.candidates,
         )
         result = run(context)
         with self.sessions.begin() as session:
@@ -198,6 +207,8 @@ class Worker:
                 hyperparameters=result.hyperparameters,
                 job_id=job_id,
                 dataset_id=dataset_id,
+                lineage={**lineage, **result.lineage, "hyperparameters": result.hyperparameters},
+                name=result.name,
             )
             total = beat.progress.get("total_steps", config.steps)
             progress = {**beat.progress, "step": total, "total_steps": total}
@@ -206,37 +217,15 @@ class Worker:
             ):
                 session.rollback()
                 raise JobLost(job_id)
+            kind = "meta-initialisation" if task_id is None else "prompt"
             repo.add_event(
                 job_id,
                 "succeeded",
-                f"stored prompt {prompt.id} (version {prompt.version}, method {result.artifact.method}) "
+                f"stored {kind} {prompt.id} (version {prompt.version}, method {result.artifact.method}) "
                 f"from step {result.best_step}",
                 {"prompt_id": prompt.id, "metrics": result.metrics},
             )
         return JobStatus.succeeded, {}
-
-
-def _load_init(session: Session, prompt_id: int | None) -> Artifact | None:
-    """The stored prompt a job starts from ({"from_prompt": id}); the job fails if it was deleted since."""
-    if prompt_id is None:
-        return None
-    prompt = PromptRepository(session).get(prompt_id, with_tensors=True)
-    if prompt is None:
-        raise ValueError(f"init prompt {prompt_id} of this job was deleted")
-    return Artifact.from_bytes(prompt.tensors)
-
-
-def _load_examples(session: Session, job: Job) -> tuple[list[tuple[str, str]], list[tuple[str, str]] | None]:
-    repo = DatasetRepository(session)
-
-    def pairs(dataset_id: int | None) -> list[tuple[str, str]]:
-        dataset = repo.get(dataset_id, with_examples=True) if dataset_id is not None else None
-        if dataset is None:
-            raise ValueError(f"dataset {dataset_id} of this job was deleted")
-        return [(ex["input"], ex["output"]) for ex in dataset.examples]
-
-    val = pairs(job.validation_dataset_id) if job.validation_dataset_id is not None else None
-    return pairs(job.dataset_id), val
 
 
 class _Heartbeat:

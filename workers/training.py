@@ -56,6 +56,9 @@ class TrainResult:
     metrics: dict[str, float | int | None]
 
 
+Objective = Callable[[PromptModule, list[int]], torch.Tensor]
+
+
 class Cancelled(Exception):
     """should_stop() asked the job to end; nothing is returned."""
 
@@ -70,17 +73,23 @@ def get_lr(step: int, config: TrainConfig) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (config.learning_rate - min_lr)
 
 
+def validation_indices(size: int, config: TrainConfig, generator: torch.Generator) -> tuple[list[int], list[int]]:
+    """(kept, held out): a seeded validation_fraction of range(size), at least 1, at most max_validation_examples."""
+    if size < 2:
+        raise ValueError("need at least 2 examples to hold one out for validation, or give a validation set.")
+    count = round(size * config.validation_fraction)
+    count = max(1, min(count, config.max_validation_examples, size - 1))
+    order = torch.randperm(size, generator=generator).tolist()
+    held = set(order[:count])
+    return [i for i in range(size) if i not in held], sorted(held)
+
+
 def split_validation(
     train: list[tuple[str, str]], config: TrainConfig, generator: torch.Generator
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Hold out a seeded validation_fraction of train (at least 1, at most max_validation_examples)."""
-    if len(train) < 2:
-        raise ValueError("need at least 2 examples to hold one out for validation, or give a validation set.")
-    size = round(len(train) * config.validation_fraction)
-    size = max(1, min(size, config.max_validation_examples, len(train) - 1))
-    order = torch.randperm(len(train), generator=generator).tolist()
-    held = set(order[:size])
-    return [ex for i, ex in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+    kept, held = validation_indices(len(train), config, generator)
+    return [train[i] for i in kept], [train[i] for i in held]
 
 
 def batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
@@ -168,8 +177,13 @@ def train_prompt(
     on_step: Callable[[StepReport], None] | None = None,
     on_eval: Callable[[EvalReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
-    """Train config.method's prompt with AdamW on the frozen model; return the best prompt by validation metric."""
+    """Train config.method's prompt with AdamW on the frozen model; return the best prompt by validation metric.
+
+    objective: the loss of a batch, given the module and the batch's indices into `train` as passed (default:
+    the gold outputs' cross-entropy per token). A distillation brings its teacher's term this way.
+    """
     if not train:
         raise ValueError("the training set is empty.")
     method = get_method(config.method)
@@ -177,8 +191,10 @@ def train_prompt(
     # One seeded CPU generator drives the split, the initialisation and the batch order, so a seeded job
     # is bit-reproducible on CPU.
     generator = torch.Generator().manual_seed(config.seed)
+    index = list(range(len(train)))  # position in the caller's train of each example trained on
     if not val:
-        train, val = split_validation(train, config, generator)
+        index, held = validation_indices(len(train), config, generator)
+        train, val = [train[i] for i in index], [train[i] for i in held]
     elif len(val) > config.max_validation_examples:
         keep = torch.randperm(len(val), generator=generator)[: config.max_validation_examples].tolist()
         val = [val[i] for i in sorted(keep)]
@@ -209,8 +225,11 @@ def train_prompt(
         lr = get_lr(step - 1, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        chunk = [train_examples[i] for i in next(sampler)]
-        loss = batch_loss(frozen, module, chunk)
+        batch = next(sampler)
+        if objective is None:
+            loss = batch_loss(frozen, module, [train_examples[i] for i in batch])
+        else:
+            loss = objective(module, [index[i] for i in batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 
-from app.engine.methods import TrainConfigUnion
+from app.engine.methods import TrainConfigUnion, config_union
 from app.engine.methods.prompt import PromptConfig
-from app.services.job_types import JobType, LengthSearch
+from app.services.job_types import JOB_TYPES, Distillation, LengthSearch, MetaLearning
+
+DistillConfigUnion = config_union(Distillation)
+MetaConfigUnion = config_union(MetaLearning)
 
 
 class Strict(BaseModel):
@@ -31,7 +34,9 @@ class ErrorResponse(BaseModel):
 
 class DatasetCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
-    examples: list[dict[str, Any]] = Field(description='[{"input": "...", "output": "..."}, ...]')
+    examples: list[dict[str, Any]] = Field(
+        description='[{"input": "...", "output": "..."}, ...], or [{"input": "..."}, ...] for inputs only'
+    )
 
 
 class DatasetOut(BaseModel):
@@ -41,6 +46,7 @@ class DatasetOut(BaseModel):
     name: str
     num_examples: int
     labels: list[str]
+    labeled: bool = Field(description="False for inputs without outputs (usable by distill jobs with alpha 0).")
     created_at: datetime
 
 
@@ -103,8 +109,12 @@ class TaskUpdate(Strict):
 # --- jobs -----------------------------------------------------------------------------------------------
 
 
-class JobCreate(Strict):
-    type: JobType = Field(default="train", description='"train", or "length_search" (trains several lengths).')
+class _JobCreateBase(Strict):
+    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+
+
+class TrainJobCreate(_JobCreateBase):
+    type: Literal["train"] = Field(default="train", description="Train the task's prompt on a dataset.")
     task: str | int = Field(description="Task id or name.")
     dataset_id: int
     validation_dataset_id: int | None = None
@@ -112,14 +122,93 @@ class JobCreate(Strict):
         default_factory=PromptConfig,
         description='The method (`method`, default "prompt") and its hyperparameters.',
     )
-    search: LengthSearch | None = Field(default=None, description='Options of a "length_search" job.')
-    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+
+
+class LengthSearchJobCreate(TrainJobCreate):
+    type: Literal["length_search"] = Field(description="Train several prompt lengths; keep the shortest good one.")  # type: ignore[assignment]
+    search: LengthSearch | None = Field(default=None, description="The lengths to try and the tolerance.")
+
+
+class PromptTeacher(Strict):
+    prompts: PromptIds = Field(description="Stored versions of the task; several are averaged (an ensemble).")
+
+
+class ShotExample(Strict):
+    input: str = Field(min_length=1, max_length=4000)
+    output: str = Field(min_length=1, max_length=4000)
+
+
+class ContextTeacher(Strict):
+    instruction: str = Field(
+        min_length=1, max_length=4000, description="The frozen model reads this English instruction before each input."
+    )
+    examples: list[ShotExample] = Field(
+        default_factory=list, max_length=32, description="Solved examples placed after the instruction (few-shot)."
+    )
 
     @model_validator(mode="after")
-    def _check_type_options(self) -> JobCreate:
-        if self.search is not None and self.type != "length_search":
-            raise ValueError('"search" only goes with "type": "length_search".')
+    def _no_placeholder(self) -> ContextTeacher:
+        texts = [self.instruction, *(text for example in self.examples for text in (example.input, example.output))]
+        if any("{input}" in text for text in texts):
+            raise ValueError('the instruction and examples must not contain "{input}"; it marks where the input goes.')
         return self
+
+
+class DistillJobCreate(_JobCreateBase):
+    type: Literal["distill"] = Field(description="Train a student prompt on a teacher's soft outputs.")
+    task: str | int = Field(description="Task id or name.")
+    dataset_id: int = Field(description="Inputs (with outputs, or without when alpha is 0).")
+    validation_dataset_id: int | None = None
+    teacher: PromptTeacher | ContextTeacher = Field(
+        description='{"prompts": [ids]}: stored versions of the task; or {"instruction", "examples"?}: the frozen '
+        "model reading them in its context (context distillation)."
+    )
+    hyperparameters: DistillConfigUnion = Field(  # type: ignore[valid-type]
+        default_factory=lambda: TypeAdapter(DistillConfigUnion).validate_python({}),
+        description="The student's method and training loop, with alpha, temperature, generations and top_k.",
+    )
+
+
+class MetaTask(Strict):
+    task: str | int = Field(description="Task id or name.")
+    dataset_id: int = Field(description="A labeled dataset of the task.")
+
+
+class MetaInitJobCreate(_JobCreateBase):
+    type: Literal["meta_init"] = Field(description="Meta-learn a prompt initialisation across tasks (MAML).")
+    name: str = Field(min_length=1, max_length=200, description="Names the meta-initialisation.")
+    tasks: list[MetaTask] = Field(min_length=3, max_length=256, description="The tasks to meta-learn from (3+).")
+    hyperparameters: MetaConfigUnion = Field(  # type: ignore[valid-type]
+        default_factory=lambda: TypeAdapter(MetaConfigUnion).validate_python({}),
+        description="The prompt's method and length, with order, inner_steps, inner_lr, outer_lr, outer_steps, "
+        "meta_batch, support_size, query_size.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.strip() or "\x00" in value:
+            raise ValueError("give a name with visible characters (no NUL).")
+        return value
+
+
+def _job_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "train"))
+    return str(getattr(value, "type", "train"))
+
+
+JobCreate = Annotated[
+    Annotated[TrainJobCreate, Tag("train")]
+    | Annotated[LengthSearchJobCreate, Tag("length_search")]
+    | Annotated[DistillJobCreate, Tag("distill")]
+    | Annotated[MetaInitJobCreate, Tag("meta_init")],
+    Discriminator(
+        _job_type,
+        custom_error_type="unknown_job_type",
+        custom_error_message="unknown job type; use one of: " + ", ".join(JOB_TYPES),
+    ),
+]
 
 
 class JobProgress(BaseModel):
@@ -133,13 +222,18 @@ class JobProgress(BaseModel):
 class JobOut(BaseModel):
     id: int
     type: str
-    task: int
-    task_name: str
+    task: int | None = Field(description="The task the job trains for; null for a meta_init job (see options).")
+    task_name: str | None
     dataset_id: int | None
     validation_dataset_id: int | None
     status: str
     progress: JobProgress
     hyperparameters: dict[str, Any]
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the job type takes besides hyperparameters: a length search's search, a distillation's "
+        "teacher, a meta_init job's name and tasks.",
+    )
     result_prompt_id: int | None
     error: str | None
     attempts: int
@@ -168,8 +262,10 @@ class BaseModelIdentity(BaseModel):
 
 class PromptOut(BaseModel):
     id: int
-    task: int
-    version: int
+    task: int | None = Field(description="The task it serves; null for a meta-initialisation.")
+    kind: Literal["task", "meta_init"] = Field(description='"meta_init": a meta-learned start of no task.')
+    name: str | None = Field(default=None, description="A meta-initialisation's name.")
+    version: int = Field(description="Counted per task, and among meta-initialisations.")
     active: bool
     method: str
     num_virtual_tokens: int = Field(description="Positions the prompt adds to each row (before and after the input).")
@@ -181,6 +277,10 @@ class PromptOut(BaseModel):
     hyperparameters: dict[str, Any]
     job_id: int | None
     dataset_id: int | None
+    lineage: dict[str, Any] = Field(
+        description="How the version was made: job type and id, dataset, init version, teachers, source tasks, "
+        "hyperparameters (ids as they were: deleting a teacher or source leaves its students as they are)."
+    )
     created_at: datetime
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -49,6 +50,11 @@ class JobStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+
+
+class PromptKind(enum.StrEnum):
+    task = "task"  # a version of one task
+    meta_init = "meta_init"  # a meta-learned initialisation, of no task
 
 
 FINISHED_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
@@ -84,6 +90,8 @@ class Dataset(Base):
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     # [{"input": ..., "output": ...}, ...]; a dataset is written once and read whole by a training job.
     examples: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    # False for inputs without outputs (only a distillation job with alpha = 0 trains on those)
+    labeled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -93,7 +101,8 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    # None for a job that serves no one task (a meta_init job reads several; they are in its options)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True, nullable=True)
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
     validation_dataset_id: Mapped[int | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
@@ -117,7 +126,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    task: Mapped[Task] = relationship(back_populates="jobs")
+    task: Mapped[Task | None] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="JobEvent.id"
     )
@@ -141,7 +150,10 @@ class Prompt(Base):
     __table_args__ = (UniqueConstraint("task_id", "version", name="uq_prompts_task_id_version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    # None for a meta-initialisation: a prompt of no task, numbered among the meta-initialisations
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), default=PromptKind.task, server_default="task")
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     version: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(64))
     num_virtual_tokens: Mapped[int] = mapped_column(Integer)
@@ -156,6 +168,9 @@ class Prompt(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
+    # How the version was made (job type, teachers, source tasks, init version, hyperparameters): plain ids and
+    # names, no foreign keys, so deleting a teacher or a source never touches its students.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    task: Mapped[Task] = relationship(back_populates="prompts")
+    task: Mapped[Task | None] = relationship(back_populates="prompts")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -51,7 +52,7 @@ class TaskRepository(_Repository[Task]):
         rows = self.session.scalars(
             select(Job.task_id).where(Job.task_id.in_(task_ids), Job.status.in_(ACTIVE_STATUSES)).distinct()
         )
-        return set(rows)
+        return {task_id for task_id in rows if task_id is not None}
 
 
 class DatasetRepository(_Repository[Dataset]):
@@ -73,8 +74,9 @@ class DatasetRepository(_Repository[Dataset]):
 
 class PromptRepository(_Repository[Prompt]):
     def add_version(self, prompt: Prompt) -> Prompt:
-        """Insert the prompt as the task's next version number."""
-        latest = self.session.scalar(select(func.max(Prompt.version)).where(Prompt.task_id == prompt.task_id))
+        """Insert the prompt as its task's next version number (meta-initialisations count among themselves)."""
+        owner = Prompt.task_id.is_(None) if prompt.task_id is None else Prompt.task_id == prompt.task_id
+        latest = self.session.scalar(select(func.max(Prompt.version)).where(owner))
         prompt.version = (latest or 0) + 1
         self.session.add(prompt)
         self.session.flush()
@@ -84,11 +86,33 @@ class PromptRepository(_Repository[Prompt]):
         options = [] if with_tensors else [defer(Prompt.tensors)]
         return self.session.get(Prompt, prompt_id, options=options)
 
-    def list(self, *, task_id: int | None, limit: int, offset: int) -> Sequence[Prompt]:
+    def list(self, *, task_id: int | None, limit: int, offset: int, kind: str | None = None) -> Sequence[Prompt]:
         stmt = select(Prompt).options(defer(Prompt.tensors)).order_by(Prompt.id).limit(limit).offset(offset)
         if task_id is not None:
             stmt = stmt.where(Prompt.task_id == task_id)
+        if kind is not None:
+            stmt = stmt.where(Prompt.kind == kind)
         return self.session.scalars(stmt).all()
+
+    def compatible(
+        self, *, method: str, fingerprint: str, shapes: dict[str, builtins.list[int]], limit: int
+    ) -> Sequence[Prompt]:
+        """The newest `limit` versions (any task, and meta-initialisations) of this method and base model whose
+        tensors have these shapes, tensors loaded: the candidates of a prompt transfer."""
+        stmt = (
+            select(Prompt)
+            .where(Prompt.method == method, Prompt.base_model_fingerprint == fingerprint)
+            .order_by(Prompt.id.desc())
+        )
+        found: builtins.list[Prompt] = []
+        # Shapes are JSON, compared here rather than in SQL (JSON equality differs between the backends);
+        # only metadata is read until a version matches.
+        for prompt in self.session.scalars(stmt.options(defer(Prompt.tensors))):
+            if prompt.shapes == shapes:
+                found.append(prompt)
+                if len(found) == limit:
+                    break
+        return found
 
     def latest_for_task(self, task_id: int, *, excluding: int | None = None) -> Prompt | None:
         stmt = select(Prompt).options(defer(Prompt.tensors)).where(Prompt.task_id == task_id)

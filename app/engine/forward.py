@@ -177,3 +177,20 @@ def score_targets(
     totals = torch.zeros(count, device=frozen.device).index_add(0, target_index, picked)
     return list(totals.split([len(row_targets) for row_targets in targets]))
 
+
+def target_logits(
+    frozen: FrozenModel, served: Sequence[ServedPrompt], inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+) -> list[torch.Tensor]:
+    """Float32 logits [len(target_b), vocab] predicting each token of row b's target after its input (teacher
+    forcing: the target is fed as a branch, its first token read at the input's last state). Differentiable."""
+    if any(not target for target in targets):
+        raise ValueError("every row needs a non-empty target.")
+    queries = [Query(ids, (target[:-1],) if len(target) > 1 else ()) for ids, target in zip(inputs, targets, strict=True)]
+    result = forward_rows(frozen, served, queries)
+    where: list[tuple[int, int]] = []
+    for row, target in enumerate(targets):
+        branch = result.branch_starts[row][0] if len(target) > 1 else -1
+        where.extend((row, int(result.last[row]) if step == 0 else branch + step - 1) for step in range(len(target)))
+    at = torch.tensor(where, device=frozen.device)
+    logits = frozen.logits(result.hidden[at[:, 0], at[:, 1]]).float()
+    return list(logits.split([len(target) for target in targets]))

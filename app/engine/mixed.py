@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 import torch
 
 from app.engine.decode import Decoding, decode
-from app.engine.forward import Query, forward_rows, score_targets
+from app.engine.forward import target_logits, Query, forward_rows, score_targets
 from app.engine.model import FrozenModel
 from app.engine.segments import ServedPrompt
 from app.engine.text import TaskSpec, encode_example, label_token_ids, render
@@ -187,6 +187,31 @@ def target_scores(
         totals = score_targets(frozen, served, [rows[i].ids for i in group], [targets[i] for i in group])
         for index, scores in zip(group, totals, strict=True):
             results[index] = scores
+    return results
+
+
+@torch.no_grad()
+def target_top_k(
+    frozen: FrozenModel,
+    prompts: PromptSource,
+    rows: list[Row],
+    targets: Sequence[Sequence[int]],
+    *,
+    k: int,
+    temperature: float = 1.0,
+    max_batch_tokens: int = 4096,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per row, the k most likely tokens at each position of its target (teacher forcing) at a temperature:
+    (ids long [L, k], probabilities float32 [L, k], renormalised over the k), rows in order. What a generation
+    teacher hands its student: k of the vocabulary's probabilities per position, not all of them."""
+    rows = [row.tokenized(frozen) for row in rows]
+    tokens = [len(row.ids) + len(target) - 1 for row, target in zip(rows, targets, strict=True)]
+    results: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0)) for _ in rows]
+    for group, served in _batches(frozen, prompts, rows, tokens, [0] * len(rows), max_batch_tokens):
+        logits = target_logits(frozen, served, [rows[i].ids for i in group], [targets[i] for i in group])
+        for index, row_logits in zip(group, logits, strict=True):
+            top = torch.topk(row_logits / temperature, min(k, row_logits.shape[-1]), dim=-1)
+            results[index] = (top.indices.cpu(), torch.softmax(top.values, dim=-1).cpu())
     return results
 
 

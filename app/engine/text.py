@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -94,3 +95,12 @@ def label_token_ids(frozen: Tokenizes, spec: TaskSpec) -> list[list[int]]:
     # template ends with {input}; a stand-in word plays an input that does not end in whitespace.
     rendered = render(spec.template, "x")
     return [frozen.encode(target_text(rendered, label)) for label in spec.labels]
+
+
+def context_template(spec: TaskSpec, instruction: str, examples: Sequence[tuple[str, str]]) -> str:
+    """A template that puts an English instruction and solved examples before the task's own template: how the
+    frozen model reads a task in its context (a context-distillation teacher, a few-shot baseline)."""
+    shots = [
+        render(spec.template, text) + target_text(render(spec.template, text), output) for text, output in examples
+    ]
+    return "\n\n".join([instruction.strip(), *shots, spec.template])

@@ -18,7 +18,7 @@ MAX_REPORTED_ERRORS = 50
 @dataclass(frozen=True)
 class Example:
     input: str
-    output: str
+    output: str | None  # None in an unlabeled dataset: inputs only, for distillation from a teacher
 
 
 @dataclass(frozen=True)
@@ -57,23 +57,26 @@ class DatasetInvalid(InvalidInput):
 
 
 def parse_examples(items: Sequence[Any], *, max_examples: int) -> list[Example]:
-    """Validate the examples of a JSON body ({"examples": [{"input": ..., "output": ...}]})."""
+    """Validate the examples of a JSON body ({"examples": [{"input": ..., "output": ...}]}; "output" may be left
+    out of every example: an unlabeled dataset)."""
     if len(items) > max_examples:
         raise dataset_too_large(max_examples)
     examples: list[Example] = []
+    numbers: list[int] = []
     errors: list[LineError] = []
     for index, item in enumerate(items, start=1):  # counted from 1, like file lines
         problems = object_problems(item)
         if problems:
             errors.append(LineError(index, "; ".join(problems), kind="example"))
         else:
-            examples.append(Example(item["input"], item["output"]))
-    return finish_examples(examples, errors)
+            examples.append(Example(item["input"], item.get("output")))
+            numbers.append(index)
+    return finish_examples(examples, errors, numbers, kind="example")
 
 
 def dataset_labels(examples: Iterable[Example]) -> list[str]:
     """Distinct outputs in first-seen order: what the API reports as a dataset's labels."""
-    return list(dict.fromkeys(example.output for example in examples))
+    return list(dict.fromkeys(example.output for example in examples if example.output is not None))
 
 
 # --- checks shared with the file readers ----------------------------------------------------------------
@@ -84,7 +87,8 @@ def object_problems(item: Any) -> list[str]:
     if not isinstance(item, dict):
         return [f'expected an object with "input" and "output", got {_json_type(item)}']
     problems: list[str] = []
-    missing = [name for name in FIELDS if name not in item]
+    # "output" may be missing: whether every example leaves it out is checked over the whole dataset.
+    missing = [name for name in FIELDS if name not in item and name != "output"]
     if missing:
         problems.append(f"missing field{'s' if len(missing) > 1 else ''} {quoted(missing)}")
     extra = [str(name) for name in item if name not in FIELDS]
@@ -120,8 +124,26 @@ def text_problems(kind: str, name: str, value: str) -> list[str]:
     return []
 
 
-def finish_examples(examples: list[Example], errors: list[LineError]) -> list[Example]:
-    """The examples, or DatasetInvalid listing every error, or dataset_empty when there are none."""
+def finish_examples(
+    examples: list[Example], errors: list[LineError], lines: Sequence[int] | None = None, kind: str = "line"
+) -> list[Example]:
+    """The examples, or DatasetInvalid listing every error, or dataset_empty when there are none.
+
+    A dataset is labeled (every example has an output) or unlabeled (none has); a mix is refused, naming the
+    examples without one. `lines` numbers the examples as the errors do (default: 1, 2, ...).
+    """
+    unlabeled = [i for i, example in enumerate(examples) if example.output is None]
+    if unlabeled and len(unlabeled) < len(examples):
+        numbers = lines or range(1, len(examples) + 1)
+        errors = errors + [
+            LineError(
+                numbers[i],
+                'missing field "output" (other examples have one)',
+                kind=kind,  # type: ignore[arg-type]
+            )
+            for i in unlabeled
+        ]
+        errors.sort(key=lambda error: error.line)
     if errors:
         raise DatasetInvalid(errors)
     if not examples:

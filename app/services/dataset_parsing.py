@@ -115,6 +115,7 @@ def _split_lines(text: str) -> list[str]:
 
 def _parse_jsonl(lines: list[str], *, max_examples: int) -> list[Example]:
     examples: list[Example] = []
+    numbers: list[int] = []
     errors: list[LineError] = []
     records = 0
     for number, line in enumerate(lines, start=1):
@@ -138,8 +139,9 @@ def _parse_jsonl(lines: list[str], *, max_examples: int) -> list[Example]:
         if problems:
             errors.append(LineError(number, "; ".join(problems)))
         else:
-            examples.append(Example(item["input"], item["output"]))
-    return finish_examples(examples, errors)
+            examples.append(Example(item["input"], item.get("output")))
+            numbers.append(number)
+    return finish_examples(examples, errors, numbers)
 
 
 class _DuplicateKey(ValueError):
@@ -165,7 +167,7 @@ def _parse_csv(lines: list[str], *, max_examples: int) -> list[Example]:
     # strict: an unclosed quote is an error instead of silently swallowing the rest of the file.
     reader = csv.reader(_with_newlines(lines), strict=True)
     header: list[str] | None = None
-    order: tuple[int, int] = (0, 1)
+    order: tuple[int, int | None] = (0, 1)
     examples: list[Example] = []
     errors: list[LineError] = []
     records = 0
@@ -187,16 +189,22 @@ def _parse_csv(lines: list[str], *, max_examples: int) -> list[Example]:
         records += 1
         if records > max_examples:
             raise dataset_too_large(max_examples)
-        if len(row) != 2:
-            hint = "; quote values that contain commas" if len(row) > 2 else ""
-            errors.append(LineError(start, f"expected 2 columns, found {len(row)}{hint}"))
+        columns = 2 if order[1] is not None else 1
+        if len(row) != columns:
+            hint = "; quote values that contain commas" if len(row) > columns else ""
+            errors.append(LineError(start, f"expected {columns} column{'s' * (columns > 1)}, found {len(row)}{hint}"))
             continue
-        values = {"input": row[order[0]], "output": row[order[1]]}
-        problems = [problem for name in FIELDS for problem in text_problems("column", name, values[name])]
+        values = {"input": row[order[0]], "output": row[order[1]] if order[1] is not None else None}
+        problems = [
+            problem
+            for name in FIELDS
+            if (value := values[name]) is not None
+            for problem in text_problems("column", name, value)
+        ]
         if problems:
             errors.append(LineError(start, "; ".join(problems)))
         else:
-            examples.append(Example(values["input"], values["output"]))
+            examples.append(Example(values["input"], values["output"]))  # type: ignore[arg-type]
     return finish_examples(examples, errors)
 
 
@@ -206,9 +214,12 @@ def _with_newlines(lines: list[str]) -> Iterator[str]:
         yield line + "\n"
 
 
-def _check_header(header: list[str], line: int) -> tuple[int, int]:
-    """Positions of the input and output columns; raises when the header is not exactly those two."""
+def _check_header(header: list[str], line: int) -> tuple[int, int | None]:
+    """Positions of the input and output columns (None: an unlabeled dataset, the header "input" alone); raises
+    when the header is not exactly those."""
     names = [name.strip() for name in header]
+    if names == ["input"]:
+        return 0, None
     problems: list[str] = []
     duplicated = [name for name in FIELDS if names.count(name) > 1]
     missing = [name for name in FIELDS if name not in names]
@@ -221,7 +232,7 @@ def _check_header(header: list[str], line: int) -> tuple[int, int]:
         problems.append(f"header has unexpected column{'s' if len(extra) > 1 else ''} {quoted(extra)}")
     if problems:
         found = ",".join(header)
-        message = "; ".join(problems) + f' (found "{found}", expected "input,output")'
+        message = "; ".join(problems) + f' (found "{found}", expected "input,output", or "input" for inputs only)'
         raise DatasetInvalid([LineError(line, message)])
     return names.index("input"), names.index("output")
 

@@ -17,11 +17,16 @@ PREVIEW_EXAMPLES = 5
 
 
 def _store(session: Session, name: str, examples: list[Example]) -> Dataset:
+    labeled = examples[0].output is not None  # parsing refuses a mix of labeled and unlabeled examples
     dataset = Dataset(
         name=name,
         num_examples=len(examples),
         labels=dataset_labels(examples),
-        examples=[{"input": example.input, "output": example.output} for example in examples],
+        labeled=labeled,
+        examples=[
+            {"input": example.input, "output": example.output} if labeled else {"input": example.input}
+            for example in examples
+        ],
     )
     return DatasetRepository(session).add(dataset)
 
@@ -76,10 +81,19 @@ def check_labels(dataset: Dataset, labels: list[str]) -> None:
     unknown = [label for label in dataset.labels if label not in declared]
     if not unknown:
         return
-    lines = [i + 1 for i, ex in enumerate(dataset.examples) if ex["output"] not in declared][:10]
+    lines = [i + 1 for i, ex in enumerate(dataset.examples) if ex.get("output") not in declared][:10]
     raise InvalidInput(
         f"dataset {dataset.id} has outputs that are not labels of the task: {', '.join(map(repr, unknown[:10]))} "
         f"(examples {', '.join(map(str, lines))}); declare them on the task or fix the dataset",
         code="labels_not_declared",
         details={"unknown_labels": unknown, "examples": lines},
     )
+
+
+def require_labeled(dataset: Dataset, why: str) -> None:
+    """Refuse a dataset of inputs only where outputs are needed; `why` completes "outputs are needed ..."."""
+    if not dataset.labeled:
+        raise InvalidInput(
+            f"dataset {dataset.id} has inputs only (no outputs); outputs are needed {why}",
+            code="dataset_unlabeled",
+        )

@@ -14,13 +14,13 @@ from app.engine.methods import TrainConfig, get_method
 from app.engine.model import FrozenModel
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services.context_length import first_overflow
-from app.services.datasets import check_labels, get_dataset
+from app.services.datasets import check_labels, get_dataset, require_labeled
 
 
 def check_fits_context(model: FrozenModel, task: Task, examples: list[dict[str, str]], virtual_tokens: int) -> None:
     """Refuse examples that do not fit the model's context once the prompt is prepended."""
     overflow = first_overflow(
-        model, task, ((example["input"], example["output"]) for example in examples), virtual_tokens
+        model, task, ((example["input"], example.get("output")) for example in examples), virtual_tokens
     )
     if overflow is not None:
         number, needed = overflow[0] + 1, overflow[1]  # examples are numbered from 1, like dataset lines
@@ -83,7 +83,7 @@ def enqueue_training(
     options: dict[str, Any] | None = None,
 ) -> Job:
     """Validate a training request (any job type, any method) against its task, data and model, then queue it."""
-    if job_type == "length_search" and config.init_prompt_id is not None:
+    if job_type == "length_search" and (config.init_prompt_id is not None or config.init == "auto"):
         raise InvalidInput(
             "a length search trains prompts of several lengths, so no one stored prompt fits them all; start it "
             'from "text", "vocab", "random" or "labels"',
@@ -93,6 +93,12 @@ def enqueue_training(
     datasets = [get_dataset(session, dataset_id, with_examples=True)]
     if validation_dataset_id is not None:
         datasets.append(get_dataset(session, validation_dataset_id, with_examples=True))
+    for dataset in datasets:
+        require_labeled(
+            dataset,
+            f"to {'train' if job_type == 'train' else 'search lengths'}; a distill job with "
+            '"alpha": 0 learns from inputs alone',
+        )
     if validation_dataset_id is None and datasets[0].num_examples < 2:
         raise InvalidInput(
             f"dataset {dataset_id} has {datasets[0].num_examples} example; training needs at least 2 "

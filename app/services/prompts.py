@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db.models import Prompt, Task
+from app.db.models import Prompt, PromptKind, Task
 from app.db.repositories import PromptRepository, TaskRepository
 from app.engine.artifact import Artifact
 from app.engine.model import ModelIdentity
 from app.engine.runtime import ModelRuntime
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 
 
 def get_prompt(session: Session, prompt_id: int, *, with_tensors: bool = False) -> Prompt:
@@ -22,22 +22,30 @@ def get_prompt(session: Session, prompt_id: int, *, with_tensors: bool = False) 
     return prompt
 
 
-def list_prompts(session: Session, *, task: Task | None, limit: int, offset: int) -> Sequence[Prompt]:
-    return PromptRepository(session).list(task_id=task.id if task else None, limit=limit, offset=offset)
+def list_prompts(
+    session: Session, *, task: Task | None, limit: int, offset: int, kind: PromptKind | None = None
+) -> Sequence[Prompt]:
+    return PromptRepository(session).list(
+        task_id=task.id if task else None, limit=limit, offset=offset, kind=kind.value if kind else None
+    )
 
 
 def active_ids(session: Session, prompts: Sequence[Prompt]) -> set[int]:
-    """Which of these prompts are their task's active version."""
+    """Which of these prompts are their task's active version (a meta-initialisation never is)."""
     repo = TaskRepository(session)
-    tasks = {p.task_id: repo.get(p.task_id) for p in prompts}
-    return {p.id for p in prompts if (t := tasks[p.task_id]) is not None and t.active_prompt_id == p.id}
+    tasks = {p.task_id: repo.get(p.task_id) for p in prompts if p.task_id is not None}
+    return {
+        p.id
+        for p in prompts
+        if p.task_id is not None and (t := tasks[p.task_id]) is not None and t.active_prompt_id == p.id
+    }
 
 
 def delete_prompt(session: Session, prompt_id: int, runtime: ModelRuntime) -> None:
     """Delete a version; if it was active, the task falls back to its latest remaining version (or untrained)."""
     repo = PromptRepository(session)
     prompt = get_prompt(session, prompt_id)
-    task = TaskRepository(session).get(prompt.task_id)
+    task = TaskRepository(session).get(prompt.task_id) if prompt.task_id is not None else None
     if task is not None and task.active_prompt_id == prompt.id:
         previous = repo.latest_for_task(task.id, excluding=prompt.id)
         task.active_prompt_id = previous.id if previous else None
@@ -48,6 +56,12 @@ def delete_prompt(session: Session, prompt_id: int, runtime: ModelRuntime) -> No
 def activate_prompt(session: Session, prompt_id: int) -> Prompt:
     """Make a stored version its task's active prompt (a rollback or roll-forward)."""
     prompt = get_prompt(session, prompt_id)
+    if prompt.task_id is None:
+        raise Conflict(
+            f"prompt {prompt_id} is a meta-initialisation and belongs to no task; start a train job from it with "
+            f'"init": {{"from_prompt": {prompt_id}}}',
+            code="prompt_not_activatable",
+        )
     task = TaskRepository(session).get(prompt.task_id)
     assert task is not None  # prompts are deleted with their task
     task.active_prompt_id = prompt.id
@@ -58,7 +72,7 @@ def activate_prompt(session: Session, prompt_id: int) -> Prompt:
 def store_prompt(
     session: Session,
     *,
-    task_id: int,
+    task_id: int | None,
     artifact: Artifact,
     positions: int,
     hidden_size: int,
@@ -67,8 +81,11 @@ def store_prompt(
     hyperparameters: dict[str, Any],
     job_id: int | None,
     dataset_id: int | None,
+    lineage: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Prompt:
-    """Store a trained prompt as the task's next version and make it active."""
+    """Store a trained prompt as the task's next version and make it active; with no task, store it as a
+    meta-initialisation."""
     tensors = artifact.to_bytes({"base_model": identity.fingerprint, "base_model_name": identity.name})
     prompt = PromptRepository(session).add_version(
         Prompt(
@@ -85,9 +102,12 @@ def store_prompt(
             hyperparameters=hyperparameters,
             job_id=job_id,
             dataset_id=dataset_id,
+            kind=PromptKind.task if task_id is not None else PromptKind.meta_init,
+            name=name,
+            lineage=lineage,
         )
     )
-    task = TaskRepository(session).get(task_id)
+    task = TaskRepository(session).get(task_id) if task_id is not None else None
     if task is not None:
         task.active_prompt_id = prompt.id
     session.flush()

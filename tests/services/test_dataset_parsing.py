@@ -119,8 +119,10 @@ def test_line_error_renders_where_it_is():
 def test_jsonl_missing_field_names_the_line_and_field():
     data = jsonl({"input": "a", "output": "b"}, {"input": "a", "output": "b"}) + b'\n\n{"input": "c"}\n'
     error = invalid(data)
-    assert error.message == 'dataset has 1 invalid line; first: line 4: missing field "output"'
-    assert error.details == [{"line": 4, "message": 'missing field "output"'}]
+    assert (
+        error.message == 'dataset has 1 invalid line; first: line 4: missing field "output" (other examples have one)'
+    )
+    assert error.details == [{"line": 4, "message": 'missing field "output" (other examples have one)'}]
 
 
 def test_jsonl_every_bad_line_is_reported_at_once():
@@ -141,12 +143,12 @@ def test_jsonl_every_bad_line_is_reported_at_once():
     messages = [detail["message"] for detail in error.details]
     assert messages[0] == "not valid JSON: Expecting value (column 1)"
     assert messages[1] == 'expected an object with "input" and "output", got an array'
-    assert messages[2] == 'missing field "output"'
+    assert messages[2] == 'missing field "output" (other examples have one)'
     assert messages[3] == 'unexpected field "label"; only "input" and "output" are allowed'
     assert messages[4] == 'field "input" must be a string, got a number; field "output" must be a string, got null'
     assert messages[5] == 'field "input" is empty; field "output" is only whitespace'
     assert messages[6] == 'field "output" appears twice'
-    assert messages[7] == 'missing fields "input" and "output"'
+    assert messages[7] == 'missing field "input"'
 
 
 def test_jsonl_values_that_no_database_can_store_are_refused():
@@ -192,7 +194,7 @@ def test_csv_header_must_be_exactly_input_and_output():
         {
             "line": 1,
             "message": 'header is missing columns "input" and "output"; '
-            'header has unexpected columns "text" and "label" (found "text,label", expected "input,output")',
+            'header has unexpected columns "text" and "label" (found "text,label", expected "input,output", or "input" for inputs only)',
         }
     ]
     extra = invalid("input,output,id\na,b,1\n", "train.csv")
@@ -285,9 +287,12 @@ def test_json_body_errors_name_examples_counted_from_one():
     with pytest.raises(DatasetInvalid) as caught:
         parse_examples(items, max_examples=LIMIT)
     error = caught.value
-    assert error.message == 'dataset has 3 invalid examples; first: example 2: missing field "output"'
+    assert (
+        error.message
+        == 'dataset has 3 invalid examples; first: example 2: missing field "output" (other examples have one)'
+    )
     assert error.details == [
-        {"example": 2, "message": 'missing field "output"'},
+        {"example": 2, "message": 'missing field "output" (other examples have one)'},
         {"example": 3, "message": 'expected an object with "input" and "output", got a string'},
         {
             "example": 4,

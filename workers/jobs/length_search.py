@@ -34,7 +34,8 @@ def _score(result: TrainResult) -> float:
 
 def run(ctx: JobContext) -> Trained:
     search = LengthSearch.model_validate(ctx.options.get("search", {}))
-    lengths = search_lengths(search, ctx.model, ctx.spec, ctx.config.init_text)
+    lengths = search_lengths(search, ctx.model, ctx.task_spec, ctx.config.init_text)
+    train, val = ctx.labeled(ctx.train) or [], ctx.labeled(ctx.val)
     steps = ctx.config.steps
     ctx.set_total_steps(steps * len(lengths))
     results: list[tuple[int, TrainResult]] = []
@@ -47,9 +48,9 @@ def run(ctx: JobContext) -> Trained:
 
         result = train_prompt(
             ctx.model,
-            ctx.spec,
-            ctx.train,
-            ctx.val,
+            ctx.task_spec,
+            train,
+            val,
             config,
             on_step=on_step,
             on_eval=ctx.on_eval,

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
 from sqlalchemy.orm import Session
 
 from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, SettingsDep
-from app.api.schemas import ErrorResponse, JobCreate, JobEventOut, JobOut, JobProgress
+from app.api.schemas import (
+    DistillJobCreate,
+    ErrorResponse,
+    JobCreate,
+    JobEventOut,
+    JobOut,
+    JobProgress,
+    LengthSearchJobCreate,
+    MetaInitJobCreate,
+)
 from app.db.models import Job, JobStatus
+from app.engine.model import FrozenModel
 from app.services import jobs as service
+from app.services import transfer_jobs as transfer
 from app.services.job_types import LengthSearch
 from app.services.tasks import resolve_task
 
@@ -22,12 +33,13 @@ def job_out(session: Session, job: Job) -> JobOut:
         id=job.id,
         type=job.type,
         task=job.task_id,
-        task_name=job.task.name,
+        task_name=job.task.name if job.task is not None else None,
         dataset_id=job.dataset_id,
         validation_dataset_id=job.validation_dataset_id,
         status=job.status.value,
         progress=JobProgress.model_validate(job.progress or {}),
         hyperparameters=job.hyperparameters,
+        options=job.options or {},
         result_prompt_id=job.result_prompt_id,
         error=job.error,
         attempts=job.attempts,
@@ -37,31 +49,52 @@ def job_out(session: Session, job: Job) -> JobOut:
     )
 
 
-def _options(body: JobCreate) -> dict[str, Any]:
-    """What the job type needs besides the method's hyperparameters, stored on the job row."""
-    if body.type == "length_search":
-        return {"search": (body.search or LengthSearch()).model_dump(mode="json")}
-    return {}
-
-
-@router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}}
-)
-def create_job(body: JobCreate, session: SessionDep, runtime: RuntimeDep, settings: SettingsDep) -> JobOut:
-    """Queue a job that trains the task's prompt (any method) on a dataset."""
-    job = service.enqueue_training(
+def _enqueue(body: JobCreate, session: Session, model: FrozenModel | None, max_attempts: int) -> Job:
+    """Hand the body to the service of its job type."""
+    common: dict[str, Any] = {"priority": body.priority, "max_attempts": max_attempts, "model": model}
+    if isinstance(body, DistillJobCreate):
+        return transfer.enqueue_distill(
+            session,
+            task=resolve_task(session, body.task),
+            dataset_id=body.dataset_id,
+            validation_dataset_id=body.validation_dataset_id,
+            teacher=body.teacher.model_dump(mode="json"),
+            hyperparameters=body.hyperparameters,
+            **common,
+        )
+    if isinstance(body, MetaInitJobCreate):
+        return transfer.enqueue_meta_init(
+            session,
+            name=body.name,
+            tasks=[entry.model_dump() for entry in body.tasks],
+            hyperparameters=body.hyperparameters,
+            **common,
+        )
+    options = {}
+    if isinstance(body, LengthSearchJobCreate):
+        options = {"search": (body.search or LengthSearch()).model_dump(mode="json")}
+    return service.enqueue_training(
         session,
         task=resolve_task(session, body.task),
         dataset_id=body.dataset_id,
         validation_dataset_id=body.validation_dataset_id,
         config=body.hyperparameters,
-        priority=body.priority,
-        max_attempts=settings.max_job_attempts,
-        model=runtime.model,
         job_type=body.type,
-        options=_options(body),
+        options=options,
+        **common,
     )
-    return job_out(session, job)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+def create_job(
+    body: Annotated[JobCreate, Body()], session: SessionDep, runtime: RuntimeDep, settings: SettingsDep
+) -> JobOut:
+    """Queue a job: train (any method), length_search, distill (from a teacher) or meta_init (MAML over tasks)."""
+    return job_out(session, _enqueue(body, session, runtime.model, settings.max_job_attempts))
 
 
 @router.get("")

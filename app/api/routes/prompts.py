@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
-from app.db.models import Prompt
+from app.db.models import Prompt, PromptKind
 from app.services import prompts as service
 from app.services.tasks import resolve_task
 
@@ -20,6 +20,8 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
         PromptOut(
             id=p.id,
             task=p.task_id,
+            kind=PromptKind(p.kind).value,
+            name=p.name,
             version=p.version,
             active=p.id in active,
             method=p.method,
@@ -32,6 +34,7 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
             hyperparameters=p.hyperparameters,
             job_id=p.job_id,
             dataset_id=p.dataset_id,
+            lineage=p.lineage or {},
             created_at=p.created_at,
         )
         for p in prompts
@@ -44,10 +47,11 @@ def list_prompts(
     limit: LimitDep,
     offset: OffsetDep,
     task: str | None = Query(None, description="Only this task's prompts (id or name)."),
+    kind: PromptKind | None = Query(None, description='"meta_init": only meta-initialisations; "task": only tasks\'.'),
 ) -> list[PromptOut]:
-    """List stored prompt versions with metadata and size."""
+    """List stored prompt versions (and meta-initialisations) with metadata and size."""
     owner = resolve_task(session, task) if task is not None else None
-    return prompt_out(session, list(service.list_prompts(session, task=owner, limit=limit, offset=offset)))
+    return prompt_out(session, list(service.list_prompts(session, task=owner, limit=limit, offset=offset, kind=kind)))
 
 
 @router.get("/{prompt_id}", responses={404: {"model": ErrorResponse}})

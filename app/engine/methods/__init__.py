@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from typing import Annotated, Any, Union
 
-from pydantic import Discriminator, Tag
+from pydantic import BaseModel, Discriminator, Tag, create_model
 
 from app.engine.artifact import Artifact
 from app.engine.methods.base import REGISTRY, Method, PromptModule, TrainConfig
@@ -32,14 +32,26 @@ def _method_of(value: Any) -> str:
     return str(getattr(value, "method", DEFAULT_METHOD))
 
 
-TrainConfigUnion = Annotated[  # type: ignore[valid-type]
-    Union[tuple(Annotated[m.config_type, Tag(name)] for name, m in sorted(REGISTRY.items()))],  # noqa: UP007
-    Discriminator(
-        _method_of,
-        custom_error_type="unknown_method",
-        custom_error_message=("unknown method; use one of: " + ", ".join(sorted(REGISTRY))),
-    ),
-]
+def config_union(options: type[BaseModel] | None = None) -> Any:
+    """The discriminated union (on `method`) of every method's config, each joined with `options` when given:
+    the hyperparameters of a job type that adds its own (a distill job's alpha, a meta_init job's order)."""
+    members = []
+    for name, method in sorted(REGISTRY.items()):
+        config: type[BaseModel] = method.config_type
+        if options is not None:
+            config = create_model(f"{options.__name__}{config.__name__}", __base__=(config, options))
+        members.append(Annotated[config, Tag(name)])
+    return Annotated[
+        Union[tuple(members)],  # noqa: UP007
+        Discriminator(
+            _method_of,
+            custom_error_type="unknown_method",
+            custom_error_message=("unknown method; use one of: " + ", ".join(sorted(REGISTRY))),
+        ),
+    ]
+
+
+TrainConfigUnion = config_union()
 
 
 def get_method(name: str) -> Method:
@@ -68,6 +80,7 @@ __all__ = [
     "PromptModule",
     "TrainConfig",
     "TrainConfigUnion",
+    "config_union",
     "get_method",
     "load_segments",
     "parse_config",

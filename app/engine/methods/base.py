@@ -21,7 +21,7 @@ from app.engine.model import FrozenModel
 from app.engine.segments import Segments
 from app.engine.text import TaskSpec
 
-InitKind = Literal["text", "vocab", "random", "labels"]
+InitKind = Literal["text", "vocab", "random", "labels", "auto"]
 
 
 class FromPrompt(BaseModel):
@@ -44,7 +44,9 @@ class TrainConfig(BaseModel):
     init: InitKind | FromPrompt = Field(
         default="text",
         description="How the prompt starts: embeddings of init_text, of random vocabulary tokens, random vectors, "
-        'the label words\' tokens, or {"from_prompt": id}: a stored version of the same method and shape.',
+        'the label words\' tokens, {"from_prompt": id}: a stored version of the same method and shape, or "auto": '
+        "whichever stored version or meta-initialisation of this method and shape (or the text init) has the "
+        "lowest loss on a sample of the training set (prompt transfer).",
     )
     init_text: str | None = Field(
         default=None,

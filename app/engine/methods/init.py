@@ -33,6 +33,8 @@ def initial_vectors(
     text: str | None = None,
 ) -> torch.Tensor:
     """[n, hidden] float32 on CPU as config.init says (text: `text`, else init_text, else the default)."""
+    if config.init == "auto":
+        raise ValueError('init "auto" picks a stored prompt before training; the job resolves it, not the method.')
     table = frozen.embedding_matrix()
     if config.init == "random":
         # Match the scale of real token embeddings so the frozen layers see familiar magnitudes.

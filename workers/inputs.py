@@ -1,0 +1,115 @@
+"""What a job reads from the database before it runs: its examples, init prompt, teachers, source tasks and
+prompt-transfer candidates. Read in one session, handed to the job kind as plain data (no rows, no session)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Job
+from app.db.repositories import DatasetRepository, PromptRepository, TaskRepository
+from app.engine.artifact import Artifact
+from app.engine.methods import TrainConfig, get_method
+from app.engine.model import FrozenModel
+from app.engine.text import TaskSpec
+from app.services.tasks import task_spec
+
+Pair = tuple[str, str | None]  # (input, output); output None in a dataset of inputs only
+MAX_TRANSFER_CANDIDATES = 32
+
+
+@dataclass(frozen=True)
+class Source:
+    """A task a meta_init job learns from: its spec and its labeled examples."""
+
+    task_id: int
+    name: str
+    dataset_id: int
+    spec: TaskSpec
+    examples: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored version a train job with init "auto" may start from."""
+
+    prompt_id: int
+    label: str  # "task sentiment v3", "meta-init words v1"
+    artifact: Artifact
+
+
+@dataclass
+class JobInputs:
+    spec: TaskSpec | None
+    train: list[Pair]
+    val: list[Pair] | None
+    init: Artifact | None
+    teachers: list[tuple[int, Artifact]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+def load_inputs(session: Session, job: Job, config: TrainConfig, model: FrozenModel) -> JobInputs:
+    """Everything job reads; ValueError (the job fails, saying what) when something it names was deleted."""
+    spec = None
+    if job.task_id is not None:
+        task = TaskRepository(session).get(job.task_id)
+        assert task is not None  # jobs are deleted with their task
+        spec = task_spec(task)
+    options: dict[str, Any] = job.options or {}
+    inputs = JobInputs(
+        spec=spec,
+        train=_pairs(session, job.dataset_id) if job.dataset_id is not None or job.task_id is not None else [],
+        val=_pairs(session, job.validation_dataset_id) if job.validation_dataset_id is not None else None,
+        init=_artifact(session, config.init_prompt_id, "init prompt"),
+    )
+    teacher = options.get("teacher") or {}
+    for prompt_id in teacher.get("prompts", []):
+        artifact = _artifact(session, prompt_id, "teacher prompt")
+        assert artifact is not None
+        inputs.teachers.append((prompt_id, artifact))
+    for entry in options.get("tasks", []):
+        inputs.sources.append(_source(session, entry))
+    if config.init == "auto":
+        inputs.candidates = _candidates(session, config, model)
+    return inputs
+
+
+def _pairs(session: Session, dataset_id: int | None) -> list[Pair]:
+    dataset = DatasetRepository(session).get(dataset_id, with_examples=True) if dataset_id is not None else None
+    if dataset is None:
+        raise ValueError(f"dataset {dataset_id} of this job was deleted")
+    return [(example["input"], example.get("output")) for example in dataset.examples]
+
+
+def _artifact(session: Session, prompt_id: int | None, role: str) -> Artifact | None:
+    if prompt_id is None:
+        return None
+    prompt = PromptRepository(session).get(prompt_id, with_tensors=True)
+    if prompt is None:
+        raise ValueError(f"{role} {prompt_id} of this job was deleted")
+    return Artifact.from_bytes(prompt.tensors)
+
+
+def _source(session: Session, entry: dict[str, Any]) -> Source:
+    task = TaskRepository(session).get(entry["task_id"])
+    if task is None:
+        raise ValueError(f"source task {entry['task_name']!r} (id {entry['task_id']}) of this job was deleted")
+    pairs = _pairs(session, entry["dataset_id"])
+    labeled = [(text, output) for text, output in pairs if output is not None]
+    return Source(task.id, task.name, entry["dataset_id"], task_spec(task), labeled)
+
+
+def _candidates(session: Session, config: TrainConfig, model: FrozenModel) -> list[Candidate]:
+    """The newest stored versions and meta-initialisations this job's prompt could start from."""
+    shapes = get_method(config.method).expected_shapes(model, config)
+    prompts = PromptRepository(session).compatible(
+        method=config.method, fingerprint=model.identity.fingerprint, shapes=shapes, limit=MAX_TRANSFER_CANDIDATES
+    )
+    found = []
+    for prompt in prompts:
+        owner = f"task {prompt.task.name}" if prompt.task is not None else f"meta-init {prompt.name or ''}".rstrip()
+        found.append(Candidate(prompt.id, f"{owner} v{prompt.version}", Artifact.from_bytes(prompt.tensors)))
+    return found

@@ -1,0 +1,235 @@
+"""`"type": "meta_init"`: meta-learn a prompt initialisation across tasks (MAML), stored as a prompt of no task.
+
+Each outer step samples `meta_batch` tasks (a shuffled cycle, so every task is sampled about equally often) and,
+for each, fresh disjoint support and query subsets of its examples. From the current initialisation theta, K
+steps of SGD on the support loss give the adapted prompt phi_K; the query loss at phi_K scores theta. The
+meta-gradient, averaged over the meta-batch, clipped to max_grad_norm, drives Adam on theta:
+- "second": d L_query(phi_K) / d theta through the K steps: autograd differentiates the inner updates
+  (create_graph), so it computes Hessian-vector products, never a Hessian;
+- "first": the first-order approximation, grad L_query at phi_K, applied to theta;
+- "reptile": theta - phi_K (Reptile: move towards the adapted prompt), with the K steps run on support and query.
+Every task keeps its own template and labels: a task's loss is its gold outputs' cross-entropy per token under
+the prompt (the training objective of a train job), so the initialisation serves tasks of different label sets.
+Progress: each outer step's mean query loss; every eval_every steps, the post-adaptation query loss on fixed
+episodes of up to 8 tasks (the best initialisation by it is stored).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from app.engine.methods import get_method
+from app.engine.methods.base import PromptModule
+from app.engine.model import FrozenModel
+from app.engine.text import EncodedExample
+from app.services.job_types import MetaLearning, MetaOrder, split_options
+from workers.inputs import Source
+from workers.jobs.base import JobContext, Trained
+from workers.training import Cancelled, EvalReport, StepReport, batch_loss, encode_all
+
+TYPE = "meta_init"
+Params = dict[str, torch.Tensor]
+LossOf = Callable[[Params], torch.Tensor]
+DEFAULT_META_INIT_TEXT = "Read the input and answer the question."
+WARN_SECOND_ORDER_STEPS = 5  # past this many inner steps, second-order meta-gradients tend to explode or vanish
+EVAL_TASKS = 8
+
+
+# --- the meta-gradient (pure: any differentiable loss of a dict of tensors) --------------------------------
+
+
+def adapt(params: Params, loss_of: LossOf, steps: int, lr: float, *, create_graph: bool) -> Params:
+    """phi_K: K steps of plain SGD from params on loss_of (differentiable w.r.t. params when create_graph)."""
+    for _ in range(steps):
+        grads = torch.autograd.grad(loss_of(params), list(params.values()), create_graph=create_graph)
+        params = {name: value - lr * grad for (name, value), grad in zip(params.items(), grads, strict=True)}
+    return params
+
+
+def meta_gradient(
+    theta: Params, support: LossOf, query: LossOf, steps: int, lr: float, order: MetaOrder
+) -> tuple[Params, float]:
+    """(the meta-gradient of one task w.r.t. theta, the query loss after adaptation)."""
+    if order == "second":
+        start = {name: value.detach().requires_grad_(True) for name, value in theta.items()}
+        # The fused attention kernels have no second derivative; the math kernel computes the same attention.
+        with sdpa_kernel(SDPBackend.MATH):
+            adapted = adapt(start, support, steps, lr, create_graph=True)
+            loss = query(adapted)
+            grads = torch.autograd.grad(loss, list(start.values()))
+        return dict(zip(start, grads, strict=True)), float(loss.detach())
+    start = {name: value.detach().requires_grad_(True) for name, value in theta.items()}
+    if order == "first":
+        adapted = adapt(start, support, steps, lr, create_graph=False)
+        final = {name: value.detach().requires_grad_(True) for name, value in adapted.items()}
+        loss = query(final)
+        grads = torch.autograd.grad(loss, list(final.values()))
+        return dict(zip(final, grads, strict=True)), float(loss.detach())
+    # Reptile adapts on all the task's sampled data; its "gradient" is the way back from phi_K to theta.
+    adapted = adapt(start, lambda p: 0.5 * (support(p) + query(p)), steps, lr, create_graph=False)
+    with torch.no_grad():
+        after = float(query(adapted))
+        return {name: theta[name].detach() - adapted[name].detach() for name in theta}, after
+
+
+# --- the job -----------------------------------------------------------------------------------------------
+
+
+class _Loss(nn.Module):
+    """A prompt module's loss on a batch, callable with substitute parameters (torch.func.functional_call)."""
+
+    def __init__(self, frozen: FrozenModel, module: PromptModule) -> None:
+        super().__init__()
+        self.frozen, self.module = frozen, module
+
+    def forward(self, examples: list[EncodedExample]) -> torch.Tensor:
+        return batch_loss(self.frozen, self.module, examples)
+
+
+def _loss_of(wrapper: _Loss, examples: list[EncodedExample]) -> LossOf:
+    return lambda params: functional_call(wrapper, {f"module.{n}": p for n, p in params.items()}, (examples,))
+
+
+def _episode(examples: list[EncodedExample], meta: MetaLearning, rng: random.Random) -> tuple[list, list]:
+    """Disjoint support and query subsets (shrunk to fit a small dataset: at least one example each)."""
+    order = rng.sample(range(len(examples)), len(examples))
+    support = min(meta.support_size, len(examples) - 1)
+    query = min(meta.query_size, len(examples) - support)
+    return [examples[i] for i in order[:support]], [examples[i] for i in order[support : support + query]]
+
+
+def _task_cycle(count: int, rng: random.Random) -> Iterator[int]:
+    """Task indices in shuffled rounds: every task is sampled once per round."""
+    while True:
+        yield from rng.sample(range(count), count)
+
+
+def run(ctx: JobContext) -> Trained:
+    frozen = ctx.model
+    _, meta = split_options(ctx.hyperparameters, MetaLearning)
+    config = ctx.config
+    if config.init == "text" and config.init_text is None:
+        config = config.model_copy(update={"init_text": DEFAULT_META_INIT_TEXT})
+    sources: list[Source] = ctx.sources
+    method = get_method(config.method)
+    method.check(frozen, config)
+    positions = method.positions(config)
+    encoded = [encode_all(frozen, s.spec, s.examples, positions, f"task {s.name!r}") for s in sources]
+    generator = torch.Generator().manual_seed(config.seed)
+    module = method.build(frozen, config, sources[0].spec, generator, ctx.init)
+    wrapper = _Loss(frozen, module)
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=meta.outer_lr)
+    if meta.order == "second" and meta.inner_steps > WARN_SECOND_ORDER_STEPS:
+        ctx.event(
+            "warning",
+            f"{meta.inner_steps} inner steps: second-order meta-gradients through many steps can explode or vanish; "
+            f"they are clipped to norm {config.max_grad_norm}, and first order or Reptile is cheaper",
+            {"inner_steps": meta.inner_steps, "max_grad_norm": config.max_grad_norm},
+        )
+    rng = random.Random(config.seed)
+    cycle = _task_cycle(len(sources), rng)
+    eval_rng = random.Random(config.seed + 1)
+    eval_tasks = sorted(eval_rng.sample(range(len(sources)), min(EVAL_TASKS, len(sources))))
+    episodes = [(index, *_episode(encoded[index], meta, eval_rng)) for index in eval_tasks]
+
+    def params() -> Params:
+        return {name: p for name, p in module.named_parameters() if name in names}
+
+    def evaluate(step: int) -> float:
+        """Mean query loss after K first-order SGD steps from the current theta, on the fixed episodes."""
+        losses = []
+        for _, support, query in episodes:
+            adapted = adapt(
+                {n: p.detach().requires_grad_(True) for n, p in params().items()},
+                _loss_of(wrapper, support),
+                meta.inner_steps,
+                meta.inner_lr,
+                create_graph=False,
+            )
+            with torch.no_grad():
+                losses.append(float(_loss_of(wrapper, query)(adapted)))
+        loss = sum(losses) / len(losses)
+        ctx.on_eval(EvalReport(step=step, val_loss=loss, val_accuracy=None))
+        return loss
+
+    best_loss = first_loss = evaluate(0)
+    best_step, best_artifact = 0, module.artifact()
+    samples = [0] * len(sources)
+    norms: list[float] = []
+    skipped = 0
+    started = time.perf_counter()
+    for step in range(1, meta.outer_steps + 1):
+        if ctx.should_stop():
+            raise Cancelled(f"stopped at outer step {step} of {meta.outer_steps}")
+        total: Params = {name: torch.zeros_like(p) for name, p in params().items()}
+        query_losses = []
+        for _ in range(meta.meta_batch):
+            index = next(cycle)
+            samples[index] += 1
+            support, query = _episode(encoded[index], meta, rng)
+            grads, loss = meta_gradient(
+                params(),
+                _loss_of(wrapper, support),
+                _loss_of(wrapper, query),
+                meta.inner_steps,
+                meta.inner_lr,
+                meta.order,
+            )
+            for name in total:
+                total[name] += grads[name] / meta.meta_batch
+            query_losses.append(loss)
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in total.values()])))
+        norms.append(norm)
+        if not math.isfinite(norm):
+            skipped += 1
+            ctx.event("warning", f"outer step {step}: meta-gradient is not finite; update skipped", {"step": step})
+        else:
+            for name, p in module.named_parameters():
+                if name in total:
+                    p.grad = total[name]
+            torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        ctx.on_step(StepReport(step, meta.outer_steps, sum(query_losses) / len(query_losses), meta.outer_lr))
+        if step % config.eval_every == 0 or step == meta.outer_steps:
+            loss = evaluate(step)
+            if loss < best_loss:
+                best_loss, best_step, best_artifact = loss, step, module.artifact()
+    seconds = time.perf_counter() - started
+    clipped = sum(norm > config.max_grad_norm for norm in norms if math.isfinite(norm))
+    metrics: dict[str, Any] = {
+        "best_step": best_step,
+        "best_val_loss": best_loss,
+        "init_val_loss": first_loss,
+        "best_val_accuracy": None,
+        "seconds_per_step": seconds / meta.outer_steps,
+        "steps": meta.outer_steps,
+        "mean_meta_gradient_norm": sum(n for n in norms if math.isfinite(n)) / max(1, len(norms) - skipped),
+        "clipped_steps": clipped,
+        "skipped_steps": skipped,
+        "task_samples": {source.name: count for source, count in zip(sources, samples, strict=True)},
+        "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+    }
+    lineage = {
+        "source_tasks": [{"task_id": s.task_id, "task_name": s.name, "dataset_id": s.dataset_id} for s in sources],
+        "order": meta.order,
+    }
+    return Trained(
+        best_artifact,
+        module.positions,
+        best_step,
+        metrics,
+        ctx.hyperparameters,
+        lineage=lineage,
+        name=ctx.options["name"],
+    )
