@@ -179,13 +179,18 @@ def score_targets(
 
 
 def target_logits(
-    frozen: FrozenModel, served: Sequence[ServedPrompt], inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    frozen: FrozenModel,
+    served: Sequence[ServedPrompt],
+    inputs: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
 ) -> list[torch.Tensor]:
     """Float32 logits [len(target_b), vocab] predicting each token of row b's target after its input (teacher
     forcing: the target is fed as a branch, its first token read at the input's last state). Differentiable."""
     if any(not target for target in targets):
         raise ValueError("every row needs a non-empty target.")
-    queries = [Query(ids, (target[:-1],) if len(target) > 1 else ()) for ids, target in zip(inputs, targets, strict=True)]
+    queries = [
+        Query(ids, (target[:-1],) if len(target) > 1 else ()) for ids, target in zip(inputs, targets, strict=True)
+    ]
     result = forward_rows(frozen, served, queries)
     where: list[tuple[int, int]] = []
     for row, target in enumerate(targets):

@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 import torch
 
 from app.engine.decode import Decoding, decode
-from app.engine.forward import target_logits, Query, forward_rows, score_targets
+from app.engine.forward import Query, forward_rows, score_targets, target_logits
 from app.engine.model import FrozenModel
 from app.engine.segments import ServedPrompt
 from app.engine.text import TaskSpec, encode_example, label_token_ids, render

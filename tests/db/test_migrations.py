@@ -150,6 +150,7 @@ def test_a_prompt_stored_before_methods_existed_is_a_plain_prompt_after_the_upgr
     with TestClient(app) as client:
         (listed,) = client.get("/v1/prompts").json()
         assert listed["method"] == "prompt" and listed["num_virtual_tokens"] == 3
+        assert listed["kind"] == "task" and listed["lineage"]["job_type"] == "train"
         assert listed["shapes"] == {"prompt": [3, frozen.hidden_size]}
         inputs = ["a good film", "the plot was bad"]
         served = client.post("/v1/infer", json={"task": "sentiment", "inputs": inputs})
@@ -177,3 +178,50 @@ def test_downgrading_from_head_gives_old_prompts_their_old_method_name(
         engine.dispose()
     upgrade(url)  # and up again
     assert _stored(url)[0] == "prompt"
+
+
+def test_downgrading_below_meta_initialisations_removes_them_and_keeps_task_prompts(
+    empty_database_url: str, frozen: FrozenModel
+) -> None:
+    url = empty_database_url
+    upgrade(url, "0001")
+    _store_old_prompt(url, frozen, torch.randn(2, frozen.hidden_size))
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO jobs (type, task_id, hyperparameters, status, priority, progress, attempts, "
+                    "max_attempts, cancel_requested, created_at) VALUES ('meta_init', NULL, '{}', 'succeeded', 0, "
+                    "'{}', 1, 3, false, CURRENT_TIMESTAMP)"
+                )
+            )
+            job_id = conn.execute(sa.text("SELECT id FROM jobs WHERE task_id IS NULL")).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO job_events (job_id, kind, message, data, created_at) "
+                    "VALUES (:job, 'succeeded', '', '{}', CURRENT_TIMESTAMP)"
+                ),
+                {"job": job_id},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO prompts (id, task_id, kind, version, method, num_virtual_tokens, hidden_size, "
+                    "base_model_name, base_model_fingerprint, tensors, size_bytes, metrics, hyperparameters, job_id, "
+                    "created_at) SELECT 2, NULL, 'meta_init', 1, method, num_virtual_tokens, hidden_size, "
+                    "base_model_name, base_model_fingerprint, tensors, size_bytes, metrics, hyperparameters, :job, CURRENT_TIMESTAMP "
+                    "FROM prompts"
+                ),
+                {"job": job_id},
+            )
+        command.downgrade(alembic_config(url), "0002")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT task_id FROM prompts")).scalars().all() == [1]
+            assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 0
+            assert conn.execute(sa.text("SELECT count(*) FROM job_events")).scalar_one() == 0
+        columns = {c["name"]: c for c in inspect(engine).get_columns("prompts")}
+        assert "lineage" not in columns and not columns["task_id"]["nullable"]
+    finally:
+        engine.dispose()
+    upgrade(url)

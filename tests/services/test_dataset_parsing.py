@@ -194,7 +194,8 @@ def test_csv_header_must_be_exactly_input_and_output():
         {
             "line": 1,
             "message": 'header is missing columns "input" and "output"; '
-            'header has unexpected columns "text" and "label" (found "text,label", expected "input,output", or "input" for inputs only)',
+            'header has unexpected columns "text" and "label" (found "text,label", expected "input,output", '
+            'or "input" for inputs only)',
         }
     ]
     extra = invalid("input,output,id\na,b,1\n", "train.csv")
