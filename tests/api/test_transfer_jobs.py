@@ -5,8 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, update
 
-from tests.api.helpers import FAST, create_dataset, create_task, toy_examples, train_task, wait_for_job
+from app.db.models import Prompt
+from tests.api.helpers import (
+    FAST,
+    create_dataset,
+    create_task,
+    toy_examples,
+    train_task,
+    wait_for_job,
+    wait_for_step,
+)
 
 QUICK = {**FAST, "steps": 4, "eval_every": 2}
 META = {
@@ -287,3 +297,34 @@ def test_init_auto_with_nothing_compatible_starts_from_the_text_init(client: Tes
         422,
     )
     assert refused["error"]["code"] == "init_prompt_invalid"
+
+
+def test_teachers_and_tasks_of_another_base_model_are_refused(client: TestClient, db_engine: Engine) -> None:
+    family = _family(client)
+    _, job = train_task(client, "t0-trained")
+    dataset = create_dataset(client, toy_examples(8))
+    with db_engine.begin() as conn:
+        conn.execute(update(Prompt).values(base_model_fingerprint="0" * 64, base_model_name="other-model"))
+    body = {
+        "type": "distill",
+        "task": "t0-trained",
+        "dataset_id": dataset["id"],
+        "teacher": {"prompts": [job["result_prompt_id"]]},
+        "hyperparameters": QUICK,
+    }
+    refused = _post(client, body, 422)
+    assert refused["error"]["code"] == "teacher_invalid" and "other-model" in refused["error"]["message"]
+    tasks = [*family[:2], {"task": "t0-trained", "dataset_id": dataset["id"]}]
+    refused = _post(client, {"type": "meta_init", "name": "m", "tasks": tasks, "hyperparameters": META}, 409)
+    assert refused["error"]["code"] == "base_model_mismatch"
+
+
+def test_a_running_meta_init_job_can_be_cancelled(client: TestClient) -> None:
+    family = _family(client)
+    hyper = {**META, "outer_steps": 500, "eval_every": 500}
+    job = _post(client, {"type": "meta_init", "name": "long", "tasks": family, "hyperparameters": hyper})
+    wait_for_step(client, job["id"], 1)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    finished = wait_for_job(client, job["id"])
+    assert finished["status"] == "cancelled" and finished["result_prompt_id"] is None
+    assert client.get("/v1/prompts?kind=meta_init").json() == []
