@@ -1,0 +1,36 @@
+"""Run the worker's job kinds in-process for the benchmarks: a JobContext without a database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.engine.methods import TrainConfig
+from app.engine.model import FrozenModel
+from app.engine.text import TaskSpec
+from workers.jobs.base import JobContext
+
+
+def job_context(
+    frozen: FrozenModel,
+    spec: TaskSpec | None,
+    config: TrainConfig,
+    hyperparameters: dict[str, Any],
+    options: dict[str, Any],
+    train: list[tuple[str, str | None]] | None = None,
+    val: list[tuple[str, str | None]] | None = None,
+) -> JobContext:
+    """What the worker would hand a job kind (callbacks do nothing; events are printed)."""
+    return JobContext(
+        model=frozen,
+        spec=spec,
+        train=list(train or []),
+        val=val,
+        config=config,
+        options=options,
+        init=None,
+        on_step=lambda report: None,
+        on_eval=lambda report: None,
+        should_stop=lambda: False,
+        event=lambda kind, message, data: print(f"  [{kind}] {message}", flush=True),
+        hyperparameters=hyperparameters,
+    )

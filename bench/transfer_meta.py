@@ -1,0 +1,187 @@
+"""Meta-initialisation and prompt transfer on held-out word tasks (the `meta` part of `python -m bench.transfer`).
+
+1. Split the word-task family (bench/transfer_data.py) into meta-training tasks and held-out tasks (seeded); take
+   --meta-tasks of the former, each with --meta-examples examples.
+2. Meta-learn one initialisation per --orders through the job code itself (workers/jobs/meta_init.run).
+3. Train a few single-task prompts on meta-training tasks (--donors): the stored prompts `auto` may also pick.
+4. On every held-out task, seed and k in --shots: train a prompt from each --inits start on k examples for --steps
+   steps, and read its accuracy on a fixed balanced test set at each of --report-at steps. The test set is passed as
+   the trainer's validation set only to observe the prompt at those steps: nothing is selected by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from app.engine.artifact import Artifact
+from app.engine.methods.base import FromPrompt
+from app.engine.methods.prompt import PromptConfig
+from app.engine.model import FrozenModel
+from bench.transfer_data import WordTask, examples, spec, split_family, test_set, word_tasks
+from bench.transfer_jobs import job_context
+from workers.inputs import Candidate, Source
+from workers.jobs import meta_init
+from workers.training import EvalReport, train_prompt
+from workers.transfer import choose_init
+
+Log = Callable[[str], None]
+
+
+def meta_options(args: argparse.Namespace, order: str) -> dict[str, Any]:
+    return {
+        "method": "prompt",
+        "num_virtual_tokens": args.tokens,
+        "init": "text",
+        "order": order,
+        "inner_steps": args.inner_steps,
+        "inner_lr": args.inner_lr,
+        "outer_lr": args.outer_lr,
+        "outer_steps": args.outer_steps,
+        "meta_batch": args.meta_batch,
+        "support_size": args.support,
+        "query_size": args.query,
+        "eval_every": max(1, args.outer_steps // 4),
+        "seed": 0,
+    }
+
+
+def learn_inits(
+    frozen: FrozenModel, sources: list[Source], args: argparse.Namespace, log: Log
+) -> tuple[dict[str, Artifact], list[dict[str, Any]]]:
+    """One meta-initialisation per order, by the meta_init job's own code."""
+    inits: dict[str, Artifact] = {}
+    records = []
+    for order in args.orders:
+        started = time.perf_counter()
+        options = meta_options(args, order)
+        method_part = {k: v for k, v in options.items() if k in PromptConfig.model_fields}
+        ctx = job_context(frozen, None, PromptConfig.model_validate(method_part), options, {"name": order})
+        ctx.sources = sources
+        result = meta_init.run(ctx)
+        inits[f"meta_{order}"] = result.artifact
+        seconds = time.perf_counter() - started
+        record = {
+            "order": order,
+            "seconds": seconds,
+            **{
+                k: result.metrics[k]
+                for k in (
+                    "init_val_loss",
+                    "best_val_loss",
+                    "best_step",
+                    "seconds_per_step",
+                    "mean_meta_gradient_norm",
+                    "clipped_steps",
+                )
+            },
+        }
+        records.append(record)
+        before, after = record["init_val_loss"], record["best_val_loss"]
+        log(f"meta-init {order}: query loss after adaptation {before:.3f} -> {after:.3f} in {seconds / 60:.1f} min")
+    return inits, records
+
+
+def train_donors(frozen: FrozenModel, tasks: list[WordTask], args: argparse.Namespace) -> list[tuple[str, Artifact]]:
+    """Single-task prompts of meta-training tasks: what else a bank holds for `auto` to pick from."""
+    donors = []
+    for task in tasks[: args.donors]:
+        config = PromptConfig(
+            num_virtual_tokens=args.tokens, init_text=task.question, steps=args.steps, eval_every=args.steps, seed=0
+        )
+        pairs = examples(task, 64, seed=0)
+        result = train_prompt(frozen, spec(), pairs[:48], pairs[48:], config)
+        donors.append((f"task {task.name}", result.artifact))
+    return donors
+
+
+def few_shot(
+    frozen: FrozenModel,
+    task: WordTask,
+    k: int,
+    seed: int,
+    init: str,
+    starts: dict[str, Artifact],
+    candidates: list[Candidate],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Accuracy on the task's test set at each --report-at step of a prompt trained on k examples from `init`."""
+    test = test_set(task, args.test_size, seed=1000 + seed)
+    train = examples(task, k, seed=seed, exclude={word for word, _ in test})
+    base = {
+        "num_virtual_tokens": args.tokens,
+        "steps": args.steps,
+        "batch_size": min(8, k),
+        "eval_every": args.eval_every,
+        "warmup_steps": 0,
+        "seed": seed,
+    }
+    artifact: Artifact | None = None
+    chosen = None
+    if init in starts:
+        config = PromptConfig(**base, init=FromPrompt(from_prompt=1))
+        artifact = starts[init]
+    elif init == "auto":
+        text = PromptConfig(**base, init="text", init_text=task.question)
+        choice = choose_init(frozen, spec(), train, text, candidates)
+        chosen = next((c.label for c in candidates if c.prompt_id == choice.prompt_id), "text init")
+        config, artifact = (
+            (text, None)
+            if choice.artifact is None
+            else (PromptConfig(**base, init=FromPrompt(from_prompt=1)), choice.artifact)
+        )
+    elif init == "text":
+        config = PromptConfig(**base, init="text", init_text=task.question)
+    else:
+        config = PromptConfig(**base, init=init)
+    seen: dict[int, float] = {}
+
+    def on_eval(report: EvalReport) -> None:
+        seen[report.step] = float(report.val_accuracy or 0.0)
+
+    train_prompt(frozen, spec(), train, test, config, init=artifact, on_eval=on_eval)
+    return {f"step_{step}": seen.get(step) for step in args.report_at} | {"chosen": chosen}
+
+
+def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    family = word_tasks(seed=0)
+    training, held = split_family(family, args.held_out, seed=0)
+    rng = random.Random(0)
+    training = sorted(rng.sample(training, min(args.meta_tasks, len(training))), key=lambda t: t.name)
+    held = held[: args.held_out]
+    log(f"{len(family)} word tasks; meta-training on {len(training)}, held out: {', '.join(t.name for t in held)}")
+    sources = [Source(i, t.name, 0, spec(), examples(t, args.meta_examples, seed=0)) for i, t in enumerate(training)]
+    torch.manual_seed(0)
+    starts, meta_records = learn_inits(frozen, sources, args, log)
+    donors = train_donors(frozen, training, args)
+    bank = [*starts.items(), *donors]
+    candidates = [Candidate(index + 1, label, artifact) for index, (label, artifact) in enumerate(bank)]
+    records = []
+    total = len(held) * args.seeds * len(args.shots) * len(args.inits)
+    began = time.perf_counter()
+    for task in held:
+        for seed in range(args.seeds):
+            for k in args.shots:
+                for init in args.inits:
+                    record = {"task": task.name, "seed": seed, "k": k, "init": init}
+                    record.update(few_shot(frozen, task, k, seed, init, starts, candidates, args))
+                    records.append(record)
+                    done = len(records)
+                    left = (time.perf_counter() - began) / done * (total - done) / 60
+                    shown = ", ".join(
+                        f"{key} {value:.3f}"
+                        for key, value in record.items()
+                        if key.startswith("step_") and value is not None
+                    )
+                    log(f"{task.name} seed {seed} k={k} {init}: {shown} ({done}/{total}, about {left:.0f} min left)")
+    return {
+        "meta_inits": meta_records,
+        "few_shot": records,
+        "held_out": [t.name for t in held],
+        "meta_tasks": [t.name for t in training],
+    }
