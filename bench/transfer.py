@@ -48,7 +48,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--orders", type=_names, default=["first", "second", "reptile"])
     parser.add_argument("--outer-steps", type=int, default=60)
     parser.add_argument("--inner-steps", type=int, default=3)
-    parser.add_argument("--inner-lr", type=float, default=0.3)
+    parser.add_argument(
+        "--inner-lr",
+        type=float,
+        default=0.01,
+        help="measured: 0.01-0.03 lowers the query loss in 3 steps, 0.1 diverges",
+    )
     parser.add_argument("--outer-lr", type=float, default=0.01)
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--support", type=int, default=8)
@@ -93,12 +98,16 @@ def meta_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines.append("")
     lines.append("auto chose: " + ", ".join(f"{name} ({count}x)" for name, count in picks.items()))
     lines.append("")
-    lines.append("| order | query loss after K steps: at start -> best | outer s/step | mean meta-gradient norm |")
-    lines.append("|---|---|---:|---:|")
+    lines.append(
+        "| order | query loss before K steps, at start | after K steps: at start -> best | outer s/step | "
+        "mean meta-gradient norm | clipped steps |"
+    )
+    lines.append("|---|---:|---|---:|---:|---:|")
     for r in result["meta_inits"]:
         lines.append(
-            f"| {r['order']} | {r['init_val_loss']:.3f} -> {r['best_val_loss']:.3f} (step {r['best_step']}) | "
-            f"{r['seconds_per_step']:.1f} | {r['mean_meta_gradient_norm']:.3f} |"
+            f"| {r['order']} | {r['evaluations'][0]['query_loss_before']:.3f} | {r['init_val_loss']:.3f} -> "
+            f"{r['best_val_loss']:.3f} (step {r['best_step']}) | {r['seconds_per_step']:.1f} | "
+            f"{r['mean_meta_gradient_norm']:.3f} | {r['clipped_steps']} |"
         )
     return "\n".join(lines)
 

@@ -89,7 +89,7 @@ class MetaLearning(BaseModel):
         'first-order approximation; "reptile": move towards the adapted prompt.',
     )
     inner_steps: int = Field(default=3, ge=1, le=50, description="K: SGD steps on a task's support set.")
-    inner_lr: float = Field(default=0.3, gt=0, le=100, description="SGD learning rate of the inner steps.")
+    inner_lr: float = Field(default=0.01, gt=0, le=100, description="SGD learning rate of the inner steps.")
     outer_lr: float = Field(default=0.01, gt=0, le=10, description="Adam learning rate of the initialisation.")
     outer_steps: int = Field(default=100, ge=1, le=100_000, description="Updates of the initialisation.")
     meta_batch: int = Field(default=4, ge=1, le=64, description="Tasks sampled per outer step.")

@@ -146,22 +146,21 @@ def run(ctx: JobContext) -> Trained:
         return {name: p for name, p in module.named_parameters() if name in names}
 
     def evaluate(step: int) -> float:
-        """Mean query loss after K first-order SGD steps from the current theta, on the fixed episodes."""
-        losses = []
+        """Mean query loss after K first-order SGD steps from the current theta, on the fixed episodes (and, for
+        comparison, before them)."""
+        before, after = [], []
         for _, support, query in episodes:
-            adapted = adapt(
-                {n: p.detach().requires_grad_(True) for n, p in params().items()},
-                _loss_of(wrapper, support),
-                meta.inner_steps,
-                meta.inner_lr,
-                create_graph=False,
-            )
+            start = {n: p.detach().requires_grad_(True) for n, p in params().items()}
+            adapted = adapt(start, _loss_of(wrapper, support), meta.inner_steps, meta.inner_lr, create_graph=False)
             with torch.no_grad():
-                losses.append(float(_loss_of(wrapper, query)(adapted)))
-        loss = sum(losses) / len(losses)
+                before.append(float(_loss_of(wrapper, query)(start)))
+                after.append(float(_loss_of(wrapper, query)(adapted)))
+        loss, unadapted = sum(after) / len(after), sum(before) / len(before)
+        evaluations.append({"step": step, "query_loss_before": unadapted, "query_loss_after": loss})
         ctx.on_eval(EvalReport(step=step, val_loss=loss, val_accuracy=None))
         return loss
 
+    evaluations: list[dict[str, float]] = []
     best_loss = first_loss = evaluate(0)
     best_step, best_artifact = 0, module.artifact()
     samples = [0] * len(sources)
@@ -219,6 +218,7 @@ def run(ctx: JobContext) -> Trained:
         "skipped_steps": skipped,
         "task_samples": {source.name: count for source, count in zip(sources, samples, strict=True)},
         "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "evaluations": evaluations,
     }
     lineage = {
         "source_tasks": [{"task_id": s.task_id, "task_name": s.name, "dataset_id": s.dataset_id} for s in sources],
