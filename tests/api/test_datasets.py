@@ -77,3 +77,19 @@ def test_deleted_dataset_is_gone(client: TestClient) -> None:
     assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
     response = client.get(f"/v1/datasets/{dataset['id']}")
     assert response.status_code == 404 and response.json()["error"]["code"] == "dataset_not_found"
+
+
+def test_inputs_without_outputs_make_an_unlabeled_dataset_in_every_format(client: TestClient) -> None:
+    uploads = [
+        ("inputs.csv", b'input\nfirst text\n"second, with a comma"\n'),
+        ("inputs.jsonl", b'{"input": "first text"}\n{"input": "second, with a comma"}\n'),
+    ]
+    for name, data in uploads:
+        response = client.post("/v1/datasets", files={"file": (name, data)})
+        assert response.status_code == 201, response.text
+        dataset = response.json()
+        assert dataset["labeled"] is False and dataset["labels"] == [] and dataset["num_examples"] == 2
+        detail = client.get(f"/v1/datasets/{dataset['id']}").json()
+        assert detail["preview"] == [{"input": "first text"}, {"input": "second, with a comma"}]
+    labeled = client.post("/v1/datasets", json={"name": "l", "examples": [{"input": "a", "output": "b"}]}).json()
+    assert labeled["labeled"] is True

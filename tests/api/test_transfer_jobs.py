@@ -328,3 +328,9 @@ def test_a_running_meta_init_job_can_be_cancelled(client: TestClient) -> None:
     finished = wait_for_job(client, job["id"])
     assert finished["status"] == "cancelled" and finished["result_prompt_id"] is None
     assert client.get("/v1/prompts?kind=meta_init").json() == []
+
+
+def test_the_openapi_document_describes_every_job_type(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    names = set(schema["components"]["schemas"])
+    assert {"TrainJobCreate", "LengthSearchJobCreate", "DistillJobCreate", "MetaInitJobCreate"} <= names
