@@ -65,11 +65,18 @@ class DatasetRepository(_Repository[Dataset]):
         return self.session.scalars(stmt).all()
 
     def active_job_ids(self, dataset_id: int) -> Sequence[int]:
+        """Queued or running jobs that read this dataset: as their (validation) dataset, or as a source task's."""
         stmt = select(Job.id).where(
             Job.status.in_(ACTIVE_STATUSES),
             (Job.dataset_id == dataset_id) | (Job.validation_dataset_id == dataset_id),
         )
-        return self.session.scalars(stmt).all()
+        ids = set(self.session.scalars(stmt).all())
+        # A meta_init job names its datasets in its options (JSON, read here: JSON queries differ by backend).
+        sources = select(Job.id, Job.options).where(Job.status.in_(ACTIVE_STATUSES), Job.type == "meta_init")
+        for job_id, options in self.session.execute(sources):
+            if any(entry.get("dataset_id") == dataset_id for entry in (options or {}).get("tasks", [])):
+                ids.add(job_id)
+        return sorted(ids)
 
 
 class PromptRepository(_Repository[Prompt]):

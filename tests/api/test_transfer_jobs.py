@@ -334,3 +334,15 @@ def test_the_openapi_document_describes_every_job_type(client: TestClient) -> No
     schema = client.get("/openapi.json").json()
     names = set(schema["components"]["schemas"])
     assert {"TrainJobCreate", "LengthSearchJobCreate", "DistillJobCreate", "MetaInitJobCreate"} <= names
+
+
+def test_a_dataset_a_queued_meta_init_job_reads_cannot_be_deleted(client: TestClient) -> None:
+    family = _family(client)
+    hyper = {**META, "outer_steps": 500, "eval_every": 500}
+    job = _post(client, {"type": "meta_init", "name": "long", "tasks": family, "hyperparameters": hyper})
+    refused = client.delete(f"/v1/datasets/{family[1]['dataset_id']}")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "dataset_in_use"
+    assert str(job["id"]) in refused.json()["error"]["message"]
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    wait_for_job(client, job["id"])
+    assert client.delete(f"/v1/datasets/{family[1]['dataset_id']}").status_code == 204
