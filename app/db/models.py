@@ -1,4 +1,9 @@
-"""Tables: tasks, datasets, jobs (+ their event log) and prompt versions."""
+"""Tables: tasks, datasets, jobs (+ their event log) and prompt versions.
+
+Ids are never reused, on any backend: PostgreSQL sequences never go back, and SQLite tables are AUTOINCREMENT
+(without it SQLite hands a deleted row's id to the next insert, and a process that cached the old prompt under that
+id would serve it for the new one).
+"""
 
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ FINISHED_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 class Task(Base):
     __tablename__ = "tasks"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -83,6 +89,7 @@ class Task(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -97,7 +104,7 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claim", "status", "priority", "id"),)
+    __table_args__ = (Index("ix_jobs_claim", "status", "priority", "id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))
@@ -134,6 +141,7 @@ class Job(Base):
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -147,7 +155,10 @@ class JobEvent(Base):
 
 class Prompt(Base):
     __tablename__ = "prompts"
-    __table_args__ = (UniqueConstraint("task_id", "version", name="uq_prompts_task_id_version"),)
+    __table_args__ = (
+        UniqueConstraint("task_id", "version", name="uq_prompts_task_id_version"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # None for a meta-initialisation: a prompt of no task, numbered among the meta-initialisations
