@@ -58,13 +58,18 @@ TaskDep = Annotated[Task, Depends(_task_for_read)]
 WritableTaskDep = Annotated[Task, Depends(_task_for_write)]
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL
+
+
 def _page_limit(limit: int = Query(100, ge=1, le=1000, description="Most rows to return.")) -> int:
     return limit
 
 
-def _page_offset(offset: int = Query(0, ge=0, description="Rows to skip.")) -> int:
+def _page_offset(offset: int = Query(0, ge=0, le=MAX_ID, description="Rows to skip.")) -> int:
     return offset
 
 
+# A row id in a path: out of range is a 422 saying so, never an overflow deeper down.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The id.")]
 LimitDep = Annotated[int, Depends(_page_limit)]
 OffsetDep = Annotated[int, Depends(_page_offset)]

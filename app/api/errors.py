@@ -14,6 +14,7 @@ from app.errors import AppError
 
 log = logging.getLogger(__name__)
 
+UNPARSABLE_BODY = "There was an error parsing the body"
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
@@ -53,6 +54,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == UNPARSABLE_BODY:
+            # The framework's words for a JSON body the parser gave up on (nested too deeply, a number too long
+            # to read): like any other body that is not JSON it is a 422 invalid_json.
+            return error_response(
+                422,
+                "invalid_json",
+                "the request body could not be read as JSON (nested too deeply, or a number too long); send a "
+                "JSON object",
+            )
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 

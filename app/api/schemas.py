@@ -10,13 +10,28 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 from app.engine.methods import TrainConfigUnion, config_union
 from app.engine.methods.prompt import PromptConfig
 from app.services.job_types import JOB_TYPES, Distillation, LengthSearch, MetaLearning
+from app.text_checks import first_text_problem
 
 DistillConfigUnion = config_union(Distillation)
 MetaConfigUnion = config_union(MetaLearning)
 
 
+MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; larger ones name nothing
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
 class Strict(BaseModel):
+    """A request body: unknown fields are refused, and so is text no store or tokenizer can hold."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        problem = first_text_problem(data)
+        if problem:
+            raise ValueError(f"a text value {problem}; remove it")
+        return data
 
 
 class ErrorBody(BaseModel):
@@ -58,7 +73,7 @@ class EnsembleTop(Strict):
     top: int = Field(ge=1, le=16, description="The task's k best versions by validation score.")
 
 
-PromptIds = Annotated[list[Annotated[int, Field(ge=1, le=2**31 - 1)]], Field(min_length=1, max_length=16)]
+PromptIds = Annotated[list[RowId], Field(min_length=1, max_length=16)]
 
 
 def ensemble_spec(value: PromptIds | EnsembleTop | None) -> list[int] | dict[str, int] | None:
@@ -116,8 +131,8 @@ class _JobCreateBase(Strict):
 class TrainJobCreate(_JobCreateBase):
     type: Literal["train"] = Field(default="train", description="Train the task's prompt on a dataset.")
     task: str | int = Field(description="Task id or name.")
-    dataset_id: int
-    validation_dataset_id: int | None = None
+    dataset_id: RowId
+    validation_dataset_id: RowId | None = None
     hyperparameters: TrainConfigUnion = Field(  # type: ignore[valid-type]
         default_factory=PromptConfig,
         description='The method (`method`, default "prompt") and its hyperparameters.',
@@ -157,8 +172,8 @@ class ContextTeacher(Strict):
 class DistillJobCreate(_JobCreateBase):
     type: Literal["distill"] = Field(description="Train a student prompt on a teacher's soft outputs.")
     task: str | int = Field(description="Task id or name.")
-    dataset_id: int = Field(description="Inputs (with outputs, or without when alpha is 0).")
-    validation_dataset_id: int | None = None
+    dataset_id: RowId = Field(description="Inputs (with outputs, or without when alpha is 0).")
+    validation_dataset_id: RowId | None = None
     teacher: PromptTeacher | ContextTeacher = Field(
         description='{"prompts": [ids]}: stored versions of the task; or {"instruction", "examples"?}: the frozen '
         "model reading them in its context (context distillation)."
@@ -171,7 +186,7 @@ class DistillJobCreate(_JobCreateBase):
 
 class MetaTask(Strict):
     task: str | int = Field(description="Task id or name.")
-    dataset_id: int = Field(description="A labeled dataset of the task.")
+    dataset_id: RowId = Field(description="A labeled dataset of the task.")
 
 
 class MetaInitJobCreate(_JobCreateBase):

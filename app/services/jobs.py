@@ -69,6 +69,15 @@ def check_method(session: Session, config: TrainConfig, model: FrozenModel | Non
             )
 
 
+def check_init_for_task(config: TrainConfig, task: Task) -> None:
+    """Refuse an init the task cannot give: label words of a task without labels."""
+    if config.init == "labels" and task.kind != "classification":
+        raise InvalidInput(
+            f'init "labels" starts from the label words, and {task.kind} task {task.name!r} has none; use "text"',
+            code="init_prompt_invalid",
+        )
+
+
 def enqueue_training(
     session: Session,
     *,
@@ -90,6 +99,7 @@ def enqueue_training(
             code="init_prompt_invalid",
         )
     check_method(session, config, model)
+    check_init_for_task(config, task)
     datasets = [get_dataset(session, dataset_id, with_examples=True)]
     if validation_dataset_id is not None:
         datasets.append(get_dataset(session, validation_dataset_id, with_examples=True))

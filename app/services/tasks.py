@@ -13,6 +13,7 @@ from app.engine.runtime import ModelRuntime
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services import ensembles
+from app.text_checks import text_problem
 
 PLACEHOLDER = "{input}"
 MAX_LABEL_CHARS = 100
@@ -23,11 +24,18 @@ def task_spec(task: Task) -> TaskSpec:
     return TaskSpec(kind=task.kind, template=task.template, labels=tuple(task.labels))  # type: ignore[arg-type]
 
 
+MAX_TASK_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL: a larger number names no task
+
+
 def resolve_task(session: Session, ref: str | int) -> Task:
     """A task by its id or its unique name, or NotFound."""
     repo = TaskRepository(session)
     text = str(ref).strip()
-    task = repo.get(int(text)) if text.isdigit() else repo.get_by_name(text)
+    if text.isascii() and text.isdigit():  # "²".isdigit() is true too, and int() refuses it
+        task = repo.get(int(text)) if int(text) <= MAX_TASK_ID else None
+    else:
+        # A name no task can have (NUL, lone surrogates) is not looked up: PostgreSQL refuses NUL in a query.
+        task = repo.get_by_name(text) if text_problem(text) is None else None
     if task is None:
         raise NotFound(f"no task with id or name {text!r}; GET /v1/tasks lists them", code="task_not_found")
     return task

@@ -14,7 +14,7 @@ from app.engine.text import context_template
 from app.errors import Conflict, InvalidInput
 from app.services.datasets import check_labels, get_dataset, require_labeled
 from app.services.job_types import Distillation, MetaLearning, split_options
-from app.services.jobs import check_fits_context, check_method
+from app.services.jobs import check_fits_context, check_init_for_task, check_method
 from app.services.tasks import resolve_task, task_spec
 
 MIN_META_TASKS = 3
@@ -94,6 +94,7 @@ def enqueue_distill(
     method_part, distillation = split_options(stored, Distillation)
     config = get_method(hyperparameters.method).config_type.model_validate(method_part)
     check_method(session, config, model)
+    check_init_for_task(config, task)
     if "prompts" in teacher:
         _teachers(session, task, teacher["prompts"], model)
     dataset = get_dataset(session, dataset_id, with_examples=True)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep, SettingsDep
 from app.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, ErrorResponse
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.services import datasets as service
@@ -139,7 +139,7 @@ def list_datasets(session: ReadSessionDep, limit: LimitDep, offset: OffsetDep) -
 
 
 @router.get("/{dataset_id}", responses={404: {"model": ErrorResponse}})
-def get_dataset(dataset_id: int, session: ReadSessionDep) -> DatasetDetail:
+def get_dataset(dataset_id: IdPath, session: ReadSessionDep) -> DatasetDetail:
     """One dataset with a preview of its first examples."""
     dataset = service.get_dataset(session, dataset_id, with_examples=True)
     preview = dataset.examples[: service.PREVIEW_EXAMPLES]
@@ -151,7 +151,7 @@ def get_dataset(dataset_id: int, session: ReadSessionDep) -> DatasetDetail:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
-def delete_dataset(dataset_id: int, session: SessionDep) -> Response:
+def delete_dataset(dataset_id: IdPath, session: SessionDep) -> Response:
     """Delete a dataset no unfinished job needs."""
     service.delete_dataset(session, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

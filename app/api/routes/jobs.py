@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, SettingsDep
 from app.api.schemas import (
     DistillJobCreate,
     ErrorResponse,
@@ -112,17 +112,17 @@ def list_jobs(
 
 
 @router.get("/{job_id}", responses={404: {"model": ErrorResponse}})
-def get_job(job_id: int, session: ReadSessionDep) -> JobOut:
+def get_job(job_id: IdPath, session: ReadSessionDep) -> JobOut:
     """One job with its progress."""
     return job_out(session, service.get_job(session, job_id))
 
 
 @router.get("/{job_id}/events", responses={404: {"model": ErrorResponse}})
 def get_job_events(
-    job_id: int,
+    job_id: IdPath,
     session: ReadSessionDep,
     limit: LimitDep,
-    after: int = Query(0, ge=0, description="Only events with an id above this (for polling)."),
+    after: int = Query(0, ge=0, le=MAX_ID, description="Only events with an id above this (for polling)."),
 ) -> list[JobEventOut]:
     """The job's ordered log: queued, started, metrics, finished or failed with the reason."""
     return [JobEventOut.model_validate(e) for e in service.job_events(session, job_id, after_id=after, limit=limit)]
@@ -133,6 +133,6 @@ def get_job_events(
     status_code=status.HTTP_202_ACCEPTED,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+def cancel_job(job_id: IdPath, session: SessionDep) -> JobOut:
     """Cancel a queued job now, or a running one at its next step."""
     return job_out(session, service.cancel_job(session, job_id))

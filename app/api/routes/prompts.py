@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
+from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
 from app.db.models import Prompt, PromptKind
 from app.services import prompts as service
@@ -55,19 +55,19 @@ def list_prompts(
 
 
 @router.get("/{prompt_id}", responses={404: {"model": ErrorResponse}})
-def get_prompt(prompt_id: int, session: ReadSessionDep) -> PromptOut:
+def get_prompt(prompt_id: IdPath, session: ReadSessionDep) -> PromptOut:
     """One prompt version's metadata."""
     return prompt_out(session, [service.get_prompt(session, prompt_id)])[0]
 
 
 @router.delete("/{prompt_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorResponse}})
-def delete_prompt(prompt_id: int, session: SessionDep, runtime: RuntimeDep) -> Response:
+def delete_prompt(prompt_id: IdPath, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Delete a version; an active one falls back to the previous version, or the task becomes untrained."""
     service.delete_prompt(session, prompt_id, runtime)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{prompt_id}/activate", responses={404: {"model": ErrorResponse}})
-def activate_prompt(prompt_id: int, session: SessionDep) -> PromptOut:
+def activate_prompt(prompt_id: IdPath, session: SessionDep) -> PromptOut:
     """Serve this version for its task from the next request on."""
     return prompt_out(session, [service.activate_prompt(session, prompt_id)])[0]

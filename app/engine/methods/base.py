@@ -20,6 +20,7 @@ from app.engine.artifact import Artifact
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments
 from app.engine.text import TaskSpec
+from app.text_checks import first_text_problem
 
 InitKind = Literal["text", "vocab", "random", "labels", "auto"]
 
@@ -70,7 +71,17 @@ class TrainConfig(BaseModel):
     max_validation_examples: int = Field(
         default=200, ge=1, description="Most validation examples scored per evaluation."
     )
-    seed: int = Field(default=0, ge=0, description="Seeds the split, the initialisation and batch sampling.")
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="Seeds the split, the initialisation and batch sampling."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        problem = first_text_problem(data)
+        if problem:
+            raise ValueError(f"a text value {problem}; remove it")
+        return data
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
