@@ -56,9 +56,15 @@ class TaskRepository(_Repository[Task]):
 
 
 class DatasetRepository(_Repository[Dataset]):
-    def get(self, dataset_id: int, *, with_examples: bool = False) -> Dataset | None:
+    def get(self, dataset_id: int, *, with_examples: bool = False, lock: str | None = None) -> Dataset | None:
+        """A dataset; lock "share" (a job about to reference it) or "update" (about to delete it) holds its row
+        for the transaction on PostgreSQL, so a job and a delete of the same dataset never interleave (SQLite
+        serialises writers anyway)."""
         options = [] if with_examples else [defer(Dataset.examples)]
-        return self.session.get(Dataset, dataset_id, options=options)
+        if lock is None:
+            return self.session.get(Dataset, dataset_id, options=options)
+        stmt = select(Dataset).options(*options).where(Dataset.id == dataset_id)
+        return self.session.scalar(stmt.with_for_update(read=lock == "share"))
 
     def list(self, *, limit: int, offset: int) -> Sequence[Dataset]:
         stmt = select(Dataset).options(defer(Dataset.examples)).order_by(Dataset.id).limit(limit).offset(offset)

@@ -50,8 +50,8 @@ def create_from_body(session: Session, *, name: str, items: list[dict[str, Any]]
     return _store(session, name, parse_examples(items, max_examples=max_examples))
 
 
-def get_dataset(session: Session, dataset_id: int, *, with_examples: bool = False) -> Dataset:
-    dataset = DatasetRepository(session).get(dataset_id, with_examples=with_examples)
+def get_dataset(session: Session, dataset_id: int, *, with_examples: bool = False, lock: str | None = None) -> Dataset:
+    dataset = DatasetRepository(session).get(dataset_id, with_examples=with_examples, lock=lock)
     if dataset is None:
         raise NotFound(f"no dataset with id {dataset_id}; GET /v1/datasets lists them", code="dataset_not_found")
     return dataset
@@ -64,7 +64,9 @@ def list_datasets(session: Session, *, limit: int, offset: int) -> Sequence[Data
 def delete_dataset(session: Session, dataset_id: int) -> None:
     """Delete a dataset unless a queued or running job still needs it."""
     repo = DatasetRepository(session)
-    dataset = get_dataset(session, dataset_id)
+    # Locked first: a job being queued for it either committed before (and is seen below) or waits, then finds
+    # the dataset gone (404), never a job pointing at a deleted dataset.
+    dataset = get_dataset(session, dataset_id, lock="update")
     busy = repo.active_job_ids(dataset_id)
     if busy:
         raise Conflict(

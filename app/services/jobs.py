@@ -100,9 +100,9 @@ def enqueue_training(
         )
     check_method(session, config, model)
     check_init_for_task(config, task)
-    datasets = [get_dataset(session, dataset_id, with_examples=True)]
+    datasets = [get_dataset(session, dataset_id, with_examples=True, lock="share")]
     if validation_dataset_id is not None:
-        datasets.append(get_dataset(session, validation_dataset_id, with_examples=True))
+        datasets.append(get_dataset(session, validation_dataset_id, with_examples=True, lock="share"))
     for dataset in datasets:
         require_labeled(
             dataset,

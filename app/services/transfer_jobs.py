@@ -97,14 +97,14 @@ def enqueue_distill(
     check_init_for_task(config, task)
     if "prompts" in teacher:
         _teachers(session, task, teacher["prompts"], model)
-    dataset = get_dataset(session, dataset_id, with_examples=True)
+    dataset = get_dataset(session, dataset_id, with_examples=True, lock="share")
     if distillation.alpha > 0:
         require_labeled(
             dataset, f"for alpha {distillation.alpha} (its gold term); set alpha to 0 to learn from the teacher alone"
         )
     datasets = [dataset]
     if validation_dataset_id is not None:
-        datasets.append(get_dataset(session, validation_dataset_id, with_examples=True))
+        datasets.append(get_dataset(session, validation_dataset_id, with_examples=True, lock="share"))
     if validation_dataset_id is None and dataset.num_examples < 2:
         raise InvalidInput(
             f"dataset {dataset_id} has {dataset.num_examples} example; distillation needs at least 2 (one is held "
@@ -179,7 +179,7 @@ def enqueue_meta_init(
     positions = get_method(config.method).positions(config)
     for entry in tasks:
         task = resolve_task(session, entry["task"])
-        dataset = get_dataset(session, entry["dataset_id"], with_examples=True)
+        dataset = get_dataset(session, entry["dataset_id"], with_examples=True, lock="share")
         require_labeled(dataset, "to meta-learn from a task")
         if task.kind == "classification":
             check_labels(dataset, task.labels)
