@@ -16,6 +16,7 @@ DistillConfigUnion = config_union(Distillation)
 MetaConfigUnion = config_union(MetaLearning)
 
 
+MAX_LABELS = 1000  # every label is scored for every input: a bound on a request's work
 MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; larger ones name nothing
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
@@ -94,7 +95,11 @@ class TaskCreate(Strict):
         description="Unique; starts with a letter (so it never reads as an id).",
     )
     kind: Literal["classification", "generation"]
-    labels: list[str] = Field(default_factory=list, description="Required (two or more) for classification.")
+    labels: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_LABELS,
+        description=f"Required (two or more) for classification; at most {MAX_LABELS}.",
+    )
     template: str | None = Field(
         default=None, max_length=2000, description='Must contain "{input}"; a default is chosen per kind.'
     )

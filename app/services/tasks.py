@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from sqlalchemy.exc import IntegrityError
@@ -55,7 +56,7 @@ def _validate_labels(kind: str, labels: list[str]) -> list[str]:
                 f"labels[{index}] must be 1 to {MAX_LABEL_CHARS} characters (leading/trailing spaces are dropped)",
                 code="invalid_label",
             )
-    duplicates = sorted({label for label in cleaned if cleaned.count(label) > 1})
+    duplicates = sorted(label for label, count in Counter(cleaned).items() if count > 1)  # linear: labels may be many
     if duplicates:
         raise InvalidInput(f"labels must be distinct; repeated: {', '.join(duplicates)}", code="duplicate_labels")
     return cleaned
@@ -71,12 +72,12 @@ def _validate_template(kind: str, template: str | None) -> str:
 
 def create_task(session: Session, *, name: str, kind: str, labels: list[str], template: str | None) -> Task:
     """Validate and store a new untrained task."""
+    # Checked before the first query, so no work runs inside a transaction.
+    labels, template = _validate_labels(kind, labels), _validate_template(kind, template)
     repo = TaskRepository(session)
     if repo.get_by_name(name) is not None:
         raise Conflict(f"a task named {name!r} already exists; pick another name", code="task_name_taken")
-    task = Task(
-        name=name, kind=kind, labels=_validate_labels(kind, labels), template=_validate_template(kind, template)
-    )
+    task = Task(name=name, kind=kind, labels=labels, template=template)
     try:
         with session.begin_nested():
             repo.add(task)

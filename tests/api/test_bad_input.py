@@ -96,3 +96,12 @@ def test_an_init_the_task_cannot_give_is_refused_before_queueing(client: TestCli
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 422 and response.json()["error"]["code"] == "init_prompt_invalid"
     assert client.get("/v1/jobs").json() == []
+
+
+def test_a_task_with_too_many_labels_is_refused_and_duplicates_are_named(client: TestClient) -> None:
+    labels = [f"label{i}" for i in range(40_000)]
+    response = client.post("/v1/tasks", json={"name": "many", "kind": "classification", "labels": labels})
+    assert response.status_code == 422 and "1000" in response.json()["error"]["message"]
+    duplicated = [f"label{i}" for i in range(999)] + ["label0"]
+    response = client.post("/v1/tasks", json={"name": "dup", "kind": "classification", "labels": duplicated})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "duplicate_labels"
