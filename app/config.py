@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     load_model: bool = Field(default=True, description="Load the frozen model at start-up (off: API only).")
     run_worker: bool = Field(default=True, description="Run one training worker thread inside the API process.")
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest accepted dataset upload.")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest accepted request body other than a dataset upload."
+    )
     max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
     max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
     pool_capacity: int = Field(default=1024, gt=0, description="Prompts whose keys/values stay cached on the device.")

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
 from app.api.routes import datasets, health, infer, jobs, prompts, tasks
 from app.config import Settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimits, default=settings.max_body_bytes, uploads=settings.max_upload_bytes)
     for module in (health, tasks, datasets, jobs, prompts, infer):
         app.include_router(module.router)
     return app

@@ -9,7 +9,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
+from app.api.body_limits import UPLOAD_PATH
 from app.errors import AppError
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,14 @@ def install_error_handlers(app: FastAPI) -> None:
                 "JSON object",
             )
         code = HTTP_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 413 and MAX_BODY_SIZE_SCOPE_KEY in _request.scope:
+            limit = _request.scope[MAX_BODY_SIZE_SCOPE_KEY]
+            setting = (
+                "PROMPTBANK_MAX_UPLOAD_BYTES"
+                if _request.url.path.rstrip("/") == UPLOAD_PATH
+                else ("PROMPTBANK_MAX_BODY_BYTES")
+            )
+            return error_response(413, code, f"the request body is over the limit of {limit} bytes ({setting})")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

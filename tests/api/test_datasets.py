@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
+import anyio
 from fastapi.testclient import TestClient
 
 
@@ -93,3 +95,64 @@ def test_inputs_without_outputs_make_an_unlabeled_dataset_in_every_format(client
         assert detail["preview"] == [{"input": "first text"}, {"input": "second, with a comma"}]
     labeled = client.post("/v1/datasets", json={"name": "l", "examples": [{"input": "a", "output": "b"}]}).json()
     assert labeled["labeled"] is True
+
+
+def _send_chunked(app: Any, path: str, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, dict[str, Any], int]:
+    """Call the ASGI app with a body that arrives in chunks, without a Content-Length: (status, JSON body, chunks
+    the app read)."""
+    read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        read += 1
+        more = read < len(chunks)
+        return {"type": "http.request", "body": chunks[read - 1] if read <= len(chunks) else b"", "more_body": more}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    anyio.run(app, scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), read
+
+
+def test_every_body_is_bounded_as_it_streams_in(client_with: Callable[..., TestClient]) -> None:
+    client = client_with(max_upload_bytes=10_000, max_body_bytes=2_000)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.jsonl"\r\n\r\n'
+    chunks = [head] + [b'{"input": "' + b"x" * 1000 + b'", "output": "y"}\n'] * 1000
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    status, body, read = _send_chunked(client.app, "/v1/datasets", headers, chunks)
+    assert status == 413 and body["error"]["code"] == "payload_too_large"
+    assert "PROMPTBANK_MAX_UPLOAD_BYTES" in body["error"]["message"]
+    assert read < 20  # it stopped reading at the limit: 10 KB of a 1 MB body
+    for path, request in (
+        ("/v1/tasks", {"name": "t", "kind": "generation", "template": "x" * 3000 + " {input}"}),
+        ("/v1/infer", {"task": "t", "inputs": ["x" * 3000]}),
+        ("/v1/jobs", {"task": "t", "dataset_id": 1, "hyperparameters": {"init_text": "x" * 3000}}),
+    ):
+        response = client.post(path, json=request)  # with a Content-Length: refused before reading
+        assert response.status_code == 413, (path, response.text)
+        assert "PROMPTBANK_MAX_BODY_BYTES" in response.json()["error"]["message"]
+        data = json.dumps(request).encode()
+        status, body, _ = _send_chunked(
+            client.app, path, {"content-type": "application/json"}, [data[:1500], data[1500:]]
+        )
+        assert status == 413 and "PROMPTBANK_MAX_BODY_BYTES" in body["error"]["message"], (path, body)
+    assert client.get("/v1/datasets").json() == [] and client.get("/v1/tasks").json() == []
