@@ -144,6 +144,15 @@ def _parse_jsonl(lines: list[str], *, max_examples: int) -> list[Example]:
     return finish_examples(examples, errors, numbers)
 
 
+def loads_without_duplicates(text: str | bytes) -> Any:
+    """json.loads that refuses an object with a key twice (json keeps the last: a silently dropped "output" is a
+    wrong label). Raises ValueError saying which key, or json.JSONDecodeError / RecursionError as json does."""
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise ValueError(f'field "{exc.key}" appears twice in one object') from None
+
+
 class _DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)

@@ -105,3 +105,14 @@ def test_a_task_with_too_many_labels_is_refused_and_duplicates_are_named(client:
     duplicated = [f"label{i}" for i in range(999)] + ["label0"]
     response = client.post("/v1/tasks", json={"name": "dup", "kind": "classification", "labels": duplicated})
     assert response.status_code == 422 and response.json()["error"]["code"] == "duplicate_labels"
+
+
+def test_a_dataset_body_with_a_key_twice_is_refused_not_silently_relabeled(client: TestClient) -> None:
+    raw = b'{"name": "d", "examples": [{"input": "a", "output": "yes", "output": "no"}]}'
+    response = client.post("/v1/datasets", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_json"
+    assert '"output" appears twice' in response.json()["error"]["message"]
+    deep = b'{"name": "d", "examples": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = client.post("/v1/datasets", content=deep, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "nested too deeply" in response.json()["error"]["message"]
+    assert client.get("/v1/datasets").json() == []

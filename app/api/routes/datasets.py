@@ -14,6 +14,7 @@ from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep
 from app.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, ErrorResponse
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.services import datasets as service
+from app.services.dataset_parsing import loads_without_duplicates
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -84,11 +85,14 @@ async def read_upload(request: Request, settings: SettingsDep) -> Upload:
     if content_type.startswith("application/json") or not content_type:
         raw = await _read_limited(request, limit)
         try:
-            parsed: Any = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            parsed: Any = loads_without_duplicates(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise InvalidInput(
-                f"the request body is not valid JSON ({exc}); send a JSON object", code="invalid_json"
+                f"the request body is not valid JSON ({reason}); send a JSON object", code="invalid_json"
             ) from exc
+        except ValueError as exc:  # a key twice, or a number too long to read
+            raise InvalidInput(f"the request body is refused: {exc}", code="invalid_json") from exc
         try:
             return Upload(body=DatasetCreate.model_validate(parsed))
         except ValidationError as exc:
