@@ -113,6 +113,8 @@ class Worker:
                     repo.add_event(job.id, "failed", job.error)
                 else:
                     job.status = JobStatus.queued
+                    # The next attempt starts from step 0: the dead attempt's progress would read as done work.
+                    job.progress = {"step": 0, "total_steps": (job.progress or {}).get("total_steps", 0)}
                     repo.add_event(
                         job.id,
                         "requeued",
@@ -136,7 +138,8 @@ class Worker:
         except WorkerStopping:
             with self.sessions.begin() as session:
                 repo = JobRepository(session)
-                if repo.release(job_id, self.worker_id):
+                restart = {"step": 0, "total_steps": beat.progress.get("total_steps", 0)}
+                if repo.release(job_id, self.worker_id, progress=restart):
                     repo.add_event(job_id, "requeued", f"worker {self.worker_id} is shutting down; queued again")
             return
         except Exception as exc:

@@ -212,12 +212,15 @@ class JobRepository(_Repository[Job]):
         )
         return self.session.execute(stmt).scalar_one_or_none() is not None
 
-    def release(self, job_id: int, worker_id: str) -> bool:
+    def release(self, job_id: int, worker_id: str, progress: dict[str, Any] | None = None) -> bool:
         """Hand a running job back to the queue without counting the attempt (its worker is shutting down)."""
+        values: dict[str, Any] = {"status": JobStatus.queued, "worker_id": None, "attempts": Job.attempts - 1}
+        if progress is not None:
+            values["progress"] = progress
         stmt = (
             update(Job)
             .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running)
-            .values(status=JobStatus.queued, worker_id=None, attempts=Job.attempts - 1)
+            .values(**values)
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         )

@@ -46,8 +46,18 @@ def test_job_of_a_dead_worker_is_requeued_then_finished(
         session.execute(
             update(Job)
             .where(Job.id == job["id"])
-            .values(status="running", worker_id="dead-worker", attempts=1, heartbeat_at=utcnow() - timedelta(minutes=5))
+            .values(
+                status="running",
+                worker_id="dead-worker",
+                attempts=1,
+                heartbeat_at=utcnow() - timedelta(minutes=5),
+                progress={"step": 2, "total_steps": 3, "loss": 0.5},
+            )
         )
+    Worker(factory, lambda: frozen, WorkerSettings(heartbeat_timeout_seconds=30)).requeue_stale()
+    requeued = client.get(f"/v1/jobs/{job['id']}").json()
+    assert requeued["status"] == "queued" and requeued["progress"]["step"] == 0  # the dead attempt's step is gone
+    assert requeued["progress"]["total_steps"] == 3 and requeued["progress"]["loss"] is None
     worker = Worker(
         factory, lambda: frozen, WorkerSettings(poll_seconds=0.05, heartbeat_seconds=0.2, heartbeat_timeout_seconds=30)
     )
