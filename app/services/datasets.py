@@ -12,11 +12,15 @@ from app.db.repositories import DatasetRepository
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services.dataset_examples import Example, dataset_labels, parse_examples
 from app.services.dataset_parsing import parse_upload
+from app.text_checks import text_problem
 
 PREVIEW_EXAMPLES = 5
 
 
 def _store(session: Session, name: str, examples: list[Example]) -> Dataset:
+    problem = text_problem(name)
+    if problem:  # a form field or a file name can carry what a JSON body's checks would refuse
+        raise InvalidInput(f"the dataset name {problem}; rename it", code="invalid_name")
     labeled = examples[0].output is not None  # parsing refuses a mix of labeled and unlabeled examples
     dataset = Dataset(
         name=name,

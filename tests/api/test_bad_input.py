@@ -116,3 +116,10 @@ def test_a_dataset_body_with_a_key_twice_is_refused_not_silently_relabeled(clien
     response = client.post("/v1/datasets", content=deep, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "nested too deeply" in response.json()["error"]["message"]
     assert client.get("/v1/datasets").json() == []
+
+
+def test_an_upload_named_with_unstorable_text_is_refused(client: TestClient) -> None:
+    data = b'{"input": "a", "output": "b"}\n'
+    response = client.post("/v1/datasets", files={"file": ("d.jsonl", data)}, data={"name": "bad\x00name"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_name", response.text
+    assert client.get("/v1/datasets").json() == []
