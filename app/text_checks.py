@@ -18,6 +18,14 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def refuse_unstorable(data: Any) -> Any:
+    """data unchanged, or ValueError naming what no store can hold (a pydantic "before" validator's body)."""
+    problem = first_text_problem(data)
+    if problem:
+        raise ValueError(f"a text value {problem}; remove it")
+    return data
+
+
 def first_text_problem(value: Any) -> str | None:
     """The first unstorable string anywhere in a JSON-like value (strings, lists, dicts, keys included)."""
     if isinstance(value, str):

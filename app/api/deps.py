@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.base import MAX_ID
 from app.db.models import Task
 from app.engine.runtime import ModelRuntime
 from app.services.tasks import resolve_task
@@ -56,9 +57,6 @@ def _task_for_read(session: ReadSessionDep, task: Annotated[str, Path(descriptio
 
 TaskDep = Annotated[Task, Depends(_task_for_read)]
 WritableTaskDep = Annotated[Task, Depends(_task_for_write)]
-
-
-MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL
 
 
 def _page_limit(limit: int = Query(100, ge=1, le=1000, description="Most rows to return.")) -> int:

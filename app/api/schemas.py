@@ -7,17 +7,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
 
+from app.db.base import MAX_ID
 from app.engine.methods import TrainConfigUnion, config_union
 from app.engine.methods.prompt import PromptConfig
 from app.services.job_types import JOB_TYPES, Distillation, LengthSearch, MetaLearning
-from app.text_checks import first_text_problem
+from app.text_checks import refuse_unstorable
 
 DistillConfigUnion = config_union(Distillation)
 MetaConfigUnion = config_union(MetaLearning)
 
 
 MAX_LABELS = 1000  # every label is scored for every input: a bound on a request's work
-MAX_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL; larger ones name nothing
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
@@ -29,10 +29,7 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable_text(cls, data: Any) -> Any:
-        problem = first_text_problem(data)
-        if problem:
-            raise ValueError(f"a text value {problem}; remove it")
-        return data
+        return refuse_unstorable(data)
 
 
 class ErrorBody(BaseModel):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.errors import AppError, InvalidInput, PayloadTooLarge
+from app.text_checks import text_problem
 
 FIELDS = ("input", "output")
 MAX_REPORTED_ERRORS = 50
@@ -113,15 +114,8 @@ def text_problems(kind: str, name: str, value: str) -> list[str]:
         return [f'{kind} "{name}" is empty']
     if value.isspace():
         return [f'{kind} "{name}" is only whitespace']
-    if "\x00" in value:
-        # PostgreSQL text cannot hold NUL; refusing here beats a 500 from the database later.
-        return [f'{kind} "{name}" contains a NUL character']
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        # Reachable through a JSON escape like "\ud800": a lone surrogate, which no UTF-8 store accepts.
-        return [f'{kind} "{name}" contains an unpaired surrogate escape']
-    return []
+    problem = text_problem(value)  # NUL or a lone surrogate: refused here rather than a 500 from the store later
+    return [f'{kind} "{name}" {problem}'] if problem else []
 
 
 def finish_examples(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db.base import MAX_ID
 from app.db.models import Task
 from app.db.repositories import TaskRepository
 from app.engine.runtime import ModelRuntime
@@ -25,15 +26,12 @@ def task_spec(task: Task) -> TaskSpec:
     return TaskSpec(kind=task.kind, template=task.template, labels=tuple(task.labels))  # type: ignore[arg-type]
 
 
-MAX_TASK_ID = 2**31 - 1  # ids are 32-bit on PostgreSQL: a larger number names no task
-
-
 def resolve_task(session: Session, ref: str | int) -> Task:
     """A task by its id or its unique name, or NotFound."""
     repo = TaskRepository(session)
     text = str(ref).strip()
     if text.isascii() and text.isdigit():  # "²".isdigit() is true too, and int() refuses it
-        task = repo.get(int(text)) if int(text) <= MAX_TASK_ID else None
+        task = repo.get(int(text)) if int(text) <= MAX_ID else None
     else:
         # A name no task can have (NUL, lone surrogates) is not looked up: PostgreSQL refuses NUL in a query.
         task = repo.get_by_name(text) if text_problem(text) is None else None

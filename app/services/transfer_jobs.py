@@ -10,7 +10,7 @@ from app.db.models import Job, JobStatus, Prompt, Task
 from app.db.repositories import JobRepository, PromptRepository
 from app.engine.methods import TrainConfig, get_method
 from app.engine.model import FrozenModel
-from app.engine.text import context_template
+from app.engine.text import context_template, render
 from app.errors import Conflict, InvalidInput
 from app.services.datasets import check_labels, get_dataset, require_labeled
 from app.services.job_types import Distillation, MetaLearning, split_options
@@ -144,7 +144,7 @@ def _check_teacher_context(
         model.encode(spec.template)
     )
     for number, example in enumerate(examples, start=1):
-        needed = overhead + len(model.encode(spec.template.replace("{input}", example["input"]))) + 1
+        needed = overhead + len(model.encode(render(spec.template, example["input"]))) + 1
         if needed > model.max_positions:
             raise InvalidInput(
                 f"example {number} needs about {needed} tokens after the teacher's instruction and examples, more "

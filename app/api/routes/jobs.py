@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import MAX_ID, IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, SettingsDep
+from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, SettingsDep
 from app.api.schemas import (
     DistillJobCreate,
     ErrorResponse,
@@ -18,6 +18,7 @@ from app.api.schemas import (
     LengthSearchJobCreate,
     MetaInitJobCreate,
 )
+from app.db.base import MAX_ID
 from app.db.models import Job, JobStatus
 from app.engine.model import FrozenModel
 from app.services import jobs as service

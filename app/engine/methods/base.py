@@ -20,7 +20,7 @@ from app.engine.artifact import Artifact
 from app.engine.model import FrozenModel
 from app.engine.segments import Segments
 from app.engine.text import TaskSpec
-from app.text_checks import first_text_problem
+from app.text_checks import refuse_unstorable
 
 InitKind = Literal["text", "vocab", "random", "labels", "auto"]
 
@@ -78,10 +78,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable_text(cls, data: Any) -> Any:
-        problem = first_text_problem(data)
-        if problem:
-            raise ValueError(f"a text value {problem}; remove it")
-        return data
+        return refuse_unstorable(data)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
