@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,33 @@ class Settings(BaseSettings):
         default=True, description="Run Alembic migrations at start-up (turn off where a migrate job does it)."
     )
     log_level: str = Field(default="INFO")
+    # --- tenants, keys, limits (README "Keys, tenants and quotas") ---
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="A key with every scope in the tenant 'default'; setting it (or creating any key) turns on auth.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Let single-user mode (no keys) answer clients other than localhost; off unless you mean it.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the API from; empty: no cross-origin calls."
+    )
+    public_docs: bool = Field(
+        default=True, description="/docs and /openapi.json without a key (off: they need a key with read scope)."
+    )
+    key_requests_per_second: float = Field(
+        default=20.0, ge=0, description="Default rate limit of a key (0: none); bursts of twice as many pass."
+    )
+    key_active_jobs: int = Field(
+        default=4, ge=0, description="Default queued + running jobs per key's tenant (0: none)."
+    )
+    key_stored_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Default bytes of datasets and prompts per key's tenant (0: none)."
+    )
+    key_dataset_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=0, description="Default largest dataset (stored bytes) a key may upload (0: none)."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -11,12 +11,42 @@ class AppError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.details = details
+        self.headers = headers
+
+
+class Unauthorized(AppError):
+    """No key, or a key that is unknown or revoked."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(AppError):
+    """A valid key without the scope the endpoint needs."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequests(AppError):
+    """A rate limit or quota: retry after `retry_after` seconds (or after freeing what the quota counts)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
 
 
 class NotFound(AppError):

@@ -7,11 +7,15 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
+from app.api.auth import AuthState, need_read
 from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
-from app.api.routes import datasets, health, infer, jobs, prompts, tasks
+from app.api.routes import datasets, health, infer, jobs, keys, prompts, tasks
 from app.config import Settings
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
 from app.engine.batcher import BatcherOptions
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             (lambda: load_configured_model(settings)) if settings.load_model else None, serving_options(settings)
         )
         app.state.settings = settings
+        app.state.auth = AuthState(settings)
         app.state.session_factory = make_session_factory(engine)
         app.state.read_session_factory = make_read_session_factory(engine)
         model_runtime.start(make_prompt_loader(app.state.read_session_factory, lambda: model_runtime.wait(0)))
@@ -74,17 +79,42 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             model_runtime.close()
             engine.dispose()
 
+    public = settings.public_docs
     app = FastAPI(
         title="promptbank",
         version="0.1.0",
         summary="Many NLP tasks on one frozen language model; each task is a learned soft prompt.",
         lifespan=lifespan,
+        docs_url="/docs" if public else None,
+        redoc_url="/redoc" if public else None,
+        openapi_url="/openapi.json" if public else None,
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimits, default=settings.max_body_bytes, uploads=settings.max_upload_bytes)
-    for module in (health, tasks, datasets, jobs, prompts, infer):
+    if settings.cors_origins:  # closed by default: without the middleware no browser may call across origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    for module in (health, tasks, datasets, jobs, prompts, infer, keys):
         app.include_router(module.router)
+    if not public:
+        _docs_behind_keys(app)
     return app
+
+
+def _docs_behind_keys(app: FastAPI) -> None:
+    """/openapi.json and /docs for callers with the read scope (PROMPTBANK_PUBLIC_DOCS=false)."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(need_read)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(need_read)])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="promptbank")
 
 
 app = create_app()

@@ -90,6 +90,7 @@ class HttpService:
                 for task_id, prompt in zip(task_ids, self.prompts, strict=True):
                     store_prompt(
                         session,
+                        tenant="default",
                         task_id=task_id,
                         artifact=Artifact("prompt", {"prompt": prompt}),
                         positions=int(prompt.shape[0]),

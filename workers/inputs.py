@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db.models import Job
-from app.db.repositories import DatasetRepository, PromptRepository, TaskRepository
+from app.db.repositories import DatasetRepository, PromptRepository, TaskRepository, scope_session
 from app.engine.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method
 from app.engine.model import FrozenModel
@@ -52,7 +52,12 @@ class JobInputs:
 
 
 def load_inputs(session: Session, job: Job, config: TrainConfig, model: FrozenModel) -> JobInputs:
-    """Everything job reads; ValueError (the job fails, saying what) when something it names was deleted."""
+    """Everything job reads; ValueError (the job fails, saying what) when something it names was deleted.
+
+    Read as the job's tenant: whatever the job names (checked when it was queued) or picks by itself (the
+    candidates of "init": "auto") is the tenant's own.
+    """
+    scope_session(session, job.tenant)
     spec = None
     if job.task_id is not None:
         task = TaskRepository(session).get(job.task_id)

@@ -167,6 +167,7 @@ class Worker:
             config = parse_config(job_config(job.type, hyperparameters))
             # The trainer refuses rows longer than the context itself, naming the example.
             model = self.get_model()
+            tenant = job.tenant
             inputs = load_inputs(session, job, config, model)
             task_id, dataset_id, options = job.task_id, job.dataset_id, dict(job.options or {})
             lineage: dict[str, Any] = {
@@ -201,6 +202,7 @@ class Worker:
             repo = JobRepository(session)
             prompt = store_prompt(
                 session,
+                tenant=tenant,
                 task_id=task_id,
                 artifact=result.artifact,
                 positions=result.positions,

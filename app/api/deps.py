@@ -8,10 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from app.api.auth import Principal, PrincipalDep, need_admin, need_infer, need_read, need_train
 from app.config import Settings
 from app.db.base import MAX_ID
 from app.db.models import Task
+from app.db.repositories import scope_session
 from app.engine.runtime import ModelRuntime
+from app.services.audit import act_as
 from app.services.tasks import resolve_task
 
 
@@ -19,9 +22,11 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for a request that may write: committed when the route returns, rolled back on any error."""
+def get_session(request: Request, principal: PrincipalDep) -> Iterator[Session]:
+    """A session for a request that may write, scoped to the caller's tenant: committed when the route returns,
+    rolled back on any error."""
     with request.app.state.session_factory() as session:
+        act_as(scope_session(session, principal.tenant), principal.actor)
         try:
             yield session
             session.commit()
@@ -30,10 +35,10 @@ def get_session(request: Request) -> Iterator[Session]:
             raise
 
 
-def get_read_session(request: Request) -> Iterator[Session]:
-    """A session for a request that only reads (never holds SQLite's write lock)."""
+def get_read_session(request: Request, principal: PrincipalDep) -> Iterator[Session]:
+    """A session for a request that only reads (never holds SQLite's write lock), scoped to the caller's tenant."""
     with request.app.state.read_session_factory() as session:
-        yield session
+        yield scope_session(session, principal.tenant)
 
 
 def get_runtime(request: Request) -> ModelRuntime:
@@ -54,6 +59,14 @@ def _task_for_write(session: SessionDep, task: Annotated[str, Path(description="
 def _task_for_read(session: ReadSessionDep, task: Annotated[str, Path(description="Task id or name")]) -> Task:
     return resolve_task(session, task)
 
+
+# The caller, let through only with the scope the route needs (403 otherwise).
+# (as a parameter where the route reads the principal, else in the route's dependencies=[...])
+READ, INFER, TRAIN, ADMIN = (Depends(need) for need in (need_read, need_infer, need_train, need_admin))
+Reader = Annotated[Principal, READ]
+Inferrer = Annotated[Principal, INFER]
+Trainer = Annotated[Principal, TRAIN]
+AdminDep = Annotated[Principal, ADMIN]
 
 TaskDep = Annotated[Task, Depends(_task_for_read)]
 WritableTaskDep = Annotated[Task, Depends(_task_for_write)]

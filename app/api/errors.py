@@ -47,7 +47,7 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+        headers = exc.headers or ({"Retry-After": "5"} if exc.status_code == 503 else None)
         return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -1,4 +1,5 @@
-"""Tables: tasks, datasets, jobs (+ their event log) and prompt versions.
+"""Tables: tasks, datasets, jobs (+ their event log) and prompt versions, each owned by a tenant; API keys and the
+audit log.
 
 Ids are never reused, on any backend: PostgreSQL sequences never go back, and SQLite tables are AUTOINCREMENT
 (without it SQLite hands a deleted row's id to the next insert, and a process that cached the old prompt under that
@@ -64,13 +65,22 @@ class PromptKind(enum.StrEnum):
 
 FINISHED_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
+# The tenant of single-user mode, of the PROMPTBANK_ADMIN_KEY, and of every row stored before tenants existed.
+DEFAULT_TENANT = "default"
+
+
+def _tenant_column() -> Mapped[str]:
+    return mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT, index=True)
+
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    # names are unique per tenant: another tenant's names are neither taken nor revealed
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_tasks_tenant_name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = _tenant_column()
+    name: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     template: Mapped[str] = mapped_column(Text)
@@ -92,8 +102,11 @@ class Dataset(Base):
     __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = _tenant_column()
     name: Mapped[str] = mapped_column(String(200))
     num_examples: Mapped[int] = mapped_column(Integer)
+    # bytes of the examples as stored (what a tenant's storage quota counts); 0 for datasets stored before it
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     # [{"input": ..., "output": ...}, ...]; a dataset is written once and read whole by a training job.
     examples: Mapped[list[dict[str, str]]] = mapped_column(JSON)
@@ -107,6 +120,7 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_claim", "status", "priority", "id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = _tenant_column()
     type: Mapped[str] = mapped_column(String(32))
     # None for a job that serves no one task (a meta_init job reads several; they are in its options)
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True, nullable=True)
@@ -161,7 +175,8 @@ class Prompt(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # None for a meta-initialisation: a prompt of no task, numbered among the meta-initialisations
+    tenant: Mapped[str] = _tenant_column()
+    # None for a meta-initialisation: a prompt of no task, numbered among the tenant's meta-initialisations
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True, nullable=True)
     kind: Mapped[str] = mapped_column(String(16), default=PromptKind.task, server_default="task")
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -185,3 +200,38 @@ class Prompt(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     task: Mapped[Task | None] = relationship(back_populates="prompts")
+
+
+class ApiKey(Base):
+    """A bearer key: only its SHA-256 is stored; revoked keys stay (an id is never reused, and a service that
+    once had keys never falls back to single-user mode)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell keys apart in lists
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # per-key rate limit and quotas; a missing entry takes the service's default (Settings)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditEvent(Base):
+    """Who deleted, activated or changed keys, and when: written in the transaction of the change itself."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(64))  # "key 12", "admin key" (PROMPTBANK_ADMIN_KEY), "local user"
+    action: Mapped[str] = mapped_column(String(32))
+    resource: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,4 +1,9 @@
-"""Every query of the service. Repositories add, find and change rows; they never commit."""
+"""Every query of the service. Repositories add, find and change rows; they never commit.
+
+Tenants: a session scoped to a tenant (`scope_session`, done by the API for every request and by the worker for a
+job's inputs) sees and creates only that tenant's rows; every query below adds the condition itself. A session
+without a tenant (the worker's queue and the maintenance paths) sees every tenant.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,60 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from app.db.base import Base, utcnow
-from app.db.models import Dataset, Job, JobEvent, JobStatus, Prompt, Task
+from app.db.models import ApiKey, AuditEvent, Dataset, Job, JobEvent, JobStatus, Prompt, Task
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
-
+TENANT = "tenant"  # the key of a session's tenant in Session.info
 
 Row = TypeVar("Row", bound=Base)
+Selected = TypeVar("Selected")
+
+
+def scope_session(session: Session, tenant: str | None) -> Session:
+    """From now on this session's repositories read and write only `tenant`'s rows (None: every tenant's)."""
+    session.info[TENANT] = tenant
+    return session
+
+
+def session_tenant(session: Session) -> str | None:
+    return session.info.get(TENANT)  # type: ignore[no-any-return]
 
 
 class _Repository(Generic[Row]):  # noqa: UP046  (PEP 695 syntax needs Python 3.12)
-    """What every repository does the same way: add a row (flushed, so it has its id) and delete one."""
+    """What every repository does the same way: find a row of the session's tenant by id, add a row (flushed, so
+    it has its id, and owned by the session's tenant) and delete one."""
+
+    model: type[Row]
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.tenant = session_tenant(session)
+
+    def _own(self, stmt: Select[Selected], model: type[Base] | None = None) -> Select[Selected]:
+        """stmt restricted to the session's tenant, if it has one."""
+        if self.tenant is None:
+            return stmt
+        return stmt.where((model or self.model).tenant == self.tenant)  # type: ignore[attr-defined]
+
+    def _get(self, row_id: int, options: builtins.list[Any] | None = None) -> Row | None:
+        # not session.get(): its identity-map shortcut would hand back another tenant's row loaded earlier
+        stmt: Select[Any] = select(self.model).options(*(options or []))
+        return self.session.scalar(self._own(stmt.where(self.model.id == row_id)))  # type: ignore[attr-defined]
 
     def add(self, row: Row) -> Row:
+        if hasattr(row, TENANT):
+            owner = getattr(row, TENANT)
+            if self.tenant is not None:
+                if owner is None:
+                    setattr(row, TENANT, self.tenant)
+                elif owner != self.tenant:
+                    raise ValueError(f"a row of tenant {owner!r} cannot be added in tenant {self.tenant!r}")
+            elif owner is None:
+                raise ValueError(f"a new {type(row).__name__} needs a tenant")
         self.session.add(row)
         self.session.flush()
         return row
@@ -36,14 +76,16 @@ class _Repository(Generic[Row]):  # noqa: UP046  (PEP 695 syntax needs Python 3.
 
 
 class TaskRepository(_Repository[Task]):
+    model = Task
+
     def get(self, task_id: int) -> Task | None:
-        return self.session.get(Task, task_id)
+        return self._get(task_id)
 
     def get_by_name(self, name: str) -> Task | None:
-        return self.session.scalar(select(Task).where(Task.name == name))
+        return self.session.scalar(self._own(select(Task).where(Task.name == name)))
 
     def list(self, *, limit: int, offset: int) -> Sequence[Task]:
-        return self.session.scalars(select(Task).order_by(Task.id).limit(limit).offset(offset)).all()
+        return self.session.scalars(self._own(select(Task)).order_by(Task.id).limit(limit).offset(offset)).all()
 
     def with_active_jobs(self, task_ids: Sequence[int]) -> set[int]:
         """Ids among task_ids that have a queued or running job."""
@@ -56,19 +98,27 @@ class TaskRepository(_Repository[Task]):
 
 
 class DatasetRepository(_Repository[Dataset]):
+    model = Dataset
+
     def get(self, dataset_id: int, *, with_examples: bool = False, lock: str | None = None) -> Dataset | None:
         """A dataset; lock "share" (a job about to reference it) or "update" (about to delete it) holds its row
         for the transaction on PostgreSQL, so a job and a delete of the same dataset never interleave (SQLite
         serialises writers anyway)."""
         options = [] if with_examples else [defer(Dataset.examples)]
         if lock is None:
-            return self.session.get(Dataset, dataset_id, options=options)
-        stmt = select(Dataset).options(*options).where(Dataset.id == dataset_id)
+            return self._get(dataset_id, options)
+        stmt = self._own(select(Dataset).options(*options).where(Dataset.id == dataset_id))
         return self.session.scalar(stmt.with_for_update(read=lock == "share"))
 
     def list(self, *, limit: int, offset: int) -> Sequence[Dataset]:
-        stmt = select(Dataset).options(defer(Dataset.examples)).order_by(Dataset.id).limit(limit).offset(offset)
-        return self.session.scalars(stmt).all()
+        stmt = self._own(select(Dataset)).options(defer(Dataset.examples)).order_by(Dataset.id)
+        return self.session.scalars(stmt.limit(limit).offset(offset)).all()
+
+    def stored_bytes(self) -> int:
+        """Bytes of the tenant's datasets and prompt versions: what the storage quota counts."""
+        datasets = self.session.scalar(self._own(select(func.coalesce(func.sum(Dataset.size_bytes), 0))))
+        prompts = self.session.scalar(self._own(select(func.coalesce(func.sum(Prompt.size_bytes), 0)), Prompt))
+        return int(datasets or 0) + int(prompts or 0)
 
     def active_job_ids(self, dataset_id: int) -> Sequence[int]:
         """Queued or running jobs that read this dataset: as their (validation) dataset, or as a source task's."""
@@ -86,21 +136,25 @@ class DatasetRepository(_Repository[Dataset]):
 
 
 class PromptRepository(_Repository[Prompt]):
+    model = Prompt
+
     def add_version(self, prompt: Prompt) -> Prompt:
-        """Insert the prompt as its task's next version number (meta-initialisations count among themselves)."""
-        owner = Prompt.task_id.is_(None) if prompt.task_id is None else Prompt.task_id == prompt.task_id
+        """Insert the prompt as its task's next version number (a tenant's meta-initialisations count among
+        themselves)."""
+        owner = (
+            (Prompt.task_id.is_(None) & (Prompt.tenant == prompt.tenant))
+            if prompt.task_id is None
+            else Prompt.task_id == prompt.task_id
+        )
         latest = self.session.scalar(select(func.max(Prompt.version)).where(owner))
         prompt.version = (latest or 0) + 1
-        self.session.add(prompt)
-        self.session.flush()
-        return prompt
+        return self.add(prompt)
 
     def get(self, prompt_id: int, *, with_tensors: bool = False) -> Prompt | None:
-        options = [] if with_tensors else [defer(Prompt.tensors)]
-        return self.session.get(Prompt, prompt_id, options=options)
+        return self._get(prompt_id, [] if with_tensors else [defer(Prompt.tensors)])
 
     def list(self, *, task_id: int | None, limit: int, offset: int, kind: str | None = None) -> Sequence[Prompt]:
-        stmt = select(Prompt).options(defer(Prompt.tensors)).order_by(Prompt.id).limit(limit).offset(offset)
+        stmt = self._own(select(Prompt)).options(defer(Prompt.tensors)).order_by(Prompt.id).limit(limit).offset(offset)
         if task_id is not None:
             stmt = stmt.where(Prompt.task_id == task_id)
         if kind is not None:
@@ -110,9 +164,9 @@ class PromptRepository(_Repository[Prompt]):
     def compatible(
         self, *, method: str, fingerprint: str, shapes: dict[str, builtins.list[int]], limit: int
     ) -> Sequence[Prompt]:
-        """The newest `limit` versions (any task, and meta-initialisations) of this method and base model whose
-        tensors have these shapes, tensors loaded: the candidates of a prompt transfer."""
-        stmt = (
+        """The newest `limit` versions (any task of the tenant, and its meta-initialisations) of this method and base
+        model whose tensors have these shapes, tensors loaded: the candidates of a prompt transfer."""
+        stmt = self._own(
             select(Prompt)
             .where(Prompt.method == method, Prompt.base_model_fingerprint == fingerprint)
             .order_by(Prompt.id.desc())
@@ -135,16 +189,23 @@ class PromptRepository(_Repository[Prompt]):
 
 
 class JobRepository(_Repository[Job]):
+    model = Job
+
     def get(self, job_id: int) -> Job | None:
-        return self.session.get(Job, job_id)
+        return self._get(job_id)
 
     def list(self, *, task_id: int | None, status: JobStatus | None, limit: int, offset: int) -> Sequence[Job]:
-        stmt = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+        stmt = self._own(select(Job)).order_by(Job.id.desc()).limit(limit).offset(offset)
         if task_id is not None:
             stmt = stmt.where(Job.task_id == task_id)
         if status is not None:
             stmt = stmt.where(Job.status == status)
         return self.session.scalars(stmt).all()
+
+    def active_count(self) -> int:
+        """Queued and running jobs of the tenant (what the concurrent-trainings quota counts)."""
+        stmt = self._own(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE_STATUSES)))
+        return int(self.session.scalar(stmt) or 0)
 
     def add_event(self, job_id: int, kind: str, message: str = "", data: dict[str, Any] | None = None) -> None:
         self.session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data or {}))
@@ -234,4 +295,46 @@ class JobRepository(_Repository[Job]):
             .where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
             .with_for_update(skip_locked=True)
         )
+        return self.session.scalars(stmt).all()
+
+
+class ApiKeyRepository(_Repository[ApiKey]):
+    """Keys are service-wide (an admin manages every tenant's), so these queries are not scoped."""
+
+    model = ApiKey
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self.tenant = None
+
+    def get(self, key_id: int) -> ApiKey | None:
+        return self._get(key_id)
+
+    def by_hash(self, key_hash: str) -> ApiKey | None:
+        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+    def any_created(self) -> bool:
+        """Whether a key was ever created (revoked keys count: the service never falls back to single-user mode)."""
+        return self.session.scalar(select(ApiKey.id).limit(1)) is not None
+
+    def list(self, *, tenant: str | None, limit: int, offset: int) -> Sequence[ApiKey]:
+        stmt = select(ApiKey).order_by(ApiKey.id).limit(limit).offset(offset)
+        if tenant is not None:
+            stmt = stmt.where(ApiKey.tenant == tenant)
+        return self.session.scalars(stmt).all()
+
+
+class AuditRepository(_Repository[AuditEvent]):
+    """The log is the operator's (admin scope): read across tenants, optionally one tenant's."""
+
+    model = AuditEvent
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self.tenant = None
+
+    def list(self, *, tenant: str | None, after_id: int, limit: int) -> Sequence[AuditEvent]:
+        stmt = select(AuditEvent).where(AuditEvent.id > after_id).order_by(AuditEvent.id).limit(limit)
+        if tenant is not None:
+            stmt = stmt.where(AuditEvent.tenant == tenant)
         return self.session.scalars(stmt).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,27 +11,34 @@ from sqlalchemy.orm import Session
 from app.db.models import Dataset
 from app.db.repositories import DatasetRepository
 from app.errors import Conflict, InvalidInput, NotFound
+from app.services import audit, quotas
 from app.services.dataset_examples import Example, dataset_labels, parse_examples
 from app.services.dataset_parsing import parse_upload
+from app.services.keys import Limits
 from app.text_checks import text_problem
 
 PREVIEW_EXAMPLES = 5
 
 
-def _store(session: Session, name: str, examples: list[Example]) -> Dataset:
+def _store(session: Session, name: str, examples: list[Example], limits: Limits) -> Dataset:
     problem = text_problem(name)
     if problem:  # a form field or a file name can carry what a JSON body's checks would refuse
         raise InvalidInput(f"the dataset name {problem}; rename it", code="invalid_name")
     labeled = examples[0].output is not None  # parsing refuses a mix of labeled and unlabeled examples
+    stored = [
+        {"input": example.input, "output": example.output} if labeled else {"input": example.input}
+        for example in examples
+    ]
+    size = len(json.dumps(stored, ensure_ascii=False).encode())
+    quotas.check_dataset_size(limits, size)
+    quotas.check_storage(session, limits, adding=size)
     dataset = Dataset(
         name=name,
         num_examples=len(examples),
         labels=dataset_labels(examples),
         labeled=labeled,
-        examples=[
-            {"input": example.input, "output": example.output} if labeled else {"input": example.input}
-            for example in examples
-        ],
+        examples=stored,
+        size_bytes=size,
     )
     return DatasetRepository(session).add(dataset)
 
@@ -43,15 +51,19 @@ def create_from_upload(
     content_type: str | None,
     name: str | None,
     max_examples: int,
+    limits: Limits | None = None,
 ) -> Dataset:
     """Parse and validate an uploaded JSONL/CSV file, then store it whole (or not at all)."""
     examples = parse_upload(data, filename, content_type, max_examples=max_examples)
-    return _store(session, (name or filename or "dataset").strip()[:200] or "dataset", examples)
+    name = (name or filename or "dataset").strip()[:200] or "dataset"
+    return _store(session, name, examples, limits or Limits.unlimited())
 
 
-def create_from_body(session: Session, *, name: str, items: list[dict[str, Any]], max_examples: int) -> Dataset:
+def create_from_body(
+    session: Session, *, name: str, items: list[dict[str, Any]], max_examples: int, limits: Limits | None = None
+) -> Dataset:
     """Validate the examples of a JSON body, then store them."""
-    return _store(session, name, parse_examples(items, max_examples=max_examples))
+    return _store(session, name, parse_examples(items, max_examples=max_examples), limits or Limits.unlimited())
 
 
 def get_dataset(session: Session, dataset_id: int, *, with_examples: bool = False, lock: str | None = None) -> Dataset:
@@ -79,6 +91,7 @@ def delete_dataset(session: Session, dataset_id: int) -> None:
             code="dataset_in_use",
         )
     repo.delete(dataset)
+    audit.record(session, "delete", "dataset", dataset_id, {"name": dataset.name})
 
 
 def check_labels(dataset: Dataset, labels: list[str]) -> None:

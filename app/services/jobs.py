@@ -13,6 +13,7 @@ from app.db.repositories import JobRepository, PromptRepository
 from app.engine.methods import TrainConfig, get_method
 from app.engine.model import FrozenModel
 from app.errors import Conflict, InvalidInput, NotFound
+from app.services import audit
 from app.services.context_length import first_overflow
 from app.services.datasets import check_labels, get_dataset, require_labeled
 
@@ -181,4 +182,5 @@ def cancel_job(session: Session, job_id: int) -> Job:
         job.cancel_requested = True
         repo.add_event(job.id, "cancel_requested", "cancel requested; the worker stops at its next step")
     session.flush()
+    audit.record(session, "cancel", "job", job.id, {"task": job.task_id, "status": job.status.value})
     return job

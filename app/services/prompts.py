@@ -13,6 +13,7 @@ from app.engine.artifact import Artifact
 from app.engine.model import ModelIdentity
 from app.engine.runtime import ModelRuntime
 from app.errors import Conflict, NotFound
+from app.services import audit
 
 
 def get_prompt(session: Session, prompt_id: int, *, with_tensors: bool = False) -> Prompt:
@@ -50,6 +51,13 @@ def delete_prompt(session: Session, prompt_id: int, runtime: ModelRuntime) -> No
         previous = repo.latest_for_task(task.id, excluding=prompt.id)
         task.active_prompt_id = previous.id if previous else None
     repo.delete(prompt)
+    audit.record(
+        session,
+        "delete",
+        "prompt",
+        prompt_id,
+        {"task": prompt.task_id, "version": prompt.version, "active_now": task.active_prompt_id if task else None},
+    )
     runtime.discard_prompt(prompt_id)
 
 
@@ -64,14 +72,17 @@ def activate_prompt(session: Session, prompt_id: int) -> Prompt:
         )
     task = TaskRepository(session).get(prompt.task_id)
     assert task is not None  # prompts are deleted with their task
+    previous = task.active_prompt_id
     task.active_prompt_id = prompt.id
     session.flush()
+    audit.record(session, "activate", "prompt", prompt.id, {"task": task.id, "previous": previous})
     return prompt
 
 
 def store_prompt(
     session: Session,
     *,
+    tenant: str,
     task_id: int | None,
     artifact: Artifact,
     positions: int,
@@ -89,6 +100,7 @@ def store_prompt(
     tensors = artifact.to_bytes({"base_model": identity.fingerprint, "base_model_name": identity.name})
     prompt = PromptRepository(session).add_version(
         Prompt(
+            tenant=tenant,
             task_id=task_id,
             method=artifact.method,
             num_virtual_tokens=positions,

@@ -14,7 +14,7 @@ from app.db.repositories import TaskRepository
 from app.engine.runtime import ModelRuntime
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
-from app.services import ensembles
+from app.services import audit, ensembles
 from app.text_checks import text_problem
 
 PLACEHOLDER = "{input}"
@@ -117,6 +117,8 @@ def set_ensemble(session: Session, task: Task, ensemble: list[int] | dict[str, i
 def delete_task(session: Session, task: Task, runtime: ModelRuntime) -> None:
     """Delete a task with its prompts, jobs and events; a worker running one of its jobs stops at its next beat."""
     prompt_ids = [prompt.id for prompt in task.prompts]
+    task_id, name = task.id, task.name
     TaskRepository(session).delete(task)
+    audit.record(session, "delete", "task", task_id, {"name": name, "prompts": prompt_ids})
     for prompt_id in prompt_ids:
         runtime.discard_prompt(prompt_id)

@@ -137,6 +137,7 @@ def test_an_empty_input_for_a_prefix_prompt_is_refused_not_a_failed_batch(
     with make_session_factory(db_engine).begin() as session:
         store_prompt(
             session,
+            tenant="default",
             task_id=task["id"],
             artifact=module.artifact(),
             positions=2,

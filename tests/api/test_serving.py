@@ -27,6 +27,7 @@ def store_random_prompt(engine: Engine, frozen: FrozenModel, task_id: int, promp
     with make_session_factory(engine).begin() as session:
         stored = store_prompt(
             session,
+            tenant="default",
             task_id=task_id,
             artifact=Artifact("prompt", {"prompt": prompt}),
             positions=prompt.shape[0],

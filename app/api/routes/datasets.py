@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import READ, TRAIN, IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep, SettingsDep, Trainer
 from app.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, ErrorResponse
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.services import datasets as service
@@ -115,13 +115,17 @@ UploadDep = Annotated[Upload, Depends(read_upload)]
     "",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=UPLOAD_DOC,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
 )
-def create_dataset(upload: UploadDep, session: SessionDep, settings: SettingsDep) -> DatasetOut:
+def create_dataset(principal: Trainer, upload: UploadDep, session: SessionDep, settings: SettingsDep) -> DatasetOut:
     """Upload a dataset (JSONL/CSV file, or JSON examples); every line is validated."""
     if upload.body is not None:
         dataset = service.create_from_body(
-            session, name=upload.body.name, items=upload.body.examples, max_examples=settings.max_examples
+            session,
+            name=upload.body.name,
+            items=upload.body.examples,
+            max_examples=settings.max_examples,
+            limits=principal.limits,
         )
     else:
         assert upload.data is not None
@@ -132,17 +136,18 @@ def create_dataset(upload: UploadDep, session: SessionDep, settings: SettingsDep
             content_type=upload.content_type,
             name=upload.name,
             max_examples=settings.max_examples,
+            limits=principal.limits,
         )
     return DatasetOut.model_validate(dataset)
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_datasets(session: ReadSessionDep, limit: LimitDep, offset: OffsetDep) -> list[DatasetOut]:
     """List datasets (without their examples)."""
     return [DatasetOut.model_validate(d) for d in service.list_datasets(session, limit=limit, offset=offset)]
 
 
-@router.get("/{dataset_id}", responses={404: {"model": ErrorResponse}})
+@router.get("/{dataset_id}", dependencies=[READ], responses={404: {"model": ErrorResponse}})
 def get_dataset(dataset_id: IdPath, session: ReadSessionDep) -> DatasetDetail:
     """One dataset with a preview of its first examples."""
     dataset = service.get_dataset(session, dataset_id, with_examples=True)
@@ -153,6 +158,7 @@ def get_dataset(dataset_id: IdPath, session: ReadSessionDep) -> DatasetDetail:
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[TRAIN],
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 def delete_dataset(dataset_id: IdPath, session: SessionDep) -> Response:

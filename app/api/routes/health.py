@@ -6,15 +6,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.api.auth import identify
 from app.api.deps import RuntimeDep
 from app.api.schemas import Health, ModelHealth
+from app.errors import AppError
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", responses={503: {"model": Health}})
 def healthz(request: Request, runtime: RuntimeDep) -> JSONResponse:
-    """200 when the model is loaded and the database is reachable, else 503 with what is missing."""
+    """200 when the model is loaded and the database is reachable, else 503 with what is missing; which model and
+    device (and why loading failed) only for an admin key, or in single-user mode."""
     try:
         with request.app.state.read_session_factory() as session:
             session.execute(text("SELECT 1"))
@@ -30,5 +33,15 @@ def healthz(request: Request, runtime: RuntimeDep) -> JSONResponse:
         error=str(runtime.error) if runtime.error else (None if runtime.enabled else "model loading is switched off"),
     )
     ok = database and (model is not None or not runtime.enabled)
+    if not _sees_details(request):
+        model_health = ModelHealth(loaded=model is not None, name=None, fingerprint=None, device=None, error=None)
     body = Health(status="ok" if ok else "degraded", model=model_health, database=database)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def _sees_details(request: Request) -> bool:
+    try:
+        principal = identify(request)
+    except AppError:  # a bad or revoked key still learns whether the service is up, nothing more
+        return False
+    return principal is not None and "admin" in principal.scopes

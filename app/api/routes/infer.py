@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import ReadSessionDep, RuntimeDep, SettingsDep
+from app.api.deps import ADMIN, INFER, ReadSessionDep, RuntimeDep, SettingsDep
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.errors import InvalidInput
 from app.services.inference import embed, infer
@@ -21,7 +21,9 @@ def _check_count(inputs: list[str], limit: int) -> None:
 
 
 @router.post(
-    "/infer", responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+    "/infer",
+    dependencies=[INFER],
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 def run_inference(
     body: InferRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
@@ -50,7 +52,9 @@ def run_inference(
 
 
 @router.post(
-    "/embed", responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+    "/embed",
+    dependencies=[INFER],
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 def run_embedding(
     body: EmbedRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
@@ -75,7 +79,7 @@ def run_embedding(
     )
 
 
-@router.get("/stats")
+@router.get("/stats", dependencies=[ADMIN])
 def stats(runtime: RuntimeDep) -> dict[str, Any]:
     """Engine counters: prompt pool (size, hits, misses, evictions), batches, queue time."""
     return {"engine": runtime.stats()}

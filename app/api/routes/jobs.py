@@ -7,7 +7,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, SettingsDep
+from app.api.deps import (
+    READ,
+    TRAIN,
+    IdPath,
+    LimitDep,
+    OffsetDep,
+    ReadSessionDep,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    Trainer,
+)
 from app.api.schemas import (
     DistillJobCreate,
     ErrorResponse,
@@ -22,6 +33,7 @@ from app.db.base import MAX_ID
 from app.db.models import Job, JobStatus
 from app.engine.model import FrozenModel
 from app.services import jobs as service
+from app.services import quotas
 from app.services import transfer_jobs as transfer
 from app.services.job_types import LengthSearch
 from app.services.tasks import resolve_task
@@ -89,16 +101,26 @@ def _enqueue(body: JobCreate, session: Session, model: FrozenModel | None, max_a
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
 )
 def create_job(
-    body: Annotated[JobCreate, Body()], session: SessionDep, runtime: RuntimeDep, settings: SettingsDep
+    principal: Trainer,
+    body: Annotated[JobCreate, Body()],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
 ) -> JobOut:
     """Queue a job: train (any method), length_search, distill (from a teacher) or meta_init (MAML over tasks)."""
+    quotas.check_new_job(session, principal.limits)
     return job_out(session, _enqueue(body, session, runtime.model, settings.max_job_attempts))
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_jobs(
     session: ReadSessionDep,
     limit: LimitDep,
@@ -112,13 +134,13 @@ def list_jobs(
     return [job_out(session, job) for job in jobs]
 
 
-@router.get("/{job_id}", responses={404: {"model": ErrorResponse}})
+@router.get("/{job_id}", dependencies=[READ], responses={404: {"model": ErrorResponse}})
 def get_job(job_id: IdPath, session: ReadSessionDep) -> JobOut:
     """One job with its progress."""
     return job_out(session, service.get_job(session, job_id))
 
 
-@router.get("/{job_id}/events", responses={404: {"model": ErrorResponse}})
+@router.get("/{job_id}/events", dependencies=[READ], responses={404: {"model": ErrorResponse}})
 def get_job_events(
     job_id: IdPath,
     session: ReadSessionDep,
@@ -132,6 +154,7 @@ def get_job_events(
 @router.post(
     "/{job_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[TRAIN],
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 def cancel_job(job_id: IdPath, session: SessionDep) -> JobOut:

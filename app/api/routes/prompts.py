@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
+from app.api.deps import READ, TRAIN, IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
 from app.db.models import Prompt, PromptKind
 from app.services import prompts as service
@@ -41,7 +41,7 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
     ]
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_prompts(
     session: ReadSessionDep,
     limit: LimitDep,
@@ -54,20 +54,25 @@ def list_prompts(
     return prompt_out(session, list(service.list_prompts(session, task=owner, limit=limit, offset=offset, kind=kind)))
 
 
-@router.get("/{prompt_id}", responses={404: {"model": ErrorResponse}})
+@router.get("/{prompt_id}", dependencies=[READ], responses={404: {"model": ErrorResponse}})
 def get_prompt(prompt_id: IdPath, session: ReadSessionDep) -> PromptOut:
     """One prompt version's metadata."""
     return prompt_out(session, [service.get_prompt(session, prompt_id)])[0]
 
 
-@router.delete("/{prompt_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorResponse}})
+@router.delete(
+    "/{prompt_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[TRAIN],
+    responses={404: {"model": ErrorResponse}},
+)
 def delete_prompt(prompt_id: IdPath, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Delete a version; an active one falls back to the previous version, or the task becomes untrained."""
     service.delete_prompt(session, prompt_id, runtime)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{prompt_id}/activate", responses={404: {"model": ErrorResponse}})
+@router.post("/{prompt_id}/activate", dependencies=[TRAIN], responses={404: {"model": ErrorResponse}})
 def activate_prompt(prompt_id: IdPath, session: SessionDep) -> PromptOut:
     """Serve this version for its task from the next request on."""
     return prompt_out(session, [service.activate_prompt(session, prompt_id)])[0]

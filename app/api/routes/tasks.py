@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep, TaskDep, WritableTaskDep
+from app.api.deps import (
+    READ,
+    TRAIN,
+    LimitDep,
+    OffsetDep,
+    ReadSessionDep,
+    RuntimeDep,
+    SessionDep,
+    TaskDep,
+    WritableTaskDep,
+)
 from app.api.schemas import ErrorResponse, TaskCreate, TaskOut, TaskUpdate, ensemble_spec
 from app.db.models import Task
 from app.services import tasks as service
@@ -33,33 +43,35 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
     ]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"model": ErrorResponse}})
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[TRAIN], responses={409: {"model": ErrorResponse}})
 def create_task(body: TaskCreate, session: SessionDep) -> TaskOut:
     """Create an untrained task."""
     task = service.create_task(session, name=body.name, kind=body.kind, labels=body.labels, template=body.template)
     return task_out(session, [task])[0]
 
 
-@router.get("")
+@router.get("", dependencies=[READ])
 def list_tasks(session: ReadSessionDep, limit: LimitDep, offset: OffsetDep) -> list[TaskOut]:
     """List tasks with their training status."""
     return task_out(session, service.list_tasks(session, limit=limit, offset=offset))
 
 
-@router.get("/{task}", responses={404: {"model": ErrorResponse}})
+@router.get("/{task}", dependencies=[READ], responses={404: {"model": ErrorResponse}})
 def get_task(task: TaskDep, session: ReadSessionDep) -> TaskOut:
     """One task, by id or name."""
     return task_out(session, [task])[0]
 
 
-@router.patch("/{task}", responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+@router.patch("/{task}", dependencies=[TRAIN], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 def update_task(body: TaskUpdate, task: WritableTaskDep, session: SessionDep) -> TaskOut:
     """Set what the task serves by default: an ensemble of its versions, or (null) its active version."""
     service.set_ensemble(session, task, ensemble_spec(body.ensemble))
     return task_out(session, [task])[0]
 
 
-@router.delete("/{task}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {"model": ErrorResponse}})
+@router.delete(
+    "/{task}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[TRAIN], responses={404: {"model": ErrorResponse}}
+)
 def delete_task(task: WritableTaskDep, session: SessionDep, runtime: RuntimeDep) -> Response:
     """Delete a task with its prompts and jobs."""
     service.delete_task(session, task, runtime)

@@ -1,0 +1,143 @@
+"""Who is calling: a bearer key (or PROMPTBANK_ADMIN_KEY), or, while no key exists, the local single user.
+
+Every request's principal decides its tenant (the sessions of the request are scoped to it), its scopes (each
+route names the one it needs) and its limits. Auth is on as soon as PROMPTBANK_ADMIN_KEY is set or any key was
+ever created; before that the service runs in single-user mode, answering only clients on this machine (unless
+PROMPTBANK_ALLOW_UNAUTHENTICATED is set).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.db.models import DEFAULT_TENANT
+from app.errors import Forbidden, Unauthorized
+from app.services import keys
+from app.services.keys import SCOPES, Limits
+from app.services.quotas import RateLimiter
+
+ALL_SCOPES = frozenset(SCOPES)
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    scopes: frozenset[str]
+    actor: str  # what the audit log records: "key 12", "admin key", "local user"
+    key_id: int | None = None
+    limits: Limits = field(default_factory=Limits.unlimited)
+
+
+class AuthState:
+    """Per-process: whether auth is on (once on, it stays on), and the rate limiter."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.required = settings.admin_key is not None
+        self.rate_limiter = RateLimiter()
+
+    def auth_required(self, request: Request) -> bool:
+        if not self.required:
+            with request.app.state.read_session_factory() as session:
+                self.required = keys.any_created(session)
+        return self.required
+
+
+def is_local(request: Request) -> bool:
+    host = request.client.host if request.client else None
+    if host in (None, "localhost", "testclient"):
+        # no address (a unix socket) is local; "testclient" is the in-process test transport
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _limits(settings: Settings, overrides: dict[str, object]) -> Limits:
+    def pick(name: str, default: float) -> float:
+        value = overrides.get(name)
+        return float(value) if isinstance(value, int | float) else default
+
+    return Limits(
+        requests_per_second=pick("requests_per_second", settings.key_requests_per_second),
+        active_jobs=int(pick("active_jobs", settings.key_active_jobs)),
+        stored_bytes=int(pick("stored_bytes", settings.key_stored_bytes)),
+        dataset_bytes=int(pick("dataset_bytes", settings.key_dataset_bytes)),
+    )
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized('send the key as "Authorization: Bearer <key>"', code="invalid_authorization")
+    return token.strip()
+
+
+def identify(request: Request) -> Principal | None:
+    """The caller, or None when auth is on and no key was sent; Unauthorized for a key that is not valid."""
+    state: AuthState = request.app.state.auth
+    settings: Settings = request.app.state.settings
+    token = _bearer(request)
+    if token is not None:
+        admin = settings.admin_key
+        if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+            return Principal(DEFAULT_TENANT, ALL_SCOPES, "admin key")
+        with request.app.state.read_session_factory() as session:
+            found = keys.authenticate(session, token)
+        if found is None:
+            raise Unauthorized("this key is unknown or was revoked; ask an admin for a key", code="invalid_key")
+        limits = _limits(settings, found.limits)
+        state.rate_limiter.take(found.id, limits.requests_per_second)
+        return Principal(found.tenant, found.scopes, f"key {found.id}", found.id, limits)
+    if state.auth_required(request):
+        return None
+    if not settings.allow_unauthenticated and not is_local(request):
+        raise Unauthorized(
+            "this service runs in single-user mode (no keys yet) and answers only clients on its own machine; set "
+            "PROMPTBANK_ADMIN_KEY (or run `promptbank keys create --admin`) and send Authorization: Bearer <key>",
+            code="auth_required",
+        )
+    return Principal(DEFAULT_TENANT, ALL_SCOPES, "local user")
+
+
+def get_principal(request: Request) -> Principal:
+    """The caller; 401 when auth is on and no valid key was sent."""
+    principal = identify(request)
+    if principal is None:
+        raise Unauthorized('this service needs a key: send "Authorization: Bearer <key>"', code="auth_required")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def requires(scope: str) -> Callable[[Principal], Principal]:
+    """A dependency that lets through only callers whose key has `scope`."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def check(principal: PrincipalDep) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(
+                f'this key lacks the "{scope}" scope this endpoint needs; its scopes: '
+                f"{', '.join(sorted(principal.scopes))}",
+                code="missing_scope",
+            )
+        return principal
+
+    # read by the test that every route names a scope
+    check.scope = scope  # type: ignore[attr-defined]
+    return check
+
+
+need_read, need_infer, need_train, need_admin = (requires(scope) for scope in SCOPES)
