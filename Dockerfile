@@ -38,4 +38,5 @@ USER promptbank
 VOLUME ["/data"]
 EXPOSE 8000
 
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# Refuses to start on 0.0.0.0 without keys: set PROMPTBANK_ADMIN_KEY (README "Keys, tenants and quotas").
+CMD ["promptbank", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -36,6 +36,20 @@ class Settings(BaseSettings):
     )
     max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
     max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
+    max_input_chars: int = Field(
+        default=32_768, gt=0, description="Longest input (characters) of /v1/infer and /v1/embed, checked first."
+    )
+    max_request_tokens: int = Field(
+        default=65_536,
+        gt=0,
+        description="Most token positions one model request may compute: inputs x (prompt + input + new tokens).",
+    )
+    max_request_seconds: float = Field(
+        default=120.0, gt=0, description="A model request's deadline when it sets no timeout_ms (from its arrival)."
+    )
+    max_inflight_requests: int = Field(
+        default=64, gt=0, description="Model requests in flight beyond which new ones get 503 at once."
+    )
     pool_capacity: int = Field(default=1024, gt=0, description="Prompts whose keys/values stay cached on the device.")
     pool_max_bytes: int = Field(
         default=1024**3, gt=0, description="Bytes of cached prompt keys/values beyond which the pool evicts."

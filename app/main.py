@@ -7,11 +7,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from app.api.admission import Admission
 from app.api.auth import AuthState, need_read
 from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
@@ -60,6 +62,9 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         )
         app.state.settings = settings
         app.state.auth = AuthState(settings)
+        # An admitted model request never waits for a thread: the pool is larger than the admission limit.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, settings.max_inflight_requests + 32)
         app.state.session_factory = make_session_factory(engine)
         app.state.read_session_factory = make_read_session_factory(engine)
         model_runtime.start(make_prompt_loader(app.state.read_session_factory, lambda: model_runtime.wait(0)))
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimits, default=settings.max_body_bytes, uploads=settings.max_upload_bytes)
+    app.add_middleware(Admission, limit=settings.max_inflight_requests)
     if settings.cors_origins:  # closed by default: without the middleware no browser may call across origins
         app.add_middleware(
             CORSMiddleware,

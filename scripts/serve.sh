@@ -6,4 +6,5 @@ PYTHON="${PYTHON:-python3}"
 
 bash scripts/install.sh
 "$PYTHON" -m app.migrate
-exec "$PYTHON" -m uvicorn app.main:app --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"
+# `promptbank serve` refuses an address other than localhost while no key exists (README "Keys, tenants and quotas")
+exec "$PYTHON" -m app.cli serve --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"

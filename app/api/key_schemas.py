@@ -15,10 +15,10 @@ Scope = Literal["read", "infer", "train", "admin"]
 class KeyLimits(Strict):
     """Overrides of the service's default limits for one key (PROMPTBANK_KEY_*); 0 means no limit."""
 
-    requests_per_second: float | None = Field(default=None, ge=0, le=1e6)
-    active_jobs: int | None = Field(default=None, ge=0, le=1_000_000)
-    stored_bytes: int | None = Field(default=None, ge=0, le=2**62)
-    dataset_bytes: int | None = Field(default=None, ge=0, le=2**62)
+    requests_per_second: float | None = Field(default=None, ge=0, le=1e6, strict=True)
+    active_jobs: int | None = Field(default=None, ge=0, le=1_000_000, strict=True)
+    stored_bytes: int | None = Field(default=None, ge=0, le=2**53, strict=True)
+    dataset_bytes: int | None = Field(default=None, ge=0, le=2**53, strict=True)
 
 
 class KeyCreate(Strict):

@@ -19,6 +19,7 @@ class BatchCounters:
     max_batch: int = 0
     rejected: int = 0
     timed_out: int = 0
+    cancelled: int = 0
     failed: int = 0
     queue_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=WINDOW))
@@ -44,6 +45,7 @@ class BatchCounters:
             "mean_batch_rows": (sum(sizes) / len(sizes)) if sizes else None,
             "rejected_requests": self.rejected,
             "timed_out_requests": self.timed_out,
+            "cancelled_requests": self.cancelled,
             "failed_requests": self.failed,
             "queue_ms_p50": percentile(queue_ms, 0.50),
             "queue_ms_p99": percentile(queue_ms, 0.99),

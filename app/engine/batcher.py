@@ -35,6 +35,10 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down."""
 
 
+class RequestCancelled(RuntimeError):
+    """The request's cancel event was set (its client went away) before its rows were computed."""
+
+
 @dataclass(frozen=True)
 class BatcherOptions:
     max_batch_tokens: int = 4096  # padded positions (rows x longest row) per forward pass
@@ -57,6 +61,7 @@ class _Pending:
     deadline: float | None = field(compare=False)
     future: Future[Result] = field(compare=False)
     loaded: dict[int, Segments] = field(compare=False, default_factory=dict)  # prompts missing from the pool
+    cancel: threading.Event | None = field(compare=False, default=None)
 
 
 class Batcher:
@@ -100,7 +105,8 @@ class Batcher:
             self._queued_rows = 0
             self._cond.notify_all()
         for item in pending:
-            item.future.set_exception(BatcherClosed("the service is shutting down"))
+            if item.future.set_running_or_notify_cancel():  # not one its caller cancelled already
+                item.future.set_exception(BatcherClosed("the service is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout=60)
 
@@ -110,8 +116,17 @@ class Batcher:
             self._discards.add(prompt_id)
             self._cond.notify()
 
-    def submit(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Future[Result]:
-        """Queue rows (of any tasks and methods); the future gives one result per row, in order.
+    def submit(
+        self,
+        rows: list[Row],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Future[Result]:
+        """Queue rows (of any tasks and methods); the future gives one result per row, in order. A request whose
+        cancel event is set before its round is dropped (RequestCancelled); rows carrying the event stop
+        decoding at their next step.
 
         Runs on the caller's thread: tokenises each row once, and reads the prompts the pool lacks (load may read
         the database and raise for an unreadable prompt), so the engine thread only computes.
@@ -136,6 +151,7 @@ class Batcher:
             deadline=None if timeout is None else now + timeout,
             future=future,
             loaded=loaded,
+            cancel=cancel,
         )
         with self._cond:
             if self._closed:
@@ -220,11 +236,20 @@ class Batcher:
             started = time.monotonic()
             live = []
             for item in taken:
-                if item.deadline is not None and started > item.deadline:
+                # Running from here on, so the caller can no longer cancel the future under us; one it cancelled
+                # already (its client left, or its deadline passed while queued) is skipped.
+                if not item.future.set_running_or_notify_cancel():
+                    with self._cond:
+                        self._counters.cancelled += 1
+                elif item.deadline is not None and started > item.deadline:
                     item.future.set_exception(QueueTimeout("the request waited in the queue past its timeout"))
                     with self._cond:
                         self._counters.timed_out += 1
-                elif item.future.set_running_or_notify_cancel():
+                elif item.cancel is not None and item.cancel.is_set():
+                    item.future.set_exception(RequestCancelled("the request was cancelled before its round"))
+                    with self._cond:
+                        self._counters.cancelled += 1
+                else:
                     live.append(item)
             if live:
                 self._serve(live, started)

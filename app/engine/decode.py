@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +22,11 @@ class Decoding:
     input_ids: Sequence[int]
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    cancel: threading.Event | None = field(default=None, compare=False)  # set: stop at the next step
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
@@ -47,7 +53,7 @@ def decode(frozen: FrozenModel, served: Sequence[ServedPrompt], rows: Sequence[D
         for row, prompt in zip(rows, served, strict=True)
     ]
     texts = [output_text(row.rendered, "") for row in rows]
-    active = [i for i, budget in enumerate(budgets) if budget > 0]
+    active = [i for i, budget in enumerate(budgets) if budget > 0 and not rows[i].cancelled]
     if not active:
         return texts
     prompts = [served[i] for i in active]
@@ -71,7 +77,7 @@ def decode(frozen: FrozenModel, served: Sequence[ServedPrompt], rows: Sequence[D
             cut = cut_at_stop(texts[i], rows[i].stop)
             if cut is not None:
                 texts[i] = cut
-            elif len(generated[i]) < budgets[i]:
+            elif len(generated[i]) < budgets[i] and not rows[i].cancelled:
                 keep.append(slot)
         if not keep:
             return texts

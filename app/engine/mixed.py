@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import torch
@@ -50,6 +51,9 @@ class Row:
     stop: tuple[str, ...] = ()
     input_ids: tuple[int, ...] | None = None
     pooling: Literal["last", "mean"] | None = None  # set: the row asks for its hidden state (an embedding)
+    # set by the request's thread when its client went away or its deadline passed: a decoding row stops at its
+    # next step, a row not yet computed is skipped
+    cancel: threading.Event | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -63,7 +67,7 @@ class Row:
         if self.input_ids is not None:
             return self
         ids = tuple(encode_example(frozen, self.spec, self.text, None).input_ids)
-        return Row(self.prompt_id, self.spec, self.text, self.max_new_tokens, self.stop, ids, self.pooling)
+        return replace(self, input_ids=ids)
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -279,7 +283,13 @@ def generate_rows(
     results: list[str] = ["" for _ in rows]
     for group, served in _batches(frozen, prompts, rows, tokens, extra, max_batch_tokens):
         decodings = [
-            Decoding(render(rows[i].spec.template, rows[i].text), rows[i].ids, rows[i].max_new_tokens, rows[i].stop)
+            Decoding(
+                render(rows[i].spec.template, rows[i].text),
+                rows[i].ids,
+                rows[i].max_new_tokens,
+                rows[i].stop,
+                rows[i].cancel,
+            )
             for i in group
         ]
         for index, text in zip(group, decode(frozen, served, decodings), strict=True):

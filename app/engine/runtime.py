@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.batcher import Batcher, BatcherOptions, Result
+from app.engine.batcher import Batcher, BatcherOptions, QueueTimeout, RequestCancelled, Result
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing, PromptPool
@@ -110,17 +112,39 @@ class ModelRuntime:
             raise ModelNotReady(f"the frozen model failed to load: {self._error}")
         return self._model
 
-    def submit(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Future[Result]:
+    def submit(
+        self,
+        rows: list[Row],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Future[Result]:
         """Queue rows for the batcher (see Batcher.submit)."""
         self.wait(timeout=0)
         assert self._batcher is not None
-        return self._batcher.submit(rows, priority=priority, timeout=timeout)
+        return self._batcher.submit(rows, priority=priority, timeout=timeout, cancel=cancel)
 
-    def run(self, rows: list[Row], *, priority: int = 0, timeout: float | None = None) -> Result:
-        """Submit rows and wait for their results; a prompt evicted before its round is read again and retried."""
+    def run(
+        self,
+        rows: list[Row],
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Result:
+        """Submit rows and wait for their results; a prompt evicted before its round is read again and retried.
+
+        timeout bounds the whole request, queue and compute: past it, or once `cancel` is set (the client went
+        away), the rows are cancelled (a decoding row stops at its next step) and QueueTimeout or RequestCancelled
+        is raised.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         for _ in range(3):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            future = self.submit(rows, priority=priority, timeout=left, cancel=cancel)
             try:
-                return self.submit(rows, priority=priority, timeout=timeout).result()
+                return _wait(future, deadline, cancel)
             except PromptMissing:
                 continue
         raise PromptMissing(sorted({row.prompt_id for row in rows}))
@@ -137,3 +161,25 @@ class ModelRuntime:
         if self._batcher is not None:
             self._batcher.close()
             self._batcher = None
+
+
+POLL_SECONDS = 0.05  # how often a waiting request looks at its cancel event
+
+
+def _wait(future: Future[Result], deadline: float | None, cancel: threading.Event | None) -> Result:
+    if deadline is None and cancel is None:
+        return future.result()
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        try:
+            return future.result(timeout=POLL_SECONDS if left is None else max(0.0, min(POLL_SECONDS, left)))
+        except FutureTimeout:
+            pass
+        if cancel is not None and cancel.is_set():
+            future.cancel()
+            raise RequestCancelled("the client went away; its rows were dropped")
+        if deadline is not None and time.monotonic() >= deadline:
+            future.cancel()
+            if cancel is not None:
+                cancel.set()  # rows already decoding stop at their next step
+            raise QueueTimeout("the request passed its timeout before it was answered; its work was stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -9,8 +10,9 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Prompt, Task
+from app.db.repositories import TaskRepository
 from app.engine.artifact import Artifact
-from app.engine.batcher import BatcherClosed, QueueFull, QueueTimeout
+from app.engine.batcher import BatcherClosed, QueueFull, QueueTimeout, RequestCancelled
 from app.engine.methods import get_method, load_segments
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
@@ -23,6 +25,17 @@ from app.services import ensembles
 from app.services.context_length import first_too_long
 from app.services.prompts import get_prompt
 from app.services.tasks import task_spec
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one request may take: seconds left before its deadline (counted from its arrival), a cancel event
+    (set when its client goes away), and caps on its work."""
+
+    timeout: float | None = None
+    cancel: threading.Event | None = None
+    max_input_chars: int = 0  # 0: no cap
+    max_tokens: int = 0  # positions computed for the request: prompt + input + new tokens, per row; 0: no cap
 
 
 @dataclass(frozen=True)
@@ -69,8 +82,8 @@ def _active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
         )
     try:
         prompt = get_prompt(session, task.active_prompt_id)
-    except NotFound:  # deleted between reading the task and the prompt
-        raise Conflict(f"task {task.name!r} has no trained prompt right now; retry", code="task_not_trained") from None
+    except NotFound:  # deleted between reading the task and the prompt: the task may have fallen back
+        raise _Stale() from None
     return _check_base_model(prompt, model)
 
 
@@ -88,6 +101,36 @@ def _serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble:
         if chosen:
             return [_check_base_model(prompt, model) for prompt in chosen], True
     return [_active_prompt(session, task, model)], False
+
+
+def check_input_lengths(inputs: list[str], max_chars: int) -> None:
+    """Refuse an input longer than max_chars characters before any tokenising (tokenising costs with length)."""
+    if not max_chars:
+        return
+    index = next((i for i, text in enumerate(inputs) if len(text) > max_chars), None)
+    if index is not None:
+        raise InvalidInput(
+            f"inputs[{index}] is {len(inputs[index])} characters; at most {max_chars} are accepted "
+            "(PROMPTBANK_MAX_INPUT_CHARS); shorten it",
+            code="input_too_long",
+            details={"index": index, "characters": len(inputs[index]), "limit": max_chars},
+        )
+
+
+def _check_work(ids: list[tuple[int, ...]], prompts: list[Prompt], reserve: int, limit: int) -> None:
+    """Refuse a request whose rows would compute more positions than `limit` in all."""
+    if not limit:
+        return
+    virtual = max(p.num_virtual_tokens for p in prompts)
+    work = sum(len(row) + virtual + reserve for row in ids) * len(prompts)
+    if work > limit:
+        raise InvalidInput(
+            f"this request asks for {work} token positions (inputs x (prompt + input + new tokens) x ensemble "
+            f"members); at most {limit} are served per request (PROMPTBANK_MAX_REQUEST_TOKENS): split it, or ask "
+            "for fewer new tokens",
+            code="request_too_large",
+            details={"tokens": work, "limit": limit},
+        )
 
 
 def _encode_checked(
@@ -126,10 +169,48 @@ def _model(runtime: ModelRuntime) -> FrozenModel:
         raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
 
 
-def _run(runtime: ModelRuntime, rows: list[Row], priority: int, timeout: float | None) -> list[Any]:
+def _left(budget: Budget) -> float | None:
+    """Seconds left before the request's deadline; a 503 at once when none are."""
+    if budget.timeout is not None and budget.timeout <= 0:
+        raise ServiceUnavailable("the request's timeout passed before it could be served; retry", code="queue_timeout")
+    return budget.timeout
+
+
+class _Stale(Exception):
+    """A prompt the request chose was deleted before it was served (the task was deleted, or fell back to an
+    older version): the request is served again from a fresh read of its task."""
+
+
+def _fresh(session: Session, task: Task) -> Task:
+    """The task read again after a _Stale: deleted meanwhile is a 404 like any unknown task."""
+    fresh = TaskRepository(session).get(task.id)
+    if fresh is None:
+        raise NotFound(f"task {task.name!r} was deleted; GET /v1/tasks lists them", code="task_not_found")
+    return fresh
+
+
+def _retrying(session: Session, task: Task, serve: Callable[[Task], InferResult]) -> InferResult:
+    try:
+        return serve(task)
+    except _Stale:
+        pass
+    try:
+        return serve(_fresh(session, task))
+    except _Stale:
+        raise Conflict(
+            f"task {task.name!r} changed its prompt twice while this request was served; retry",
+            code="task_not_trained",
+        ) from None
+
+
+def _run(runtime: ModelRuntime, rows: list[Row], priority: int, budget: Budget) -> list[Any]:
     """Queue rows with other requests' and wait; engine refusals become 503s."""
     try:
-        return runtime.run(rows, priority=priority, timeout=timeout)
+        return runtime.run(rows, priority=priority, timeout=_left(budget), cancel=budget.cancel)
+    except NotFound as exc:  # the pool read a prompt deleted since the request chose it
+        if exc.code == "prompt_not_found":
+            raise _Stale() from exc
+        raise
     except PromptMissing as exc:
         raise ServiceUnavailable(f"{exc}: the prompt pool is thrashing; retry shortly", code="overloaded") from exc
     except QueueFull as exc:
@@ -138,6 +219,8 @@ def _run(runtime: ModelRuntime, rows: list[Row], priority: int, timeout: float |
         raise ServiceUnavailable(f"{exc}; retry, or raise timeout_ms", code="queue_timeout") from exc
     except BatcherClosed as exc:
         raise ServiceUnavailable(str(exc), code="shutting_down") from exc
+    except RequestCancelled as exc:  # nobody reads this answer: the client is gone
+        raise ServiceUnavailable(str(exc), code="cancelled") from exc
 
 
 def infer(
@@ -149,23 +232,54 @@ def infer(
     max_new_tokens: int,
     stop: list[str],
     priority: int = 0,
-    timeout: float | None = None,
+    budget: Budget | None = None,
     ensemble: Any = None,
 ) -> InferResult:
     """Classify or generate for every input with the task's active prompt (or an ensemble of its versions, whose
     rows share the same batches), batched with other requests."""
+    budget = budget or Budget()
+    check_input_lengths(inputs, budget.max_input_chars)
     model = _model(runtime)
+
+    def serve(task: Task) -> InferResult:
+        return _infer(session, runtime, model, task, inputs, max_new_tokens, stop, priority, budget, ensemble)
+
+    return _retrying(session, task, serve)
+
+
+def _infer(
+    session: Session,
+    runtime: ModelRuntime,
+    model: FrozenModel,
+    task: Task,
+    inputs: list[str],
+    max_new_tokens: int,
+    stop: list[str],
+    priority: int,
+    budget: Budget,
+    ensemble: Any,
+) -> InferResult:
     prompts, is_ensemble = _serving_prompts(session, task, model, ensemble)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
     ids = _encode_checked(model, task, inputs, prompts, reserve)
+    _check_work(ids, prompts, reserve, budget.max_tokens)
+    _left(budget)
     session.close()  # nothing more to read: do not hold a connection while queued behind other requests
     rows = [
-        Row(prompt.id, spec, text, max_new_tokens=max_new_tokens, stop=tuple(stop), input_ids=row_ids)
+        Row(
+            prompt.id,
+            spec,
+            text,
+            max_new_tokens=max_new_tokens,
+            stop=tuple(stop),
+            input_ids=row_ids,
+            cancel=budget.cancel,
+        )
         for prompt in prompts
         for text, row_ids in zip(inputs, ids, strict=True)
     ]
-    results = _run(runtime, rows, priority, timeout)
+    results = _run(runtime, rows, priority, budget)
     if task.kind == "classification":
         per_member = [results[i * len(inputs) : (i + 1) * len(inputs)] for i in range(len(prompts))]
         scored = ensembles.average(per_member) if len(prompts) > 1 else per_member[0]
@@ -184,18 +298,37 @@ def embed(
     *,
     pooling: Literal["last", "mean"],
     priority: int = 0,
-    timeout: float | None = None,
+    budget: Budget | None = None,
 ) -> InferResult:
     """One vector per input: the frozen model's final hidden state under the task's active prompt (the last
     position's, or the mean over the input's positions), batched by the same engine as inference."""
+    budget = budget or Budget()
+    check_input_lengths(inputs, budget.max_input_chars)
     model = _model(runtime)
+    return _retrying(
+        session, task, lambda task: _embed(session, runtime, model, task, inputs, pooling, priority, budget)
+    )
+
+
+def _embed(
+    session: Session,
+    runtime: ModelRuntime,
+    model: FrozenModel,
+    task: Task,
+    inputs: list[str],
+    pooling: Literal["last", "mean"],
+    priority: int,
+    budget: Budget,
+) -> InferResult:
     prompt = _active_prompt(session, task, model)
     ids = _encode_checked(model, task, inputs, [prompt], 0)
+    _check_work(ids, [prompt], 0, budget.max_tokens)
+    _left(budget)
     session.close()
     spec = task_spec(task)
     rows = [
-        Row(prompt.id, spec, text, input_ids=row_ids, pooling=pooling)
+        Row(prompt.id, spec, text, input_ids=row_ids, pooling=pooling, cancel=budget.cancel)
         for text, row_ids in zip(inputs, ids, strict=True)
     ]
-    vectors = _run(runtime, rows, priority, timeout)
+    vectors = _run(runtime, rows, priority, budget)
     return InferResult(task=task, prompt_id=prompt.id, outputs=vectors)

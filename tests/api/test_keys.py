@@ -177,7 +177,9 @@ def test_cors_is_closed_unless_origins_are_configured(client_with: Callable[...,
     closed = client_with()
     answer = closed.options("/v1/tasks", headers=preflight)
     assert "access-control-allow-origin" not in answer.headers
-    assert "access-control-allow-origin" not in closed.get("/v1/tasks", headers={"Origin": "https://evil.example"}).headers
+    assert (
+        "access-control-allow-origin" not in closed.get("/v1/tasks", headers={"Origin": "https://evil.example"}).headers
+    )
 
 
 def test_configured_cors_origins_may_call(client_with: Callable[..., TestClient]) -> None:
@@ -186,7 +188,9 @@ def test_configured_cors_origins_may_call(client_with: Callable[..., TestClient]
         "/v1/tasks", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
-    other = client.options("/v1/tasks", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    other = client.options(
+        "/v1/tasks", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+    )
     assert "access-control-allow-origin" not in other.headers
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.helpers import create_dataset, create_task, toy_examples
+from app.db.models import DEFAULT_TENANT
+from app.db.repositories import scope_session
+from app.errors import NotFound
+from app.services.inference import infer
+from app.services.tasks import resolve_task
+from tests.api.helpers import create_dataset, create_task, start_job, toy_examples, train_task, wait_for_job
 
 
 def test_a_job_and_a_delete_of_its_dataset_never_both_win(client: TestClient) -> None:
@@ -40,3 +46,31 @@ def test_a_job_and_a_delete_of_its_dataset_never_both_win(client: TestClient) ->
             assert deleted.json()["error"]["code"] == "dataset_in_use"
         else:
             assert job.json()["error"]["code"] == "dataset_not_found"
+
+
+def test_a_request_that_chose_a_version_deleted_meanwhile_is_served_by_the_fallback(client: TestClient) -> None:
+    _, first = train_task(client)
+    dataset = create_dataset(client, toy_examples(40))
+    second = wait_for_job(client, start_job(client, "sentiment", dataset["id"])["id"])
+    assert second["status"] == "succeeded"
+    state = client.app.state  # type: ignore[attr-defined]
+    with state.read_session_factory() as session:
+        scope_session(session, DEFAULT_TENANT)
+        stale = resolve_task(session, "sentiment")  # read while the second version is active
+        assert stale.active_prompt_id == second["result_prompt_id"]
+        assert client.delete(f"/v1/prompts/{second['result_prompt_id']}").status_code == 204
+        result = infer(session, state.runtime, stale, ["good film"], max_new_tokens=4, stop=[])
+    assert result.prompt_id == first["result_prompt_id"]
+    assert set(result.outputs[0]["scores"]) == {"positive", "negative"}
+
+
+def test_a_request_for_a_task_deleted_meanwhile_is_a_404(client: TestClient) -> None:
+    train_task(client)
+    state = client.app.state  # type: ignore[attr-defined]
+    with state.read_session_factory() as session:
+        scope_session(session, DEFAULT_TENANT)
+        stale = resolve_task(session, "sentiment")
+        assert client.delete("/v1/tasks/sentiment").status_code == 204
+        with pytest.raises(NotFound) as refused:
+            infer(session, state.runtime, stale, ["good film"], max_new_tokens=4, stop=[])
+    assert refused.value.code == "task_not_found"

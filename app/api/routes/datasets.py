@@ -115,7 +115,13 @@ UploadDep = Annotated[Upload, Depends(read_upload)]
     "",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=UPLOAD_DOC,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    responses={
+        400: {"model": ErrorResponse, "description": "unsupported_format: a file that is not UTF-8 JSONL or CSV"},
+        413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
 )
 def create_dataset(principal: Trainer, upload: UploadDep, session: SessionDep, settings: SettingsDep) -> DatasetOut:
     """Upload a dataset (JSONL/CSV file, or JSON examples); every line is validated."""

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
+from app.api.admission import ARRIVED, DISCONNECTED
 from app.api.deps import ADMIN, INFER, ReadSessionDep, RuntimeDep, SettingsDep
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
+from app.config import Settings
 from app.errors import InvalidInput
-from app.services.inference import embed, infer
+from app.services.inference import Budget, embed, infer
 from app.services.tasks import resolve_task
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No task with this id or name (task_not_found)."},
+    409: {"model": ErrorResponse, "description": "task_not_trained, base_model_mismatch, prompt_corrupt."},
+    422: {"model": ErrorResponse, "description": "input_too_long, request_too_large, too_many_inputs, ..."},
+    503: {"model": ErrorResponse, "description": "overloaded, queue_timeout, model_unavailable (Retry-After)."},
+}
 
 
 def _check_count(inputs: list[str], limit: int) -> None:
@@ -20,13 +30,27 @@ def _check_count(inputs: list[str], limit: int) -> None:
         raise InvalidInput(f"at most {limit} inputs per call; split the request", code="too_many_inputs")
 
 
+def _budget(request: Request, settings: Settings, timeout_ms: float | None) -> Budget:
+    """The request's limits; its deadline counts from its arrival (Admission), not from when a thread took it."""
+    arrived = getattr(request.state, ARRIVED, time.monotonic())
+    seconds = (
+        settings.max_request_seconds if timeout_ms is None else min(timeout_ms / 1000, settings.max_request_seconds)
+    )
+    return Budget(
+        timeout=arrived + seconds - time.monotonic(),
+        cancel=getattr(request.state, DISCONNECTED, None),
+        max_input_chars=settings.max_input_chars,
+        max_tokens=settings.max_request_tokens,
+    )
+
+
 @router.post(
     "/infer",
     dependencies=[INFER],
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses=MODEL_RESPONSES,
 )
 def run_inference(
-    body: InferRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
+    body: InferRequest, request: Request, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
 ) -> InferResponse:
     """Classify or generate with the task's active prompt."""
     _check_count(body.inputs, settings.max_infer_inputs)
@@ -38,7 +62,7 @@ def run_inference(
         max_new_tokens=body.max_new_tokens,
         stop=body.stop,
         priority=body.priority,
-        timeout=None if body.timeout_ms is None else body.timeout_ms / 1000,
+        budget=_budget(request, settings, body.timeout_ms),
         ensemble=ensemble_spec(body.ensemble),
     )
     return InferResponse.model_validate(
@@ -54,10 +78,10 @@ def run_inference(
 @router.post(
     "/embed",
     dependencies=[INFER],
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    responses=MODEL_RESPONSES,
 )
 def run_embedding(
-    body: EmbedRequest, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
+    body: EmbedRequest, request: Request, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
 ) -> EmbedResponse:
     """One vector per input: the frozen model's hidden state under the task's prompt."""
     _check_count(body.inputs, settings.max_infer_inputs)
@@ -68,7 +92,7 @@ def run_embedding(
         body.inputs,
         pooling=body.pooling,
         priority=body.priority,
-        timeout=None if body.timeout_ms is None else body.timeout_ms / 1000,
+        budget=_budget(request, settings, body.timeout_ms),
     )
     return EmbedResponse(
         task=result.task.name,

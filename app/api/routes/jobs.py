@@ -120,7 +120,7 @@ def create_job(
     return job_out(session, _enqueue(body, session, runtime.model, settings.max_job_attempts))
 
 
-@router.get("", dependencies=[READ])
+@router.get("", dependencies=[READ], responses={404: {"model": ErrorResponse, "description": "?task= names no task"}})
 def list_jobs(
     session: ReadSessionDep,
     limit: LimitDep,

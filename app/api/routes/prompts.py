@@ -41,7 +41,7 @@ def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:
     ]
 
 
-@router.get("", dependencies=[READ])
+@router.get("", dependencies=[READ], responses={404: {"model": ErrorResponse, "description": "?task= names no task"}})
 def list_prompts(
     session: ReadSessionDep,
     limit: LimitDep,
