@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.auth import Principal, PrincipalDep, need_admin, need_infer, need_read, need_train
+from app.api.schemas import ErrorResponse
 from app.config import Settings
 from app.db.base import MAX_ID
 from app.db.models import Task
@@ -84,3 +85,12 @@ def _page_offset(offset: int = Query(0, ge=0, le=MAX_ID, description="Rows to sk
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The id.")]
 LimitDep = Annotated[int, Depends(_page_limit)]
 OffsetDep = Annotated[int, Depends(_page_offset)]
+
+
+# What every /v1 route may answer besides its own responses (router-level, so the schema states them).
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No key, or an unknown or revoked one (auth_required, invalid_key)."},
+    403: {"model": ErrorResponse, "description": "The key lacks the scope this endpoint needs (missing_scope)."},
+    413: {"model": ErrorResponse, "description": "The body is over PROMPTBANK_MAX_BODY_BYTES (payload_too_large)."},
+    429: {"model": ErrorResponse, "description": "The key's rate limit (rate_limited, with Retry-After)."},
+}

@@ -10,13 +10,24 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import READ, TRAIN, IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep, SettingsDep, Trainer
+from app.api.deps import (
+    AUTH_RESPONSES,
+    READ,
+    TRAIN,
+    IdPath,
+    LimitDep,
+    OffsetDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    Trainer,
+)
 from app.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, ErrorResponse
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.services import datasets as service
 from app.services.dataset_parsing import loads_without_duplicates
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_RESPONSES)
 
 UPLOAD_DOC = {
     "requestBody": {

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.admission import ARRIVED, DISCONNECTED
-from app.api.deps import ADMIN, INFER, ReadSessionDep, RuntimeDep, SettingsDep
+from app.api.deps import ADMIN, AUTH_RESPONSES, INFER, ReadSessionDep, RuntimeDep, SettingsDep
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.config import Settings
 from app.errors import InvalidInput
 from app.services.inference import Budget, embed, infer
 from app.services.tasks import resolve_task
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(prefix="/v1", tags=["inference"], responses=AUTH_RESPONSES)
 
 MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No task with this id or name (task_not_found)."},

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 from sqlalchemy.orm import Session
 
 from app.api.deps import (
+    AUTH_RESPONSES,
     READ,
     TRAIN,
     IdPath,
@@ -38,7 +39,7 @@ from app.services import transfer_jobs as transfer
 from app.services.job_types import LengthSearch
 from app.services.tasks import resolve_task
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 
 def job_out(session: Session, job: Job) -> JobOut:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import ADMIN, IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep
+from app.api.deps import ADMIN, AUTH_RESPONSES, IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep
 from app.api.key_schemas import AuditEventOut, KeyCreate, KeyCreated, KeyOut
 from app.api.schemas import ErrorResponse
 from app.db.base import MAX_ID
@@ -12,7 +12,7 @@ from app.services import audit, keys
 
 TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
-router = APIRouter(prefix="/v1", tags=["keys"], dependencies=[ADMIN])
+router = APIRouter(prefix="/v1", tags=["keys"], responses=AUTH_RESPONSES, dependencies=[ADMIN])
 
 
 @router.post("/keys", status_code=status.HTTP_201_CREATED, responses={422: {"model": ErrorResponse}})

@@ -5,13 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import READ, TRAIN, IdPath, LimitDep, OffsetDep, ReadSessionDep, RuntimeDep, SessionDep
+from app.api.deps import (
+    AUTH_RESPONSES,
+    READ,
+    TRAIN,
+    IdPath,
+    LimitDep,
+    OffsetDep,
+    ReadSessionDep,
+    RuntimeDep,
+    SessionDep,
+)
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
 from app.db.models import Prompt, PromptKind
 from app.services import prompts as service
 from app.services.tasks import resolve_task
 
-router = APIRouter(prefix="/v1/prompts", tags=["prompts"])
+router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=AUTH_RESPONSES)
 
 
 def prompt_out(session: Session, prompts: list[Prompt]) -> list[PromptOut]:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from app.api.deps import (
+    AUTH_RESPONSES,
     READ,
     TRAIN,
     LimitDep,
@@ -22,7 +23,7 @@ from app.api.schemas import ErrorResponse, TaskCreate, TaskOut, TaskUpdate, ense
 from app.db.models import Task
 from app.services import tasks as service
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=AUTH_RESPONSES)
 
 
 def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
