@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -38,14 +39,19 @@ class Principal:
 class AuthState:
     """Per-process: whether auth is on (once on, it stays on), and the rate limiter."""
 
+    RECHECK_SECONDS = 1.0  # a key created by another process (the CLI, another replica) counts within this
+
     def __init__(self, settings: Settings) -> None:
         self.required = settings.admin_key is not None
         self.rate_limiter = RateLimiter()
+        self._checked = -self.RECHECK_SECONDS
 
     def auth_required(self, request: Request) -> bool:
-        if not self.required:
+        now = time.monotonic()
+        if not self.required and now - self._checked >= self.RECHECK_SECONDS:
             with request.app.state.read_session_factory() as session:
                 self.required = keys.any_created(session)
+            self._checked = now
         return self.required
 
 

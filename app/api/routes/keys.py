@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import ADMIN, AUTH_RESPONSES, IdPath, LimitDep, OffsetDep, ReadSessionDep, SessionDep
 from app.api.key_schemas import AuditEventOut, KeyCreate, KeyCreated, KeyOut
@@ -16,10 +16,12 @@ router = APIRouter(prefix="/v1", tags=["keys"], responses=AUTH_RESPONSES, depend
 
 
 @router.post("/keys", status_code=status.HTTP_201_CREATED, responses={422: {"model": ErrorResponse}})
-def create_key(body: KeyCreate, session: SessionDep) -> KeyCreated:
+def create_key(body: KeyCreate, session: SessionDep, request: Request) -> KeyCreated:
     """Create a key for a tenant with scopes; the key is in this response only."""
     limits = body.limits.model_dump(exclude_none=True) if body.limits else None
     row, key = keys.create_key(session, tenant=body.tenant, scopes=body.scopes, name=body.name, limits=limits)
+    session.commit()  # before this process stops answering without a key
+    request.app.state.auth.required = True  # the first key ends single-user mode from the next request on
     return KeyCreated(id=row.id, key=key, tenant=row.tenant, scopes=row.scopes, name=row.name, limits=row.limits)
 
 
