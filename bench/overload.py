@@ -24,13 +24,10 @@ from typing import Any
 import httpx
 import torch
 
-from app.db.session import make_engine, make_session_factory
-from app.engine.artifact import Artifact
 from app.engine.bundled import ensure_bundled_model
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
-from app.services.prompts import store_prompt
-from bench.serving_http import HttpService
+from bench.serving_http import HttpService, store_prompts
 
 SENTIMENT = TaskSpec("classification", "Review: {input}\nSentiment:", ("positive", "negative"))
 ANSWER = TaskSpec("generation", DEFAULT_TEMPLATES["generation"])
@@ -54,25 +51,7 @@ def add_generation_task(service: HttpService, frozen: FrozenModel, tokens: int) 
         response = client.post("/v1/tasks", json={"name": "writer", "kind": "generation", "template": ANSWER.template})
         response.raise_for_status()
         task_id = int(response.json()["id"])
-    prompt = torch.randn(tokens, frozen.hidden_size) * 0.02
-    engine = make_engine(service.database_url)
-    try:
-        with make_session_factory(engine).begin() as session:
-            store_prompt(
-                session,
-                tenant="default",
-                task_id=task_id,
-                artifact=Artifact("prompt", {"prompt": prompt}),
-                positions=tokens,
-                hidden_size=frozen.hidden_size,
-                identity=frozen.identity,
-                metrics={},
-                hyperparameters={},
-                job_id=None,
-                dataset_id=None,
-            )
-    finally:
-        engine.dispose()
+    store_prompts(service.database_url, frozen, {task_id: torch.randn(tokens, frozen.hidden_size) * 0.02})
 
 
 async def burst(base_url: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,29 @@ from bench.serving_runners import RoundResult, closed_loop
 from bench.serving_workload import Request, Scores
 
 
+def store_prompts(database_url: str, frozen: FrozenModel, prompts: dict[int, torch.Tensor]) -> None:
+    """Store each task's plain prompt as its active version, as a finished training job would."""
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine).begin() as session:
+            for task_id, prompt in prompts.items():
+                store_prompt(
+                    session,
+                    tenant="default",
+                    task_id=task_id,
+                    artifact=Artifact("prompt", {"prompt": prompt}),
+                    positions=int(prompt.shape[0]),
+                    hidden_size=int(prompt.shape[1]),
+                    identity=frozen.identity,
+                    metrics={},
+                    hyperparameters={},
+                    job_id=None,
+                    dataset_id=None,
+                )
+    finally:
+        engine.dispose()
+
+
 class HttpService:
     """A promptbank server with one task per prompt (named bench-<number>), for the life of a `with` block."""
 
@@ -84,25 +107,7 @@ class HttpService:
                 if response.status_code != 201:
                     raise SystemExit(f"POST /v1/tasks: {response.status_code} {response.text}")
                 task_ids.append(int(response.json()["id"]))
-        engine = make_engine(self.database_url)
-        try:
-            with make_session_factory(engine).begin() as session:
-                for task_id, prompt in zip(task_ids, self.prompts, strict=True):
-                    store_prompt(
-                        session,
-                        tenant="default",
-                        task_id=task_id,
-                        artifact=Artifact("prompt", {"prompt": prompt}),
-                        positions=int(prompt.shape[0]),
-                        hidden_size=int(prompt.shape[1]),
-                        identity=self.frozen.identity,
-                        metrics={},
-                        hyperparameters={},
-                        job_id=None,
-                        dataset_id=None,
-                    )
-        finally:
-            engine.dispose()
+        store_prompts(self.database_url, self.frozen, dict(zip(task_ids, self.prompts, strict=True)))
 
     @staticmethod
     def task_name(number: int) -> str:
