@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -25,8 +26,10 @@ from tests.api.helpers import create_dataset, create_task, toy_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT_TIMEOUT = 2.0  # how long the next worker waits before it takes the dead worker's job back
-STEPS = 40
-VALIDATION_EXAMPLES = 200  # long enough evaluations (at step 0 and at the last step) to be seen from outside
+STEPS = 60
+# Long validation inputs: the validations at step 0 and after the last step take long enough (a few tenths of a
+# second on a fast CPU) to be seen between two polls.
+VALIDATION_EXAMPLES = 500
 START_TIMEOUT = 90.0  # a process start imports torch: seconds on a busy 2-core runner
 UPLOAD_EXAMPLES = 4000
 
@@ -88,7 +91,9 @@ def wait_for(
     """Poll the job until reached(job); fail if it ends first, the worker dies, or nothing happens in time."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        job: Job = client.get(f"/v1/jobs/{job_id}").json()
+        response = client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        job: Job = response.json()
         if reached(job):
             return job
         assert job["status"] in ("queued", "running"), f"the job ended before the kill: {job}"
@@ -97,25 +102,52 @@ def wait_for(
     raise AssertionError(f"job {job_id} never reached the moment in {START_TIMEOUT} s: {job}\n{log_tail(log)}")
 
 
-# Each attempt's worker is killed at a later moment: the worker claimed the job but trains nothing yet (loading
-# the data and the step-0 evaluation), it is half way, it has done the last step (the final evaluation runs, the
-# prompt is not stored yet). (name, moment reached, what must hold when it is.)
-MOMENTS: list[tuple[str, Callable[[Job], bool], Callable[[Job], bool]]] = [
-    ("after the claim", lambda job: True, lambda job: job["progress"]["step"] == 0),
-    ("mid-training", lambda job: job["progress"]["step"] >= STEPS // 2, lambda job: job["progress"]["step"] < STEPS),
-    ("at the last step", lambda job: job["progress"]["step"] >= STEPS, lambda job: True),
+def evaluated_by_last_attempt(client: TestClient, job_id: int) -> list[int]:
+    """The steps the latest attempt evaluated: each is logged before the attempt trains past it."""
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 500}).json()
+    last_start = max(i for i, e in enumerate(events) if e["kind"] == "started")
+    return [e["data"]["step"] for e in events[last_start:] if e["kind"] == "metrics"]
+
+
+def attempt_at(attempt: int, reached: Callable[[Job], bool]) -> Callable[[Job], bool]:
+    return lambda job: job["status"] == "running" and job["attempts"] == attempt and reached(job)
+
+
+# Each attempt's worker is killed at a later moment. (moment; when to kill it, from the progress polled; what
+# proves the kill came at that moment, from the progress seen and the steps evaluated: the job validates at step 0,
+# before training, and at its last step, before storing.) That nothing was stored is checked for every kill.
+MOMENTS: list[tuple[str, Callable[[Job], bool], Callable[[Job, list[int]], bool]]] = [
+    ("after the claim, before any step", lambda job: True, lambda job, evaluated: evaluated == []),
+    (
+        "mid-training",
+        lambda job: job["progress"]["step"] >= STEPS // 3,
+        lambda job, evaluated: evaluated == [0] and job["progress"]["step"] < STEPS,
+    ),
+    (
+        "after the last step, before storing",
+        lambda job: job["progress"]["step"] == STEPS,
+        lambda job, evaluated: evaluated[:1] == [0],
+    ),
 ]
 
 
-def test_a_job_outlives_workers_killed_after_the_claim_mid_training_and_at_the_last_step(
+def test_a_job_outlives_workers_killed_after_the_claim_mid_training_and_after_the_last_step(
     client_with: Callable[..., TestClient], database_url: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # attempts: one per kill, and the one that finishes
+    # One attempt per kill, and one to finish: a worker is started for each, on the same database.
     client = client_with(run_worker=False, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT, max_job_attempts=4)
     create_task(client, "crash")
     train = create_dataset(client, toy_examples(40))
-    val = create_dataset(client, toy_examples(VALIDATION_EXAMPLES, seed=1), name="val")
-    hyper = {"num_virtual_tokens": 4, "steps": STEPS, "batch_size": 4, "eval_every": STEPS, "warmup_steps": 0}
+    long = [{**e, "input": " ".join([e["input"]] * 4)} for e in toy_examples(VALIDATION_EXAMPLES, seed=1)]
+    val = create_dataset(client, long, name="val")
+    hyper = {
+        "num_virtual_tokens": 4,
+        "steps": STEPS,
+        "batch_size": 4,
+        "eval_every": STEPS,
+        "warmup_steps": 0,
+        "max_validation_examples": VALIDATION_EXAMPLES,
+    }
     body = {"type": "train", "task": "crash", "dataset_id": train["id"], "validation_dataset_id": val["id"]}
     response = client.post("/v1/jobs", json={**body, "hyperparameters": hyper})
     assert response.status_code == 202, response.text
@@ -126,26 +158,21 @@ def test_a_job_outlives_workers_killed_after_the_claim_mid_training_and_at_the_l
         model_path=str(tiny_model_dir),
         device="cpu",
         worker_poll_seconds="0.05",
-        heartbeat_seconds="0.1",
+        heartbeat_seconds="0.05",  # progress is seen within 50 ms of a step
         heartbeat_timeout_seconds=str(HEARTBEAT_TIMEOUT),
     )
 
-    for attempt, (moment, reached, holds) in enumerate(MOMENTS, start=1):
+    for attempt, (moment, reached, proof) in enumerate(MOMENTS, start=1):
         log = tmp_path / "logs" / f"worker-{attempt}.log"
+        # The previous attempt's row stays "running" until this worker finds its heartbeat stale and requeues it.
         with child(["-m", "workers"], env, log) as worker:
-            # The previous attempt's row stays "running" until this worker finds its heartbeat stale.
-            seen = wait_for(
-                client,
-                job_id,
-                lambda job, a=attempt, r=reached: job["status"] == "running" and job["attempts"] == a and r(job),  # type: ignore[misc]
-                worker,
-                log,
-            )
+            seen = wait_for(client, job_id, attempt_at(attempt, reached), worker, log)
             kill(worker)
-        assert holds(seen), f"killed {moment} too late: {seen['progress']}"
         dead = client.get(f"/v1/jobs/{job_id}").json()
         assert dead["status"] == "running" and dead["attempts"] == attempt, f"killed {moment}: {dead}"
-        assert prompts_of(client, "crash", job_id) == [], f"a dead attempt ({moment}) stored a prompt"
+        assert prompts_of(client, "crash", job_id) == [], f"a worker killed {moment} stored a prompt"
+        evaluated = evaluated_by_last_attempt(client, job_id)
+        assert proof(seen, evaluated), f"not killed {moment}: saw {seen['progress']}, evaluated steps {evaluated}"
 
     log = tmp_path / "logs" / "worker-last.log"
     with child(["-m", "workers"], env, log) as worker:
@@ -157,6 +184,7 @@ def test_a_job_outlives_workers_killed_after_the_claim_mid_training_and_at_the_l
     assert prompt["version"] == 1 and prompt["active"]
     assert finished["result_prompt_id"] == prompt["id"]
     assert client.get("/v1/tasks/crash").json()["active_prompt_id"] == prompt["id"]
+    assert [job["id"] for job in client.get("/v1/jobs", params={"task": "crash"}).json()] == [job_id]
     events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 500}).json()
     lifecycle = [e["kind"] for e in events if e["kind"] in ("started", "requeued", "succeeded", "failed")]
     assert lifecycle == ["started", "requeued"] * len(MOMENTS) + ["started", "succeeded"]
@@ -240,6 +268,10 @@ def test_an_api_killed_mid_upload_stores_no_dataset_or_a_whole_one(
         json_body = json.dumps({"name": "half-json", "examples": examples}).encode()
         halves.append(open_upload(port, "application/json", json_body, chunked=True, sent=0.5))
         time.sleep(0.5)  # the server has read what was sent and waits for the rest
+        for sock in halves:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):  # no answer yet: the server is still reading the body
+                sock.recv(1)
         kill(first)
     for sock in halves:
         sock.close()
