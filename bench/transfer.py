@@ -146,20 +146,26 @@ def main() -> None:
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; parts {', '.join(args.parts)}")
     figures: dict[str, Any] = {"args": vars(args)}
     report = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each part, before any table is made: a report bug never loses an hour's figures
+        figures["minutes"] = (time.perf_counter() - began) / 60
+        out.write_text(json.dumps(figures, indent=2, default=str))
+
     if "meta" in args.parts:
         meta_args = argparse.Namespace(**{**vars(args), "steps": args.steps or 50, "test_size": args.test_size or 64})
         figures["meta"] = transfer_meta.run(frozen, meta_args, log)
+        save()
         report.append("## Meta-initialisation and prompt transfer\n\n" + meta_table(figures["meta"], meta_args))
     if "distill" in args.parts:
         distill_args = argparse.Namespace(
             **{**vars(args), "steps": args.steps or 100, "test_size": args.test_size or 80, "shots": args.context_shots}
         )
         figures["distill"] = transfer_distill.run(frozen, distill_args, log)
+        save()
         report.append("## Distillation\n\n" + distill_table(figures["distill"]))
-    figures["minutes"] = (time.perf_counter() - began) / 60
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, default=str))
+    save()
     text = "\n\n".join(report)
     out.with_suffix(".md").write_text(text + "\n")
     print(text)

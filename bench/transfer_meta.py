@@ -78,6 +78,7 @@ def learn_inits(
                     "seconds_per_step",
                     "mean_meta_gradient_norm",
                     "clipped_steps",
+                    "evaluations",
                 )
             },
         }
@@ -178,7 +179,9 @@ def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, An
                         for key, value in record.items()
                         if key.startswith("step_") and value is not None
                     )
-                    log(f"{task.name} seed {seed} k={k} {init}: {shown} ({done}/{total}, about {left:.0f} min left)")
+                    picked = f", chose {record['chosen']}" if record["chosen"] else ""
+                    where = f"{task.name} seed {seed} k={k} {init}"
+                    log(f"{where}: {shown}{picked} ({done}/{total}, about {left:.0f} min left)")
     return {
         "meta_inits": meta_records,
         "few_shot": records,
