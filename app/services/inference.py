@@ -183,13 +183,17 @@ class _Stale(Exception):
 
 def _fresh(session: Session, task: Task) -> Task:
     """The task read again after a _Stale: deleted meanwhile is a 404 like any unknown task."""
-    fresh = TaskRepository(session).get(task.id)
+    task_id, name = task.id, task.name
+    # A new read transaction (a snapshot taken now), and no loaded row kept: both may hold the old version.
+    session.rollback()
+    fresh = TaskRepository(session).get(task_id)
     if fresh is None:
-        raise NotFound(f"task {task.name!r} was deleted; GET /v1/tasks lists them", code="task_not_found")
+        raise NotFound(f"task {name!r} was deleted; GET /v1/tasks lists them", code="task_not_found")
     return fresh
 
 
 def _retrying(session: Session, task: Task, serve: Callable[[Task], InferResult]) -> InferResult:
+    name = task.name
     try:
         return serve(task)
     except _Stale:
@@ -198,7 +202,7 @@ def _retrying(session: Session, task: Task, serve: Callable[[Task], InferResult]
         return serve(_fresh(session, task))
     except _Stale:
         raise Conflict(
-            f"task {task.name!r} changed its prompt twice while this request was served; retry",
+            f"task {name!r} changed its prompt twice while this request was served; retry",
             code="task_not_trained",
         ) from None
 
