@@ -182,12 +182,13 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=300)
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--server-env", action="append", default=[], help="NAME=VALUE for the server, repeatable")
     parser.add_argument("--out", default="bench/results/overload.json")
     args = parser.parse_args()
     frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
     torch.manual_seed(0)
     prompts = [torch.randn(20, frozen.hidden_size) * 0.02 for _ in range(4)]
-    env = {"PROMPTBANK_MAX_INFLIGHT_REQUESTS": str(args.limit)}
+    env = {"PROMPTBANK_MAX_INFLIGHT_REQUESTS": str(args.limit), **dict(item.split("=", 1) for item in args.server_env)}
     with HttpService(frozen, prompts, SENTIMENT, args.data_dir, extra_env=env) as service:
         service.start()
         service.wait_ready()
