@@ -9,28 +9,19 @@ promptbank keys revoke ID
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.auth import is_loopback
 from app.config import Settings
 from app.db.models import DEFAULT_TENANT
 from app.db.session import make_engine, make_session_factory
 from app.errors import AppError
 from app.migrate import upgrade
 from app.services import audit, keys
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _sessions(settings: Settings) -> sessionmaker[Session]:
@@ -52,7 +43,7 @@ def auth_configured(settings: Settings) -> bool:
 def serve(args: argparse.Namespace) -> int:
     settings = Settings()
     allow = args.allow_unauthenticated or settings.allow_unauthenticated
-    if not _loopback(args.host) and not allow and not auth_configured(settings):
+    if not is_loopback(args.host) and not allow and not auth_configured(settings):
         print(
             f"refusing to serve on {args.host} without keys: anyone who reaches it could read, train and delete. "
             "Set PROMPTBANK_ADMIN_KEY (or run `promptbank keys create --admin`), or pass --allow-unauthenticated "

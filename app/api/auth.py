@@ -55,15 +55,20 @@ class AuthState:
         return self.required
 
 
-def is_local(request: Request) -> bool:
-    host = request.client.host if request.client else None
-    if host in (None, "localhost", "testclient"):
-        # no address (a unix socket) is local; "testclient" is the in-process test transport
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_local(request: Request) -> bool:
+    host = request.client.host if request.client else None
+    # no address (a unix socket) is local; "testclient" is the in-process test transport
+    return host is None or host == "testclient" or is_loopback(host)
 
 
 def _limits(settings: Settings, overrides: dict[str, object]) -> Limits:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas import Strict
+from app.services.keys import TENANT
 
 Scope = Literal["read", "infer", "train", "admin"]
 
@@ -22,9 +23,7 @@ class KeyLimits(Strict):
 
 
 class KeyCreate(Strict):
-    tenant: str = Field(
-        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Who the key acts for."
-    )
+    tenant: str = Field(min_length=1, max_length=64, pattern=TENANT, description="Who the key acts for.")
     scopes: list[Scope] = Field(min_length=1, max_length=4, description="read, infer, train and/or admin.")
     name: str | None = Field(default=None, max_length=200, description="A note to tell keys apart.")
     limits: KeyLimits | None = None

@@ -40,10 +40,11 @@ class _Repository(Generic[Row]):  # noqa: UP046  (PEP 695 syntax needs Python 3.
     it has its id, and owned by the session's tenant) and delete one."""
 
     model: type[Row]
+    scoped = True  # False: the rows are service-wide, read across tenants whatever the session's tenant
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.tenant = session_tenant(session)
+        self.tenant = session_tenant(session) if self.scoped else None
 
     def _own(self, stmt: Select[Selected], model: type[Base] | None = None) -> Select[Selected]:
         """stmt restricted to the session's tenant, if it has one."""
@@ -302,10 +303,7 @@ class ApiKeyRepository(_Repository[ApiKey]):
     """Keys are service-wide (an admin manages every tenant's), so these queries are not scoped."""
 
     model = ApiKey
-
-    def __init__(self, session: Session) -> None:
-        super().__init__(session)
-        self.tenant = None
+    scoped = False
 
     def get(self, key_id: int) -> ApiKey | None:
         return self._get(key_id)
@@ -328,10 +326,7 @@ class AuditRepository(_Repository[AuditEvent]):
     """The log is the operator's (admin scope): read across tenants, optionally one tenant's."""
 
     model = AuditEvent
-
-    def __init__(self, session: Session) -> None:
-        super().__init__(session)
-        self.tenant = None
+    scoped = False
 
     def list(self, *, tenant: str | None, after_id: int, limit: int) -> Sequence[AuditEvent]:
         stmt = select(AuditEvent).where(AuditEvent.id > after_id).order_by(AuditEvent.id).limit(limit)

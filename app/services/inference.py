@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,10 +30,10 @@ from app.services.tasks import task_spec
 
 @dataclass(frozen=True)
 class Budget:
-    """What one request may take: seconds left before its deadline (counted from its arrival), a cancel event
-    (set when its client goes away), and caps on its work."""
+    """What one request may take: its deadline (time.monotonic(), counted from its arrival), a cancel event (set
+    when its client goes away), and caps on its work."""
 
-    timeout: float | None = None
+    deadline: float | None = None
     cancel: threading.Event | None = None
     max_input_chars: int = 0  # 0: no cap
     max_tokens: int = 0  # positions computed for the request: prompt + input + new tokens, per row; 0: no cap
@@ -171,9 +172,12 @@ def _model(runtime: ModelRuntime) -> FrozenModel:
 
 def _left(budget: Budget) -> float | None:
     """Seconds left before the request's deadline; a 503 at once when none are."""
-    if budget.timeout is not None and budget.timeout <= 0:
+    if budget.deadline is None:
+        return None
+    left = budget.deadline - time.monotonic()
+    if left <= 0:
         raise ServiceUnavailable("the request's timeout passed before it could be served; retry", code="queue_timeout")
-    return budget.timeout
+    return left
 
 
 class _Stale(Exception):

@@ -24,8 +24,8 @@ from app.services import audit
 
 SCOPES = ("read", "infer", "train", "admin")
 KEY_PREFIX = "pb_"
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LIMIT_NAMES = ("requests_per_second", "active_jobs", "stored_bytes", "dataset_bytes")
+TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # also the pattern of the API's tenant fields
+TENANT_PATTERN = re.compile(TENANT)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def _budget(request: Request, settings: Settings, timeout_ms: float | None) -> B
         settings.max_request_seconds if timeout_ms is None else min(timeout_ms / 1000, settings.max_request_seconds)
     )
     return Budget(
-        timeout=arrived + seconds - time.monotonic(),
+        deadline=arrived + seconds,
         cancel=getattr(request.state, DISCONNECTED, None),
         max_input_chars=settings.max_input_chars,
         max_tokens=settings.max_request_tokens,

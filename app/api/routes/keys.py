@@ -9,8 +9,7 @@ from app.api.key_schemas import AuditEventOut, KeyCreate, KeyCreated, KeyOut
 from app.api.schemas import ErrorResponse
 from app.db.base import MAX_ID
 from app.services import audit, keys
-
-TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+from app.services.keys import TENANT
 
 router = APIRouter(prefix="/v1", tags=["keys"], responses=AUTH_RESPONSES, dependencies=[ADMIN])
 
