@@ -27,7 +27,7 @@ from bench.transfer_data import WordTask, examples, spec, split_family, test_set
 from bench.transfer_jobs import job_context
 from workers.inputs import Candidate, Source
 from workers.jobs import meta_init
-from workers.training import EvalReport, train_prompt
+from workers.training import EvalReport, TrainJob, train_prompts
 from workers.transfer import choose_init
 
 Log = Callable[[str], None]
@@ -89,15 +89,19 @@ def learn_inits(
 
 
 def train_donors(frozen: FrozenModel, tasks: list[WordTask], args: argparse.Namespace) -> list[tuple[str, Artifact]]:
-    """Single-task prompts of meta-training tasks: what else a bank holds for `auto` to pick from."""
-    donors = []
+    """Single-task prompts of meta-training tasks, trained packed: what else a bank holds for `auto` to pick from."""
+    jobs = []
     for task in tasks[: args.donors]:
         config = PromptConfig(
             num_virtual_tokens=args.tokens, init_text=task.question, steps=args.steps, eval_every=args.steps, seed=0
         )
         pairs = examples(task, 64, seed=0)
-        result = train_prompt(frozen, spec(), pairs[:48], pairs[48:], config)
-        donors.append((f"task {task.name}", result.artifact))
+        jobs.append(TrainJob(spec(), pairs[:48], pairs[48:], config))
+    donors = []
+    for task, outcome in zip(tasks, train_prompts(frozen, jobs), strict=False):
+        if isinstance(outcome, BaseException):
+            raise RuntimeError(f"donor {task.name}: {outcome}") from outcome
+        donors.append((f"task {task.name}", outcome.artifact))
     return donors
 
 
@@ -106,12 +110,14 @@ def few_shot(
     task: WordTask,
     k: int,
     seed: int,
-    init: str,
+    inits: list[str],
     starts: dict[str, Artifact],
     candidates: list[Candidate],
     args: argparse.Namespace,
-) -> dict[str, Any]:
-    """Accuracy on the task's test set at each --report-at step of a prompt trained on k examples from `init`."""
+) -> list[dict[str, Any]]:
+    """Accuracy on the task's test set at each --report-at step of a prompt trained on k examples from each of
+    `inits`. The prompts of all inits train packed in shared passes (workers.training.train_prompts), each exactly
+    as it would alone: same examples, same seed, so the starts differ only in where they start."""
     test = test_set(task, args.test_size, seed=1000 + seed)
     train = examples(task, k, seed=seed, exclude={word for word, _ in test})
     base = {
@@ -122,31 +128,41 @@ def few_shot(
         "warmup_steps": 0,
         "seed": seed,
     }
-    artifact: Artifact | None = None
-    chosen = None
-    if init in starts:
-        config = PromptConfig(**base, init=FromPrompt(from_prompt=1))
-        artifact = starts[init]
-    elif init == "auto":
-        text = PromptConfig(**base, init="text", init_text=task.question)
-        choice = choose_init(frozen, spec(), train, text, candidates)
-        chosen = next((c.label for c in candidates if c.prompt_id == choice.prompt_id), "text init")
-        config, artifact = (
-            (text, None)
-            if choice.artifact is None
-            else (PromptConfig(**base, init=FromPrompt(from_prompt=1)), choice.artifact)
-        )
-    elif init == "text":
-        config = PromptConfig(**base, init="text", init_text=task.question)
-    else:
-        config = PromptConfig(**base, init=init)
-    seen: dict[int, float] = {}
+    jobs, chosen, seen = [], [], []
+    for init in inits:
+        artifact: Artifact | None = None
+        picked = None
+        if init in starts:
+            config = PromptConfig(**base, init=FromPrompt(from_prompt=1))
+            artifact = starts[init]
+        elif init == "auto":
+            text = PromptConfig(**base, init="text", init_text=task.question)
+            choice = choose_init(frozen, spec(), train, text, candidates)
+            picked = next((c.label for c in candidates if c.prompt_id == choice.prompt_id), "text init")
+            config, artifact = (
+                (text, None)
+                if choice.artifact is None
+                else (PromptConfig(**base, init=FromPrompt(from_prompt=1)), choice.artifact)
+            )
+        elif init == "text":
+            config = PromptConfig(**base, init="text", init_text=task.question)
+        else:
+            config = PromptConfig(**base, init=init)
+        accuracy: dict[int, float] = {}
 
-    def on_eval(report: EvalReport) -> None:
-        seen[report.step] = float(report.val_accuracy or 0.0)
+        def on_eval(report: EvalReport, accuracy: dict[int, float] = accuracy) -> None:
+            accuracy[report.step] = float(report.val_accuracy or 0.0)
 
-    train_prompt(frozen, spec(), train, test, config, init=artifact, on_eval=on_eval)
-    return {f"step_{step}": seen.get(step) for step in args.report_at} | {"chosen": chosen}
+        jobs.append(TrainJob(spec(), train, test, config, init=artifact, on_eval=on_eval))
+        chosen.append(picked)
+        seen.append(accuracy)
+    for init, outcome in zip(inits, train_prompts(frozen, jobs), strict=True):
+        if isinstance(outcome, BaseException):
+            raise RuntimeError(f"{task.name} seed {seed} k={k} {init}: {outcome}") from outcome
+    return [
+        {f"step_{step}": accuracy.get(step) for step in args.report_at} | {"chosen": picked}
+        for accuracy, picked in zip(seen, chosen, strict=True)
+    ]
 
 
 def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, Any]:
@@ -168,20 +184,20 @@ def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, An
     for task in held:
         for seed in range(args.seeds):
             for k in args.shots:
-                for init in args.inits:
-                    record = {"task": task.name, "seed": seed, "k": k, "init": init}
-                    record.update(few_shot(frozen, task, k, seed, init, starts, candidates, args))
+                group = few_shot(frozen, task, k, seed, args.inits, starts, candidates, args)
+                for init, result in zip(args.inits, group, strict=True):
+                    record = {"task": task.name, "seed": seed, "k": k, "init": init, **result}
                     records.append(record)
-                    done = len(records)
-                    left = (time.perf_counter() - began) / done * (total - done) / 60
                     shown = ", ".join(
                         f"{key} {value:.3f}"
                         for key, value in record.items()
                         if key.startswith("step_") and value is not None
                     )
                     picked = f", chose {record['chosen']}" if record["chosen"] else ""
-                    where = f"{task.name} seed {seed} k={k} {init}"
-                    log(f"{where}: {shown}{picked} ({done}/{total}, about {left:.0f} min left)")
+                    log(f"{task.name} seed {seed} k={k} {init}: {shown}{picked}")
+                done = len(records)
+                left = (time.perf_counter() - began) / done * (total - done) / 60
+                log(f"{done}/{total} trained, about {left:.0f} min left")
     return {
         "meta_inits": meta_records,
         "few_shot": records,

@@ -13,10 +13,12 @@ from app.engine.methods import get_method
 from app.engine.methods.prompt import PromptConfig
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
+from app.services.job_types import MetaOrder
 from tests.tiny_model import build_tiny_model_dir
-from workers.jobs.meta_init import _Loss, _loss_of, adapt, meta_gradient
+from workers.jobs.meta_init import _flat, _Pack, _pack_loss_of, _per_task_mean, adapt, meta_gradient
 
 SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
+TOPIC = TaskSpec("classification", "Text: {input}\nTopic:", ("arts", "other"))
 
 
 # --- a quadratic problem: support 1/2 (x - a)^T A (x - a), query 1/2 (x - b)^T B (x - b) ---------------------
@@ -88,11 +90,11 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> FrozenModel:
 def test_second_order_meta_gradient_matches_finite_differences_on_the_tiny_model(frozen: FrozenModel) -> None:
     config = PromptConfig(num_virtual_tokens=2, init="random", seed=0)
     module = get_method("prompt").build(frozen, config, SENTIMENT, torch.Generator().manual_seed(0))
-    wrapper = _Loss(frozen, module)
+    pack = _Pack(frozen, module, 1)
     rows = [("the film was good", "positive"), ("a bad day", "negative"), ("good music", "positive")]
     encoded = [encode_example(frozen, SENTIMENT, text, label) for text, label in rows]
-    support_loss, query_loss = _loss_of(wrapper, encoded[:2]), _loss_of(wrapper, encoded[2:])
-    theta = {name: p.detach().clone() for name, p in module.named_parameters()}
+    support_loss, query_loss = _pack_loss_of(pack, [encoded[:2]]), _pack_loss_of(pack, [encoded[2:]])
+    theta = _flat({name: p.detach().clone() for name, p in module.named_parameters()}, 1)
     steps, lr = 2, 0.5
     grads, _ = meta_gradient(theta, support_loss, query_loss, steps, lr, "second")
     first, _ = meta_gradient(theta, support_loss, query_loss, steps, lr, "first")
@@ -118,3 +120,45 @@ def test_second_order_meta_gradient_matches_finite_differences_on_the_tiny_model
         misses.append(abs(approximate - numeric) > 0.1 * abs(numeric))
     # The first-order approximation misses the curvature term: the check can tell the orders apart.
     assert any(misses)
+
+
+@pytest.mark.parametrize("order", ["second", "first", "reptile"])
+def test_a_packed_meta_batch_gives_the_mean_of_each_tasks_meta_gradient_alone(
+    frozen: FrozenModel, order: MetaOrder
+) -> None:
+    """Tasks of a meta-batch share each pass; each adapts its own copy of theta, exactly as it would alone."""
+    config = PromptConfig(num_virtual_tokens=2, init="random", seed=0)
+    module = get_method("prompt").build(frozen, config, SENTIMENT, torch.Generator().manual_seed(0))
+    theta = {name: p.detach().clone() for name, p in module.named_parameters()}
+    texts = ["the film was good", "a bad day", "good music", "bad food", "a good game", "the song was bad"]
+    tasks = [
+        [encode_example(frozen, SENTIMENT, text, "positive" if "good" in text else "negative") for text in texts],
+        [encode_example(frozen, TOPIC, t, "arts" if "film" in t or "song" in t else "other") for t in texts],
+        [encode_example(frozen, SENTIMENT, text, "negative" if "good" in text else "positive") for text in texts[:4]],
+    ]
+    alone, alone_losses = [], []
+    for examples in tasks:
+        one = _Pack(frozen, module, 1)
+        grads, loss = meta_gradient(
+            _flat(theta, 1), _pack_loss_of(one, [examples[:2]]), _pack_loss_of(one, [examples[2:]]), 2, 0.5, order
+        )
+        alone.append(_per_task_mean(grads, list(theta), 1))
+        alone_losses.append(loss)
+    pack = _Pack(frozen, module, len(tasks))
+    grads, summed = meta_gradient(
+        _flat(theta, len(tasks)),
+        _pack_loss_of(pack, [examples[:2] for examples in tasks]),
+        _pack_loss_of(pack, [examples[2:] for examples in tasks]),
+        2,
+        0.5,
+        order,
+    )
+    packed = _per_task_mean(grads, list(theta), len(tasks))
+    for name in theta:
+        expected = sum(g[name] for g in alone) / len(tasks)
+        scale = float(expected.abs().max())
+        assert scale > 1e-4  # the tasks' gradients are not all zero
+        # Rows padded to another length round differently in float32, and two inner steps amplify that: the
+        # tolerance is relative to the gradient's size (a leak between tasks would be of that size itself).
+        assert float((packed[name] - expected).abs().max()) <= 2e-3 * scale
+    assert summed == pytest.approx(sum(alone_losses), rel=1e-5)

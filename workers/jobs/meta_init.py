@@ -16,6 +16,7 @@ episodes of up to 8 tasks (the best initialisation by it is stored).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -34,7 +35,8 @@ from app.engine.text import EncodedExample
 from app.services.job_types import MetaLearning, MetaOrder, split_options
 from workers.inputs import Source
 from workers.jobs.base import JobContext, Trained
-from workers.training import Cancelled, EvalReport, StepReport, batch_loss, encode_all
+from workers.train_steps import batch_losses, encode_all
+from workers.training import Cancelled, EvalReport, StepReport
 
 TYPE = "meta_init"
 Params = dict[str, torch.Tensor]
@@ -84,19 +86,35 @@ def meta_gradient(
 # --- the job -----------------------------------------------------------------------------------------------
 
 
-class _Loss(nn.Module):
-    """A prompt module's loss on a batch, callable with substitute parameters (torch.func.functional_call)."""
+class _Pack(nn.Module):
+    """n copies of a prompt module whose losses run in one pass, callable with substitute parameters for every copy
+    at once (torch.func.functional_call): the tasks of a meta-batch adapt side by side, each row over its own
+    task's copy. Parameters are named "i.name" for copy i (see _flat)."""
 
-    def __init__(self, frozen: FrozenModel, module: PromptModule) -> None:
+    def __init__(self, frozen: FrozenModel, module: PromptModule, n: int) -> None:
         super().__init__()
-        self.frozen, self.module = frozen, module
+        self.frozen = frozen
+        self.members = nn.ModuleList(copy.deepcopy(module) for _ in range(n))
 
-    def forward(self, examples: list[EncodedExample]) -> torch.Tensor:
-        return batch_loss(self.frozen, self.module, examples)
+    def forward(self, batches: list[list[EncodedExample]]) -> torch.Tensor:
+        """Each copy's mean loss per target token on its batch: [n]."""
+        members: list[PromptModule] = list(self.members)  # type: ignore[arg-type]
+        return batch_losses(self.frozen, list(zip(members, batches, strict=True)))
 
 
-def _loss_of(wrapper: _Loss, examples: list[EncodedExample]) -> LossOf:
-    return lambda params: functional_call(wrapper, {f"module.{n}": p for n, p in params.items()}, (examples,))
+def _flat(theta: Params, n: int) -> Params:
+    """theta repeated for n packed copies, as "i.name": the starting point of every task of a meta-batch."""
+    return {f"{i}.{name}": value for i in range(n) for name, value in theta.items()}
+
+
+def _pack_loss_of(pack: _Pack, batches: list[list[EncodedExample]]) -> LossOf:
+    """The summed loss of every copy on its batch: its gradient w.r.t. copy i is task i's own gradient."""
+    return lambda params: functional_call(pack, {f"members.{k}": p for k, p in params.items()}, (batches,)).sum()
+
+
+def _per_task_mean(grads: Params, names: list[str], n: int) -> Params:
+    """The mean over the n copies of a flat ("i.name") gradient."""
+    return {name: sum(grads[f"{i}.{name}"] for i in range(n)) / n for name in names}  # type: ignore[misc]
 
 
 def _episode(examples: list[EncodedExample], meta: MetaLearning, rng: random.Random) -> tuple[list, list]:
@@ -126,7 +144,13 @@ def run(ctx: JobContext) -> Trained:
     encoded = [encode_all(frozen, s.spec, s.examples, positions, f"task {s.name!r}") for s in sources]
     generator = torch.Generator().manual_seed(config.seed)
     module = method.build(frozen, config, sources[0].spec, generator, ctx.init)
-    wrapper = _Loss(frozen, module)
+    packs: dict[int, _Pack] = {}
+
+    def pack(n: int) -> _Pack:
+        if n not in packs:
+            packs[n] = _Pack(frozen, module, n)
+        return packs[n]
+
     names = [name for name, p in module.named_parameters() if p.requires_grad]
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=meta.outer_lr)
     if meta.order == "second" and meta.inner_steps > WARN_SECOND_ORDER_STEPS:
@@ -148,14 +172,13 @@ def run(ctx: JobContext) -> Trained:
     def evaluate(step: int) -> float:
         """Mean query loss after K first-order SGD steps from the current theta, on the fixed episodes (and, for
         comparison, before them)."""
-        before, after = [], []
-        for _, support, query in episodes:
-            start = {n: p.detach().requires_grad_(True) for n, p in params().items()}
-            adapted = adapt(start, _loss_of(wrapper, support), meta.inner_steps, meta.inner_lr, create_graph=False)
-            with torch.no_grad():
-                before.append(float(_loss_of(wrapper, query)(start)))
-                after.append(float(_loss_of(wrapper, query)(adapted)))
-        loss, unadapted = sum(after) / len(after), sum(before) / len(before)
+        n = len(episodes)
+        supports, queries = [support for _, support, _ in episodes], [query for _, _, query in episodes]
+        start = {k: p.detach().requires_grad_(True) for k, p in _flat(params(), n).items()}
+        adapted = adapt(start, _pack_loss_of(pack(n), supports), meta.inner_steps, meta.inner_lr, create_graph=False)
+        with torch.no_grad():
+            unadapted = float(_pack_loss_of(pack(n), queries)(start)) / n
+            loss = float(_pack_loss_of(pack(n), queries)(adapted)) / n
         evaluations.append({"step": step, "query_loss_before": unadapted, "query_loss_after": loss})
         ctx.on_eval(EvalReport(step=step, val_loss=loss, val_accuracy=None))
         return loss
@@ -170,23 +193,25 @@ def run(ctx: JobContext) -> Trained:
     for step in range(1, meta.outer_steps + 1):
         if ctx.should_stop():
             raise Cancelled(f"stopped at outer step {step} of {meta.outer_steps}")
-        total: Params = {name: torch.zeros_like(p) for name, p in params().items()}
-        query_losses = []
+        supports, queries = [], []
         for _ in range(meta.meta_batch):
             index = next(cycle)
             samples[index] += 1
             support, query = _episode(encoded[index], meta, rng)
-            grads, loss = meta_gradient(
-                params(),
-                _loss_of(wrapper, support),
-                _loss_of(wrapper, query),
-                meta.inner_steps,
-                meta.inner_lr,
-                meta.order,
-            )
-            for name in total:
-                total[name] += grads[name] / meta.meta_batch
-            query_losses.append(loss)
+            supports.append(support)
+            queries.append(query)
+        # The meta-batch's tasks adapt in shared passes, each over its own copy of theta.
+        n = meta.meta_batch
+        grads, summed = meta_gradient(
+            _flat(params(), n),
+            _pack_loss_of(pack(n), supports),
+            _pack_loss_of(pack(n), queries),
+            meta.inner_steps,
+            meta.inner_lr,
+            meta.order,
+        )
+        total = _per_task_mean(grads, names, n)
+        query_loss = summed / n
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in total.values()])))
         norms.append(norm)
         if not math.isfinite(norm):
@@ -199,7 +224,7 @@ def run(ctx: JobContext) -> Trained:
             torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        ctx.on_step(StepReport(step, meta.outer_steps, sum(query_losses) / len(query_losses), meta.outer_lr))
+        ctx.on_step(StepReport(step, meta.outer_steps, query_loss, meta.outer_lr))
         if step % config.eval_every == 0 or step == meta.outer_steps:
             loss = evaluate(step)
             if loss < best_loss:
