@@ -72,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--serve-rows", type=int, default=32)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="bench/results/transfer.json")
+    parser.add_argument(
+        "--state", default=None, help="meta: a folder that keeps a run's progress, to go on after a stop"
+    )
     return parser.parse_args()
 
 

@@ -7,14 +7,20 @@
 4. On every held-out task, seed and k in --shots: train a prompt from each --inits start on k examples for --steps
    steps, and read its accuracy on a fixed balanced test set at each of --report-at steps. The test set is passed as
    the trainer's validation set only to observe the prompt at those steps: nothing is selected by it.
+
+With --state DIR a run that stops (a session's end, a crash) goes on where it stopped: the meta-initialisations,
+the donors and every finished (task, seed, k) group are written there as they are made and read back on the next
+run with the same DIR (delete DIR, or use another, after changing any other option).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,6 +171,44 @@ def few_shot(
     ]
 
 
+class _State:
+    """What a run has made so far, in --state DIR (nothing is kept without it)."""
+
+    def __init__(self, directory: str | None) -> None:
+        self.dir = Path(directory) if directory else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def artifacts(self, name: str) -> tuple[list[tuple[str, Artifact]], Any] | None:
+        if self.dir is None or not (self.dir / f"{name}.json").is_file():
+            return None
+        saved = json.loads((self.dir / f"{name}.json").read_text())
+        bank = [
+            (label, Artifact.from_bytes((self.dir / f"{name}.{i}.bin").read_bytes()))
+            for i, label in enumerate(saved["labels"])
+        ]
+        return bank, saved["records"]
+
+    def save_artifacts(self, name: str, bank: list[tuple[str, Artifact]], records: Any) -> None:
+        if self.dir is None:
+            return
+        for i, (_, artifact) in enumerate(bank):
+            (self.dir / f"{name}.{i}.bin").write_bytes(artifact.to_bytes())
+        text = json.dumps({"labels": [label for label, _ in bank], "records": records}, default=str)
+        (self.dir / f"{name}.json").write_text(text)  # last: its presence means every file above is complete
+
+    def groups(self) -> dict[str, list[dict[str, Any]]]:
+        if self.dir is None or not (self.dir / "few_shot.jsonl").is_file():
+            return {}
+        lines = (self.dir / "few_shot.jsonl").read_text().splitlines()
+        return {entry["key"]: entry["records"] for entry in map(json.loads, lines) if entry}
+
+    def save_group(self, key: str, records: list[dict[str, Any]]) -> None:
+        if self.dir is not None:
+            with (self.dir / "few_shot.jsonl").open("a") as f:
+                f.write(json.dumps({"key": key, "records": records}) + "\n")
+
+
 def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, Any]:
     family = word_tasks(seed=0)
     training, held = split_family(family, args.held_out, seed=0)
@@ -174,30 +218,52 @@ def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, An
     log(f"{len(family)} word tasks; meta-training on {len(training)}, held out: {', '.join(t.name for t in held)}")
     sources = [Source(i, t.name, 0, spec(), examples(t, args.meta_examples, seed=0)) for i, t in enumerate(training)]
     torch.manual_seed(0)
-    starts, meta_records = learn_inits(frozen, sources, args, log)
-    donors = train_donors(frozen, training, args)
+    state = _State(getattr(args, "state", None))
+    saved = state.artifacts("meta_inits")
+    if saved is None:
+        learned, meta_records = learn_inits(frozen, sources, args, log)
+        state.save_artifacts("meta_inits", list(learned.items()), meta_records)
+        starts = learned
+    else:
+        starts, meta_records = dict(saved[0]), saved[1]
+        log(f"meta-initialisations read back from {state.dir}")
+    saved = state.artifacts("donors")
+    if saved is None:
+        donors = train_donors(frozen, training, args)
+        state.save_artifacts("donors", donors, None)
+    else:
+        donors = saved[0]
     bank = [*starts.items(), *donors]
     candidates = [Candidate(index + 1, label, artifact) for index, (label, artifact) in enumerate(bank)]
     records = []
+    done_before = state.groups()
     total = len(held) * args.seeds * len(args.shots) * len(args.inits)
-    began = time.perf_counter()
+    began, trained = time.perf_counter(), 0
     for task in held:
         for seed in range(args.seeds):
             for k in args.shots:
+                key = f"{task.name}/{seed}/{k}"
+                if key in done_before:
+                    records.extend(done_before[key])
+                    continue
                 group = few_shot(frozen, task, k, seed, args.inits, starts, candidates, args)
-                for init, result in zip(args.inits, group, strict=True):
-                    record = {"task": task.name, "seed": seed, "k": k, "init": init, **result}
-                    records.append(record)
+                group = [
+                    {"task": task.name, "seed": seed, "k": k, "init": i, **r}
+                    for i, r in zip(args.inits, group, strict=True)
+                ]
+                state.save_group(key, group)
+                for record in group:
                     shown = ", ".join(
                         f"{key} {value:.3f}"
                         for key, value in record.items()
                         if key.startswith("step_") and value is not None
                     )
                     picked = f", chose {record['chosen']}" if record["chosen"] else ""
-                    log(f"{task.name} seed {seed} k={k} {init}: {shown}{picked}")
-                done = len(records)
-                left = (time.perf_counter() - began) / done * (total - done) / 60
-                log(f"{done}/{total} trained, about {left:.0f} min left")
+                    log(f"{task.name} seed {seed} k={k} {record['init']}: {shown}{picked}")
+                records.extend(group)
+                trained += len(group)
+                left = (time.perf_counter() - began) / trained * (total - len(records)) / 60
+                log(f"{len(records)}/{total} trained, about {left:.0f} min left")
     return {
         "meta_inits": meta_records,
         "few_shot": records,
