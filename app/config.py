@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: float = Field(
         default=60.0, gt=0, description="A running job silent this long is re-queued (its worker died)."
     )
+    worker_pack_jobs: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Queued train jobs a worker claims together and trains in shared passes (1: one at a time).",
+    )
     max_job_attempts: int = Field(default=3, ge=1, description="Tries per job before it is marked failed.")
     auto_migrate: bool = Field(
         default=True, description="Run Alembic migrations at start-up (turn off where a migrate job does it)."

@@ -17,6 +17,7 @@ def worker_settings(settings: Settings) -> WorkerSettings:
         poll_seconds=settings.worker_poll_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        pack_jobs=settings.worker_pack_jobs,
     )
 
 

@@ -23,7 +23,8 @@ from app.engine.model import FrozenModel
 from app.services.job_types import job_config
 from app.services.prompts import store_prompt
 from workers.inputs import load_inputs
-from workers.jobs import JOB_KINDS, JobContext
+from workers.jobs import JOB_KINDS, JobContext, Trained
+from workers.jobs import train as train_kind
 from workers.training import Cancelled, EvalReport, StepReport
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class WorkerSettings:
     heartbeat_seconds: float = 5.0
     heartbeat_timeout_seconds: float = 60.0
     progress_min_interval: float = 0.2  # progress rows are cheap but not free: at most 5 writes a second
+    pack_jobs: int = 8  # train jobs claimed together and trained in shared passes (1: one job at a time)
 
 
 class JobLost(Exception):
@@ -73,20 +75,20 @@ class Worker:
         while not self.stop.is_set():
             try:
                 self.requeue_stale()
-                job_id = self.claim()
+                job_ids = self.claim_batch()
             except Exception:  # the database may be briefly unreachable; keep the worker alive
                 log.exception("worker %s: queue access failed", self.worker_id)
-                job_id = None
-            if job_id is None:
+                job_ids = []
+            if not job_ids:
                 self.stop.wait(self.settings.poll_seconds)
                 continue
-            self.run_job(job_id)
+            self.run_jobs(job_ids)
         log.info("worker %s stopped", self.worker_id)
 
-    def claim(self) -> int | None:
+    def claim(self, types: tuple[str, ...] | None = None) -> int | None:
         with self.sessions.begin() as session:
             repo = JobRepository(session)
-            job_id = repo.claim(self.worker_id)
+            job_id = repo.claim(self.worker_id, types=types)
             if job_id is not None:
                 job = repo.get(job_id)
                 assert job is not None
@@ -97,6 +99,23 @@ class Worker:
                     {"worker_id": self.worker_id, "attempt": job.attempts},
                 )
             return job_id
+
+    def claim_batch(self) -> list[int]:
+        """The next job and, when it is a train job, up to pack_jobs - 1 more queued train jobs to train beside it
+        in shared passes (a burst of uploads trains as one)."""
+        first = self.claim()
+        if first is None:
+            return []
+        with self.sessions() as session:
+            job = JobRepository(session).get(first)
+            packable = job is not None and job.type == train_kind.TYPE
+        claimed = [first]
+        while packable and len(claimed) < self.settings.pack_jobs:
+            more = self.claim(types=(train_kind.TYPE,))
+            if more is None:
+                break
+            claimed.append(more)
+        return claimed
 
     def requeue_stale(self) -> None:
         """Give jobs of silent workers back to the queue, or fail them after max_attempts."""
@@ -126,84 +145,145 @@ class Worker:
 
     def run_job(self, job_id: int) -> None:
         """Train, then store the prompt and finish the job in one transaction; record failures."""
-        beat = _Heartbeat(self, job_id)
-        beat.start()
+        self.run_jobs([job_id])
+
+    def run_jobs(self, job_ids: list[int]) -> None:
+        """Run claimed jobs: train jobs packed together (workers/jobs/train.run_many), other kinds one by one; each
+        job then ends on its own (stored, cancelled, failed, released or dropped), whatever the others did."""
+        beats = {job_id: _Heartbeat(self, job_id) for job_id in job_ids}
+        for beat in beats.values():
+            beat.start()
         try:
-            outcome: tuple[JobStatus, dict[str, Any]] = self._train(job_id, beat)
-        except Cancelled:
-            outcome = (JobStatus.cancelled, {})
-        except JobLost:
+            outcomes: dict[int, Trained | BaseException] = {}
+            prepared: list[_Prepared] = []
+            for job_id in job_ids:
+                try:
+                    prepared.append(self._prepare(job_id, beats[job_id]))
+                except Exception as exc:
+                    outcomes[job_id] = exc
+            packed = [p for p in prepared if p.job_type == train_kind.TYPE] if len(prepared) > 1 else []
+            if len(packed) > 1:
+                for p in packed:
+                    others = [q.job_id for q in packed if q is not p]
+                    p.context.event(
+                        "packed",
+                        f"training in shared passes with job{'s' if len(others) > 1 else ''} "
+                        + ", ".join(map(str, others)),
+                        {"packed_with": others},
+                    )
+                results = train_kind.run_many([p.context for p in packed])
+                outcomes.update(zip([p.job_id for p in packed], results, strict=True))
+            for p in prepared:
+                if p.job_id in outcomes:
+                    continue
+                try:
+                    outcomes[p.job_id] = JOB_KINDS[p.job_type](p.context)
+                except Exception as exc:
+                    outcomes[p.job_id] = exc
+            ready = {p.job_id: p for p in prepared}
+            for job_id in job_ids:
+                self._conclude(job_id, beats[job_id], ready.get(job_id), outcomes[job_id])
+        finally:
+            for beat in beats.values():
+                beat.close()
+
+    def _conclude(
+        self, job_id: int, beat: _Heartbeat, prepared: _Prepared | None, outcome: Trained | BaseException
+    ) -> None:
+        """Store a job's prompt, or record how it ended."""
+        values: dict[str, Any] = {}
+        if isinstance(outcome, Trained):
+            assert prepared is not None
+            try:
+                self._store(prepared, beat, outcome)
+                return
+            except JobLost:
+                outcome = JobLost(job_id)
+            except Exception as exc:
+                log.exception("job %s: storing its prompt failed", job_id)
+                outcome = exc
+        if isinstance(outcome, JobLost):
             log.warning("worker %s lost job %s; dropping its work", self.worker_id, job_id)
             return
-        except WorkerStopping:
+        if isinstance(outcome, WorkerStopping):
             with self.sessions.begin() as session:
                 repo = JobRepository(session)
                 restart = {"step": 0, "total_steps": beat.progress.get("total_steps", 0)}
                 if repo.release(job_id, self.worker_id, progress=restart):
                     repo.add_event(job_id, "requeued", f"worker {self.worker_id} is shutting down; queued again")
             return
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            outcome = (JobStatus.failed, {"error": f"{type(exc).__name__}: {exc}"})
-        finally:
-            beat.close()
-        status, values = outcome
-        if status is not JobStatus.succeeded:
-            with self.sessions.begin() as session:
-                repo = JobRepository(session)
-                if repo.finish(job_id, self.worker_id, status, **values):
-                    message = values.get("error") or "cancelled on request"
-                    repo.add_event(job_id, status.value, message)
+        if isinstance(outcome, Cancelled):
+            status = JobStatus.cancelled
+        elif isinstance(outcome, Exception):
+            log.error("job %s failed", job_id, exc_info=outcome)
+            status, values = JobStatus.failed, {"error": f"{type(outcome).__name__}: {outcome}"}
+        else:  # KeyboardInterrupt, SystemExit: not one job's doing
+            raise outcome
+        with self.sessions.begin() as session:
+            repo = JobRepository(session)
+            if repo.finish(job_id, self.worker_id, status, **values):
+                message = values.get("error") or "cancelled on request"
+                repo.add_event(job_id, status.value, message)
 
-    def _train(self, job_id: int, beat: _Heartbeat) -> tuple[JobStatus, dict[str, Any]]:
+    def _prepare(self, job_id: int, beat: _Heartbeat) -> _Prepared:
+        """Read a claimed job and its inputs into the context its kind runs with."""
         with self.sessions() as session:
             job = JobRepository(session).get(job_id)
             if job is None:
                 raise JobLost(job_id)
-            run = JOB_KINDS.get(job.type)
-            if run is None:
+            if job.type not in JOB_KINDS:
                 raise ValueError(f"this worker knows no job type {job.type!r}; known: {', '.join(JOB_KINDS)}")
             hyperparameters = dict(job.hyperparameters)
             config = parse_config(job_config(job.type, hyperparameters))
             # The trainer refuses rows longer than the context itself, naming the example.
             model = self.get_model()
-            tenant = job.tenant
             inputs = load_inputs(session, job, config, model)
-            task_id, dataset_id, options = job.task_id, job.dataset_id, dict(job.options or {})
-            lineage: dict[str, Any] = {
-                "job_type": job.type,
-                "job_id": job_id,
-                "dataset_id": dataset_id,
-                "validation_dataset_id": job.validation_dataset_id,
-                "init": hyperparameters.get("init"),
-                "init_prompt_id": config.init_prompt_id,
-            }
-        beat.progress = {"step": 0, "total_steps": job.progress.get("total_steps", config.steps)}
-        context = JobContext(
-            model=model,
-            spec=inputs.spec,
-            train=inputs.train,
-            val=inputs.val,
-            config=config,
-            options=options,
-            init=inputs.init,
-            on_step=beat.on_step,
-            on_eval=beat.on_eval,
-            should_stop=beat.should_stop,
-            event=lambda kind, message, data: beat.beat(event=(kind, message, data)),
-            set_total_steps=lambda total: beat.progress.update(total_steps=total),
-            hyperparameters=hyperparameters,
-            teachers=inputs.teachers,
-            sources=inputs.sources,
-            candidates=inputs.candidates,
-        )
-        result = run(context)
+            prepared = _Prepared(
+                job_id=job_id,
+                job_type=job.type,
+                tenant=job.tenant,
+                task_id=job.task_id,
+                dataset_id=job.dataset_id,
+                total_steps=job.progress.get("total_steps", config.steps),
+                lineage={
+                    "job_type": job.type,
+                    "job_id": job_id,
+                    "dataset_id": job.dataset_id,
+                    "validation_dataset_id": job.validation_dataset_id,
+                    "init": hyperparameters.get("init"),
+                    "init_prompt_id": config.init_prompt_id,
+                },
+                context=JobContext(
+                    model=model,
+                    spec=inputs.spec,
+                    train=inputs.train,
+                    val=inputs.val,
+                    config=config,
+                    options=dict(job.options or {}),
+                    init=inputs.init,
+                    on_step=beat.on_step,
+                    on_eval=beat.on_eval,
+                    should_stop=beat.should_stop,
+                    event=lambda kind, message, data: beat.beat(event=(kind, message, data)),
+                    set_total_steps=lambda total: beat.progress.update(total_steps=total),
+                    hyperparameters=hyperparameters,
+                    teachers=inputs.teachers,
+                    sources=inputs.sources,
+                    candidates=inputs.candidates,
+                ),
+            )
+        beat.progress = {"step": 0, "total_steps": prepared.total_steps}
+        return prepared
+
+    def _store(self, prepared: _Prepared, beat: _Heartbeat, result: Trained) -> None:
+        """Store the prompt and finish the job in one transaction (JobLost when the job is no longer ours)."""
+        model, job_id, config = prepared.context.model, prepared.job_id, prepared.context.config
         with self.sessions.begin() as session:
             repo = JobRepository(session)
             prompt = store_prompt(
                 session,
-                tenant=tenant,
-                task_id=task_id,
+                tenant=prepared.tenant,
+                task_id=prepared.task_id,
                 artifact=result.artifact,
                 positions=result.positions,
                 hidden_size=model.hidden_size,
@@ -211,8 +291,8 @@ class Worker:
                 metrics=result.metrics,
                 hyperparameters=result.hyperparameters,
                 job_id=job_id,
-                dataset_id=dataset_id,
-                lineage={**lineage, **result.lineage, "hyperparameters": result.hyperparameters},
+                dataset_id=prepared.dataset_id,
+                lineage={**prepared.lineage, **result.lineage, "hyperparameters": result.hyperparameters},
                 name=result.name,
             )
             total = beat.progress.get("total_steps", config.steps)
@@ -222,7 +302,7 @@ class Worker:
             ):
                 session.rollback()
                 raise JobLost(job_id)
-            kind = "meta-initialisation" if task_id is None else "prompt"
+            kind = "meta-initialisation" if prepared.task_id is None else "prompt"
             repo.add_event(
                 job_id,
                 "succeeded",
@@ -230,7 +310,20 @@ class Worker:
                 f"from step {result.best_step}",
                 {"prompt_id": prompt.id, "metrics": result.metrics},
             )
-        return JobStatus.succeeded, {}
+
+
+@dataclass
+class _Prepared:
+    """A claimed job read from the database: what its kind runs with and what storing its result needs."""
+
+    job_id: int
+    job_type: str
+    tenant: str
+    task_id: int | None
+    dataset_id: int | None
+    total_steps: int
+    lineage: dict[str, Any]
+    context: JobContext
 
 
 class _Heartbeat:

@@ -8,7 +8,7 @@ without a tenant (the worker's queue and the maintenance paths) sees every tenan
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -218,8 +218,9 @@ class JobRepository(_Repository[Job]):
         )
         return self.session.scalars(stmt).all()
 
-    def claim(self, worker_id: str, now: datetime | None = None) -> int | None:
-        """Atomically move the best queued job to running for this worker; its id, or None.
+    def claim(self, worker_id: str, now: datetime | None = None, *, types: Collection[str] | None = None) -> int | None:
+        """Atomically move the best queued job (of one of `types`, when given) to running for this worker; its id,
+        or None.
 
         One statement: on PostgreSQL the inner SELECT takes the row with FOR UPDATE SKIP LOCKED, so two
         workers never pick the same job; SQLite ignores the clause but serialises writers (BEGIN IMMEDIATE).
@@ -227,7 +228,7 @@ class JobRepository(_Repository[Job]):
         now = now or utcnow()
         candidate = (
             select(Job.id)
-            .where(Job.status == JobStatus.queued)
+            .where(Job.status == JobStatus.queued, *(() if types is None else (Job.type.in_(list(types)),)))
             .order_by(Job.priority.desc(), Job.id)
             .limit(1)
             .with_for_update(skip_locked=True)
