@@ -22,6 +22,7 @@ from app.db.session import make_engine, make_session_factory
 from app.errors import AppError
 from app.migrate import upgrade
 from app.services import audit, keys
+from app.threads import set_wait_policy
 
 
 def _sessions(settings: Settings) -> sessionmaker[Session]:
@@ -53,6 +54,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if allow:
         os.environ["PROMPTBANK_ALLOW_UNAUTHENTICATED"] = "true"  # read by the app's Settings at import
+    set_wait_policy(settings.omp_wait_policy, "api")  # before the app (and PyTorch) is imported
     import uvicorn
 
     uvicorn.run("app.main:app", host=args.host, port=args.port)

@@ -72,6 +72,29 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: float = Field(
         default=60.0, gt=0, description="A running job silent this long is re-queued (its worker died)."
     )
+    # --- thread budgets (app/threads.py; README "Processes and threads on one host") ---
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        le=512,
+        description="PyTorch threads of the engine thread (API) or of a standalone worker; 0: all cores for the "
+        "API, half of them for a worker.",
+    )
+    training_threads: int = Field(
+        default=0, ge=0, le=512, description="PyTorch threads of the API process's own training worker; 0: half."
+    )
+    training_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the API process's training thread (Linux): inference runs first, training "
+        "takes what it leaves; 0: equal.",
+    )
+    omp_wait_policy: Literal["auto", "active", "passive"] = Field(
+        default="auto",
+        description="OMP_WAIT_POLICY for `promptbank serve` and `python -m workers` (an OMP_WAIT_POLICY already in "
+        "the environment wins); auto: PASSIVE for workers, OpenMP's default for the API.",
+    )
     worker_pack_jobs: int = Field(
         default=8,
         ge=1,

@@ -25,6 +25,7 @@ from app.engine.runtime import ModelRuntime, ServingOptions
 from app.migrate import upgrade
 from app.model_loading import load_configured_model
 from app.services.inference import make_prompt_loader
+from app.threads import process_budget
 from workers.cli import worker_settings
 from workers.main import Worker
 
@@ -41,6 +42,7 @@ def serving_options(settings: Settings) -> ServingOptions:
             max_wait_ms=settings.batch_wait_ms,
             wait_share=settings.batch_wait_share,
             max_queue_rows=settings.max_queue_rows,
+            threads=process_budget(settings.torch_threads, "api").threads,
         ),
     )
 
@@ -72,7 +74,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         worker: Worker | None = None
         thread: threading.Thread | None = None
         if settings.run_worker and model_runtime.enabled:
-            worker = Worker(app.state.session_factory, model_runtime.wait, worker_settings(settings))
+            worker = Worker(app.state.session_factory, model_runtime.wait, worker_settings(settings, embedded=True))
             thread = threading.Thread(target=worker.run, name="promptbank-worker", daemon=True)
             thread.start()
         try:

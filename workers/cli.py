@@ -9,15 +9,25 @@ from types import FrameType
 from app.config import Settings
 from app.db.session import make_engine, make_session_factory
 from app.model_loading import load_configured_model
+from app.threads import process_budget, training_budget
 from workers.main import Worker, WorkerSettings
 
 
-def worker_settings(settings: Settings) -> WorkerSettings:
+def worker_settings(settings: Settings, *, embedded: bool) -> WorkerSettings:
+    """A worker's settings; embedded: the training thread inside the API process (its own thread budget, at a lower
+    priority than the engine), else a standalone worker process (the process budget)."""
+    budget = (
+        training_budget(settings.training_threads, settings.training_nice)
+        if embedded
+        else process_budget(settings.torch_threads, "worker")
+    )
     return WorkerSettings(
         poll_seconds=settings.worker_poll_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         pack_jobs=settings.worker_pack_jobs,
+        threads=budget.threads,
+        nice=budget.nice,
     )
 
 
@@ -26,7 +36,7 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = make_engine(settings.resolved_database_url)
     model = load_configured_model(settings)
-    worker = Worker(make_session_factory(engine), lambda: model, worker_settings(settings))
+    worker = Worker(make_session_factory(engine), lambda: model, worker_settings(settings, embedded=False))
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("signal %s: finishing after the current step", signum)

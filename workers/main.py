@@ -22,6 +22,7 @@ from app.engine.methods import parse_config
 from app.engine.model import FrozenModel
 from app.services.job_types import job_config
 from app.services.prompts import store_prompt
+from app.threads import Budget, enter
 from workers.inputs import load_inputs
 from workers.jobs import JOB_KINDS, JobContext, Trained
 from workers.jobs import train as train_kind
@@ -37,6 +38,8 @@ class WorkerSettings:
     heartbeat_timeout_seconds: float = 60.0
     progress_min_interval: float = 0.2  # progress rows are cheap but not free: at most 5 writes a second
     pack_jobs: int = 8  # train jobs claimed together and trained in shared passes (1: one job at a time)
+    threads: int | None = None  # PyTorch threads of the thread that runs the worker (app/threads.py); None: leave
+    nice: int = 0  # that thread's niceness (Linux): above 0, other compute in the process runs first
 
 
 class JobLost(Exception):
@@ -71,7 +74,14 @@ class Worker:
 
     def run(self) -> None:
         """Claim and run jobs until stop is set; an idle worker polls every poll_seconds."""
-        log.info("worker %s started", self.worker_id)
+        if self.settings.threads is not None:
+            enter(Budget(self.settings.threads, self.settings.nice))
+        log.info(
+            "worker %s started (%s PyTorch threads, nice %s)",
+            self.worker_id,
+            self.settings.threads or "default",
+            self.settings.nice,
+        )
         while not self.stop.is_set():
             try:
                 self.requeue_stale()

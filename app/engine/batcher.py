@@ -17,6 +17,7 @@ from app.engine.mixed import Row, classify_rows, generate_rows, state_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing, PromptPool
 from app.engine.segments import Segments
+from app.threads import Budget, enter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class BatcherOptions:
     wait_share: float = 0.1
     max_queue_rows: int = 4096  # beyond this, submit() refuses (bounded memory under overload)
     max_batch_rows: int = 256  # rows gathered per round (the engine splits them further by token budget)
+    threads: int | None = None  # the engine thread's PyTorch threads (app/threads.py); None: leave as it is
 
 
 @dataclass(order=True)
@@ -229,6 +231,8 @@ class Batcher:
         self._discards.clear()
 
     def _run(self) -> None:
+        if self.options.threads is not None:
+            enter(Budget(self.options.threads))
         while True:
             taken = self._take()
             if not taken:
