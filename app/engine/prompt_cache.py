@@ -39,7 +39,7 @@ class PromptKV:
         return int(self.keys.nbytes + self.values.nbytes + last)
 
 
-def _full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
+def full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
     """The cache's layers, refusing sliding-window or other layer kinds whose stored keys are not the whole past."""
     layers = list(cache.layers)
     odd = sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
@@ -88,7 +88,7 @@ def pad_rows(frozen: FrozenModel, count: int) -> torch.Tensor:
 
 def split_cache(cache: DynamicCache, last_hidden: torch.Tensor, lengths: list[int]) -> list[PromptKV]:
     """One PromptKV per right-padded row of a cache filled by a prompts-only pass (last_hidden [B, W, H])."""
-    layers = _full_attention_layers(cache)
+    layers = full_attention_layers(cache)
     keys = torch.stack([layer.keys for layer in layers if layer.keys is not None], dim=1)
     values = torch.stack([layer.values for layer in layers if layer.values is not None], dim=1)
     if keys.shape[1] != len(layers):
