@@ -7,16 +7,19 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.batch_stats import BatchCounters
-from app.engine.mixed import Row, classify_rows, generate_rows, state_rows
+from app.engine.decode import DecodeBatch, Decoding
+from app.engine.mixed import Row, classify_rows, state_rows
 from app.engine.model import FrozenModel
 from app.engine.pool import PromptMissing, PromptPool
-from app.engine.segments import Segments
+from app.engine.segments import Segments, ServedPrompt
+from app.engine.text import render
 from app.threads import Budget, enter
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,18 @@ class _Pending:
     future: Future[Result] = field(compare=False)
     loaded: dict[int, Segments] = field(compare=False, default_factory=dict)  # prompts missing from the pool
     cancel: threading.Event | None = field(compare=False, default=None)
+    # Filled as rows finish (generation rows finish at different decode steps); the future is set when none is left.
+    results: list[Any] = field(compare=False, default_factory=list)
+    outstanding: int = field(compare=False, default=0)
 
 
 class Batcher:
     """Queue of inference requests served by one engine thread in mixed-task batches.
+
+    Classification and embedding rows are computed in a round's mixed pass. Generation rows join one running
+    decode batch (continuous batching, app/engine/decode.DecodeBatch): between any two decode steps the engine
+    takes what has arrived, computes its classification rows and lets its generation rows join, so a short
+    request never waits for a long generation to end; a finished row leaves at once.
 
     Locking: every field below `_cond` is read and written under it, except _free_since, _round_seconds and
     _round_rows, which only the engine thread touches; the engine thread releases the lock while the model runs,
@@ -95,6 +106,9 @@ class Batcher:
         self._round_rows = 1  # rows the last round took
         self._thread = threading.Thread(target=self._run, name="promptbank-batcher", daemon=True)
         self._counters = BatchCounters()
+        # Engine thread only: the running decode batch, and generation rows waiting for room in it.
+        self._decoding = DecodeBatch(frozen)
+        self._joining: deque[tuple[ServedPrompt, Decoding, tuple[_Pending, int]]] = deque()
 
     def start(self) -> None:
         self._thread.start()
@@ -169,8 +183,9 @@ class Batcher:
 
     # -- the engine thread -----------------------------------------------------------------------------------
 
-    def _take(self) -> list[_Pending]:
-        """Wait for work and for company, then pop a batch's worth by priority.
+    def _take(self, wait: bool = True) -> list[_Pending] | None:
+        """Wait for work and for company, then pop a batch's worth by priority; None once closed. wait False
+        (generation rows are decoding): take what is queued now, [] when nothing is, without waiting.
 
         Company: the round starts once no request has arrived for max_wait_ms, counted from the later of the last
         arrival and the end of the previous round, and as many rows are queued as the previous round served (its
@@ -181,12 +196,14 @@ class Batcher:
         fixed 2 ms window from the first arrival gave alternating rounds of 5 and 27 rows instead of 32.
         """
         with self._cond:
-            while not self._heap and not self._closed:
+            while wait and not self._heap and not self._closed:
                 self._apply_discards()
                 self._cond.wait()
             if self._closed:
-                return []
+                return None
             self._apply_discards()
+            if not self._heap:
+                return []
             ready = time.monotonic()  # the engine is free and has work: from here on it waits for company
             quiet = self.options.max_wait_ms / 1000
             first = min(item.enqueued for item in self._heap)
@@ -194,7 +211,7 @@ class Batcher:
             cap = max(first, self._free_since) + longest
             expected = self._round_rows if first <= self._free_since + longest else 1
             expected = min(expected, self.options.max_batch_rows)
-            while not self._closed and sum(i.tokens for i in self._heap) < self.options.max_batch_tokens:
+            while wait and not self._closed and sum(i.tokens for i in self._heap) < self.options.max_batch_tokens:
                 now = time.monotonic()
                 if self._queued_rows >= expected:
                     left = min(cap, max(self._last_arrival, self._free_since) + quiet) - now
@@ -234,8 +251,9 @@ class Batcher:
         if self.options.threads is not None:
             enter(Budget(self.options.threads))
         while True:
-            taken = self._take()
-            if not taken:
+            taken = self._take(wait=not (self._decoding.active or self._joining))
+            if taken is None:
+                self._fail_decoding(BatcherClosed("the service is shutting down"))
                 return
             started = time.monotonic()
             live = []
@@ -257,15 +275,21 @@ class Batcher:
                     live.append(item)
             if live:
                 self._serve(live, started)
+            if self._decoding.active or self._joining:
+                self._decode_step()
+            if taken:
+                self._round_seconds = time.monotonic() - started
+                self._round_rows = sum(len(item.rows) for item in taken)
             self._free_since = time.monotonic()
-            self._round_seconds = self._free_since - started
-            self._round_rows = sum(len(item.rows) for item in taken)
 
     def _serve(self, items: list[_Pending], started: float) -> None:
+        """Compute a round's classification and embedding rows; queue its generation rows to join the decode."""
         self.pool.stage({prompt_id: prompt for item in items for prompt_id, prompt in item.loaded.items()})
         rows = [row for item in items for row in item.rows]
         try:
             results = self._compute(rows)
+            generating = [i for i, row in enumerate(rows) if self._generates(row)]
+            served = self.pool.get_many(sorted({rows[i].prompt_id for i in generating})) if generating else {}
         except PromptMissing as missing:
             # Evicted between its request's submit and this round: those requests go back to their callers,
             # which submit again (reading the prompt off this thread); the others are served now.
@@ -288,16 +312,67 @@ class Batcher:
             self._counters.record_round(len(rows), ((started - item.enqueued) * 1000 for item in items))
         offset = 0
         for item in items:
-            item.future.set_result(results[offset : offset + len(item.rows)])
+            item.results = results[offset : offset + len(item.rows)]
+            for index, row in enumerate(item.rows):
+                if self._generates(row):
+                    decoding = Decoding(
+                        render(row.spec.template, row.text), row.ids, row.max_new_tokens, row.stop, row.cancel
+                    )
+                    self._joining.append((served[row.prompt_id], decoding, (item, index)))
+                    item.outstanding += 1
             offset += len(item.rows)
+            if item.outstanding == 0:
+                item.future.set_result(item.results)
+
+    @staticmethod
+    def _generates(row: Row) -> bool:
+        return row.pooling is None and row.spec.kind == "generation"
+
+    def _decode_step(self) -> None:
+        """Let waiting generation rows join (as many as fit), then advance every decoding row by one token."""
+        try:
+            finished = self._decoding.cancel_finished()
+            room = self.options.max_batch_rows - self._decoding.active
+            joining: list[tuple[ServedPrompt, Decoding, tuple[_Pending, int]]] = []
+            tokens = 0
+            while self._joining and len(joining) < room:
+                served, decoding, tag = self._joining[0]
+                cost = served.length + served.extra_width + len(decoding.input_ids)
+                if joining and tokens + cost > self.options.max_batch_tokens:
+                    break  # the rest join at the next step: one prefill stays within the token budget
+                joining.append(self._joining.popleft())
+                tokens += cost
+            if joining:
+                finished += self._decoding.admit(*(list(part) for part in zip(*joining, strict=True)))
+            finished += self._decoding.step()
+        except Exception as exc:  # a failed step fails the requests decoding, never the engine thread
+            log.exception("decode step of %d rows failed", self._decoding.active)
+            self._fail_decoding(exc)
+            return
+        for (item, index), text in finished:
+            item.results[index] = text
+            item.outstanding -= 1
+            if item.outstanding == 0:
+                item.future.set_result(item.results)
+
+    def _fail_decoding(self, error: Exception) -> None:
+        """Fail every request with a row decoding or waiting to join, and start an empty decode batch."""
+        items = {id(item): item for *_, (item, _) in self._joining}
+        items.update({id(entry.tag[0]): entry.tag[0] for entry in self._decoding.rows})
+        self._joining.clear()
+        self._decoding = DecodeBatch(self.frozen)
+        with self._cond:
+            self._counters.failed += len(items)
+        for item in items.values():
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _compute(self, rows: list[Row]) -> Result:
-        """Classification rows in one mixed pass, generation rows in another, embeddings in a third; in order."""
+        """Classification rows in one mixed pass, embeddings in another; in order (generation rows: None here)."""
         results: Result = [None] * len(rows)
         budget = self.options.max_batch_tokens
         work: list[tuple[Callable[[Row], bool], Callable[..., list[Any]]]] = [
             (lambda row: row.pooling is None and row.spec.kind == "classification", classify_rows),
-            (lambda row: row.pooling is None and row.spec.kind == "generation", generate_rows),
             (lambda row: row.pooling is not None, state_rows),
         ]
         for wanted, run in work:
@@ -319,5 +394,8 @@ class Batcher:
                 "max_queue_rows": self.options.max_queue_rows,
                 **self._counters.snapshot(),
             }
+        # Read off the engine thread without its lock: a count of a moment ago, enough for a gauge.
+        stats["decoding_rows"] = self._decoding.active
+        stats["joining_rows"] = len(self._joining)
         stats["pool"] = self.pool.stats()
         return stats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -198,3 +199,33 @@ def test_a_round_waits_for_as_many_rows_as_the_last_one_served(frozen: FrozenMod
 def test_with_no_wait_share_a_round_waits_max_wait_at_most(frozen: FrozenModel) -> None:
     stats = _three_clients_back_after_a_long_round(0.0, frozen)
     assert stats["batches"] == 4  # each client that came back ran alone
+
+
+GENERATE = TaskSpec("generation", "Input: {input}\nOutput:")
+
+
+def _wait_until(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_short_requests_join_and_leave_a_running_generation_without_waiting_for_it(frozen: FrozenModel) -> None:
+    """Continuous batching: a classification and a 2-token generation that arrive while a long generation decodes
+    are answered before it ends, and every answer is the one it gets alone."""
+    long_row = Row(1, GENERATE, "once upon a time", max_new_tokens=400)
+    short_gen, short_cls = Row(2, GENERATE, "hello", max_new_tokens=2), Row(3, SPEC, "a good day")
+    batcher, _ = make_batcher(frozen)
+    try:
+        alone = [batcher.submit([row]).result(30)[0] for row in (long_row, short_gen, short_cls)]
+        assert len(frozen.tokenizer(alone[0])["input_ids"]) > 100  # long enough to be caught running
+        long = batcher.submit([long_row])
+        _wait_until(lambda: batcher.stats()["decoding_rows"] == 1)
+        shorts = [batcher.submit([short_gen]), batcher.submit([short_cls])]
+        answers = [future.result(30)[0] for future in shorts]
+        assert not long.done()  # both were answered while the long generation was still decoding
+        assert answers == alone[1:]
+        assert long.result(30)[0] == alone[0]
+    finally:
+        batcher.close()
