@@ -47,26 +47,28 @@ def test_the_wait_policy_goes_into_the_environment_unless_one_is_there(monkeypat
 @linux_only
 def test_a_budget_holds_for_its_thread_and_the_openmp_threads_it_starts_not_for_the_others() -> None:
     before, main_threads = _nice_by_thread(), torch.get_num_threads()
-    x = torch.randn(256, 256)
-    seen: dict[str, int] = {}
+    x = torch.randn(4_000_000)  # far above PyTorch's grain size: elementwise ops run on the OpenMP team
+    seen: dict[str, object] = {}
 
     def work() -> None:
         enter(Budget(2, 7))
         for _ in range(5):
-            (x @ x).sum()
+            (x * 2 + 1).sum()
         seen["threads"] = torch.get_num_threads()
         seen["tid"] = threading.get_native_id()
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, seen["tid"])
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["during"] = _nice_by_thread()  # while this thread lives, so does the team it started
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
     assert seen["threads"] == 2 and seen["nice"] == 7
-    after = _nice_by_thread()
-    # The calling thread is gone; its OpenMP team (started by it, after the budget) lives on at its niceness.
-    new = {tid: nice for tid, nice in after.items() if tid not in before}
-    assert 7 in new.values(), after
-    assert all(after[tid] == nice for tid, nice in before.items() if tid in after)  # no other thread changed
+    during = seen["during"]
+    assert isinstance(during, dict)
+    # Threads started by the budgeted thread (its OpenMP team, started after the budget) run at its niceness.
+    new = {tid: nice for tid, nice in during.items() if tid not in before and tid != seen["tid"]}
+    assert 7 in new.values(), (before, during)
+    assert all(during[tid] == nice for tid, nice in before.items() if tid in during)  # no other thread changed
     assert torch.get_num_threads() == main_threads
 
 

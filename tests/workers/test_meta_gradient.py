@@ -3,6 +3,7 @@ first order and Reptile against updates computed by hand on a quadratic problem.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -122,29 +123,35 @@ def test_second_order_meta_gradient_matches_finite_differences_on_the_tiny_model
     assert any(misses)
 
 
+@pytest.fixture(scope="module")
+def frozen64(frozen: FrozenModel) -> FrozenModel:
+    """The tiny model in float64: rows padded to other lengths then round alike, so only a leak shows."""
+    return FrozenModel(copy.deepcopy(frozen.model).to(torch.float64), frozen.tokenizer, frozen.identity)
+
+
 @pytest.mark.parametrize("order", ["second", "first", "reptile"])
 def test_a_packed_meta_batch_gives_the_mean_of_each_tasks_meta_gradient_alone(
-    frozen: FrozenModel, order: MetaOrder
+    frozen64: FrozenModel, order: MetaOrder
 ) -> None:
     """Tasks of a meta-batch share each pass; each adapts its own copy of theta, exactly as it would alone."""
     config = PromptConfig(num_virtual_tokens=2, init="random", seed=0)
-    module = get_method("prompt").build(frozen, config, SENTIMENT, torch.Generator().manual_seed(0))
+    module = get_method("prompt").build(frozen64, config, SENTIMENT, torch.Generator().manual_seed(0))
     theta = {name: p.detach().clone() for name, p in module.named_parameters()}
     texts = ["the film was good", "a bad day", "good music", "bad food", "a good game", "the song was bad"]
     tasks = [
-        [encode_example(frozen, SENTIMENT, text, "positive" if "good" in text else "negative") for text in texts],
-        [encode_example(frozen, TOPIC, t, "arts" if "film" in t or "song" in t else "other") for t in texts],
-        [encode_example(frozen, SENTIMENT, text, "negative" if "good" in text else "positive") for text in texts[:4]],
+        [encode_example(frozen64, SENTIMENT, text, "positive" if "good" in text else "negative") for text in texts],
+        [encode_example(frozen64, TOPIC, t, "arts" if "film" in t or "song" in t else "other") for t in texts],
+        [encode_example(frozen64, SENTIMENT, text, "negative" if "good" in text else "positive") for text in texts[:4]],
     ]
     alone, alone_losses = [], []
     for examples in tasks:
-        one = _Pack(frozen, module, 1)
+        one = _Pack(frozen64, module, 1)
         grads, loss = meta_gradient(
             _flat(theta, 1), _pack_loss_of(one, [examples[:2]]), _pack_loss_of(one, [examples[2:]]), 2, 0.5, order
         )
         alone.append(_per_task_mean(grads, list(theta), 1))
         alone_losses.append(loss)
-    pack = _Pack(frozen, module, len(tasks))
+    pack = _Pack(frozen64, module, len(tasks))
     grads, summed = meta_gradient(
         _flat(theta, len(tasks)),
         _pack_loss_of(pack, [examples[:2] for examples in tasks]),
@@ -158,7 +165,6 @@ def test_a_packed_meta_batch_gives_the_mean_of_each_tasks_meta_gradient_alone(
         expected = sum(g[name] for g in alone) / len(tasks)
         scale = float(expected.abs().max())
         assert scale > 1e-4  # the tasks' gradients are not all zero
-        # Rows padded to another length round differently in float32, and two inner steps amplify that: the
-        # tolerance is relative to the gradient's size (a leak between tasks would be of that size itself).
-        assert float((packed[name] - expected).abs().max()) <= 2e-3 * scale
-    assert summed == pytest.approx(sum(alone_losses), rel=1e-5)
+        # A leak between tasks would be of the gradient's own size; float64 rounding is far below this bound.
+        assert float((packed[name] - expected).abs().max()) <= 1e-6 * scale
+    assert summed == pytest.approx(sum(alone_losses), rel=1e-6)  # the loss is reported in float32
