@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from app.engine.artifact import Artifact
 from app.engine.batcher import Batcher, BatcherOptions
 from app.engine.mixed import Row
 from app.engine.model import FrozenModel
+from app.engine.peft_format import peft_model_of, to_peft
 from app.engine.pool import PromptPool
 from app.engine.segments import Segments
 from app.engine.text import TaskSpec, encode_example, label_token_ids
@@ -133,26 +134,18 @@ class PeftRunner:
     """
 
     def __init__(self, frozen: FrozenModel, prompts: list[torch.Tensor], spec: TaskSpec, batch_size: int = 16) -> None:
-        from peft import PromptTuningConfig, TaskType, get_peft_model  # optional: only this configuration needs it
-
         labels = label_token_ids(frozen, spec)
         if any(len(ids) != 1 for ids in labels):
             raise ValueError("the PEFT configurations score single-token labels only.")
         self.frozen, self.spec, self.batch_size = frozen, spec, batch_size
         self.label_ids = [ids[0] for ids in labels]
         self.virtual = int(prompts[0].shape[0])
-        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.virtual)
-        # Wrapping does not change the base model's weights or forward; the engine keeps using frozen.model.
-        with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
-            warnings.simplefilter("ignore", FutureWarning)
-            self.model: Any = get_peft_model(frozen.model, config, adapter_name=self.adapter(0))
-        for task in range(1, len(prompts)):
-            self.model.add_adapter(self.adapter(task), config)
-        encoders: Any = self.model.prompt_encoder  # adapter name -> PromptEmbedding (an nn.Embedding inside)
-        with torch.no_grad():
-            for task, prompt in enumerate(prompts):
-                encoders[self.adapter(task)].embedding.weight.copy_(prompt)
-        self.model.eval()
+        # The app's own PEFT export (what GET /v1/prompts/{id}/export?format=peft writes) loads each prompt.
+        adapters = {
+            self.adapter(task): to_peft(Artifact("prompt", {"prompt": prompt}), frozen, frozen.identity.name)
+            for task, prompt in enumerate(prompts)
+        }
+        self.model: Any = peft_model_of(frozen, adapters)
 
     @staticmethod
     def adapter(task: int) -> str:

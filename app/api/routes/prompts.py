@@ -1,9 +1,13 @@
-"""Stored prompt versions: list, inspect, delete, activate."""
+"""Stored prompt versions: list, inspect, delete, activate, export (PEFT or safetensors) and import (PEFT)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response, status
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
 
 from app.api.deps import (
     AUTH_RESPONSES,
@@ -15,9 +19,12 @@ from app.api.deps import (
     ReadSessionDep,
     RuntimeDep,
     SessionDep,
+    SettingsDep,
 )
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
 from app.db.models import Prompt, PromptKind
+from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.services import peft_interchange
 from app.services import prompts as service
 from app.services.tasks import resolve_task
 
@@ -86,3 +93,95 @@ def delete_prompt(prompt_id: IdPath, session: SessionDep, runtime: RuntimeDep) -
 def activate_prompt(prompt_id: IdPath, session: SessionDep) -> PromptOut:
     """Serve this version for its task from the next request on."""
     return prompt_out(session, [service.activate_prompt(session, prompt_id)])[0]
+
+
+@router.get(
+    "/{prompt_id}/export",
+    dependencies=[READ],
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {}, "application/octet-stream": {}}, "description": "the file"},
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse, "description": "base_model_mismatch: trained on another base model"},
+        422: {"model": ErrorResponse, "description": "export_unsupported: a method PEFT has no equivalent of"},
+    },
+)
+def export_prompt(
+    prompt_id: IdPath,
+    session: ReadSessionDep,
+    runtime: RuntimeDep,
+    format: Literal["peft", "safetensors"] = Query(  # noqa: A002 - the query parameter's name
+        "peft", description="peft: a zip of a PEFT adapter folder; safetensors: promptbank's own artifact."
+    ),
+) -> Response:
+    """Download a version: as a PEFT adapter (PromptTuning for "prompt", PrefixTuning for "prefix") or as stored."""
+    exported = peft_interchange.export_prompt(session, prompt_id, format, runtime)
+    return Response(
+        exported.data,
+        media_type=exported.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
+    )
+
+
+@dataclass(frozen=True)
+class AdapterUpload:
+    task: str
+    files: dict[str, bytes]
+    fingerprint: str | None
+
+
+async def read_adapter_upload(request: Request, settings: SettingsDep) -> AdapterUpload:
+    """A multipart form: `task`, then a zip (any file field) or the adapter's two files, `fingerprint`?."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            "send the adapter as multipart/form-data: a field task and a zip of the adapter folder (or its "
+            "adapter_config.json and adapter_model.safetensors)"
+        )
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
+    async with request.form(max_files=2, max_fields=4, max_part_size=limit) as form:
+        files: dict[str, bytes] = {}
+        for field, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read(limit + 1)
+                if len(data) > limit:
+                    raise PayloadTooLarge(f"{value.filename} is over the limit of {limit} bytes")
+                files[value.filename or field] = data
+        task, fingerprint = form.get("task"), form.get("fingerprint")
+    if not isinstance(task, str) or not task.strip():
+        raise InvalidInput("name the task the adapter is for in the form field task (id or name)", code="task_missing")
+    if not files:
+        raise InvalidInput(
+            "attach the adapter: a zip of its folder, or adapter_config.json and adapter_model.safetensors",
+            code="file_missing",
+        )
+    return AdapterUpload(task.strip(), files, fingerprint if isinstance(fingerprint, str) and fingerprint else None)
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[TRAIN],
+    responses={
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse, "description": "base_model_mismatch: an adapter of another base model"},
+        413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+        422: {"model": ErrorResponse, "description": "adapter_invalid / adapter_unsupported"},
+    },
+)
+def import_prompt(
+    upload: Annotated[AdapterUpload, Depends(read_adapter_upload)],
+    session: SessionDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+) -> PromptOut:
+    """Store a PEFT adapter (PROMPT_TUNING, P_TUNING or PREFIX_TUNING) as the task's next, active version."""
+    task = resolve_task(session, upload.task)
+    adapter = peft_interchange.read_adapter_files(upload.files, settings.max_upload_bytes)
+    prompt = peft_interchange.import_adapter(
+        session, task=task, adapter=adapter, runtime=runtime, fingerprint=upload.fingerprint
+    )
+    return prompt_out(session, [prompt])[0]
