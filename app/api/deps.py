@@ -15,6 +15,7 @@ from app.db.base import MAX_ID
 from app.db.models import Task
 from app.db.repositories import scope_session
 from app.engine.runtime import ModelRuntime
+from app.errors import PayloadTooLarge
 from app.services.audit import act_as
 from app.services.tasks import resolve_task
 
@@ -40,6 +41,17 @@ def get_read_session(request: Request, principal: PrincipalDep) -> Iterator[Sess
     """A session for a request that only reads (never holds SQLite's write lock), scoped to the caller's tenant."""
     with request.app.state.read_session_factory() as session:
         yield scope_session(session, principal.tenant)
+
+
+# What a multipart body adds around its files (boundaries, part headers, small form fields).
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def refuse_declared_over(request: Request, limit: int, *, allowance: int = 0) -> None:
+    """413 before reading a body whose declared Content-Length is over the upload limit (plus an allowance)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + allowance:
+        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
 
 
 def get_runtime(request: Request) -> ModelRuntime:

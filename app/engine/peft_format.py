@@ -98,6 +98,13 @@ def to_peft(artifact: Artifact, frozen: FrozenModel, base_model_name: str) -> Pe
     )
 
 
+def _peft_config(config: dict[str, Any]) -> Any:
+    """PEFT's own config object of an adapter_config.json dict (auto_mapping is written by PEFT, not read)."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_peft_type(**{key: value for key, value in config.items() if key != "auto_mapping"})
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
     """The dict PEFT's save_pretrained writes as adapter_config.json."""
     values: dict[str, Any] = config.to_dict()
@@ -107,8 +114,6 @@ def _config_dict(config: Any) -> dict[str, Any]:
 def from_peft(adapter: PeftAdapter, frozen: FrozenModel, base_model_name: str) -> Artifact:
     """A stored prompt from a PEFT adapter: UnsupportedAdapter for a kind not served here, OtherBaseModel for an
     adapter of another base model (its shapes or its recorded base model name)."""
-    from peft import PeftConfig
-
     config = adapter.config
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type not in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):
@@ -117,7 +122,7 @@ def from_peft(adapter: PeftAdapter, frozen: FrozenModel, base_model_name: str) -
             "PROMPT_TUNING, P_TUNING and PREFIX_TUNING adapters."
         )
     try:  # PEFT's own reading of the file: unknown keys and bad values are its errors
-        parsed = PeftConfig.from_peft_type(**{k: v for k, v in config.items() if k != "auto_mapping"})
+        parsed = _peft_config(config)
     except (TypeError, ValueError) as error:
         raise UnsupportedAdapter(f"adapter_config.json is not a valid PEFT {peft_type} config: {error}") from error
     task_type = str(getattr(parsed, "task_type", "") or "")
@@ -167,11 +172,11 @@ def peft_model_of(frozen: FrozenModel, adapters: dict[str, PeftAdapter]) -> Any:
     `frozen.model` beside the PEFT model (benchmarks compare the two on one copy of the weights)."""
     import warnings
 
-    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
 
     model: Any = None
     for name, adapter in adapters.items():
-        config = PeftConfig.from_peft_type(**{k: v for k, v in adapter.config.items() if k != "auto_mapping"})
+        config = _peft_config(adapter.config)
         with warnings.catch_warnings():  # PEFT calls a transformers method deprecated in v5
             warnings.simplefilter("ignore", FutureWarning)
             if model is None:

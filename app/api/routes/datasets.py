@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.deps import (
     AUTH_RESPONSES,
+    MULTIPART_OVERHEAD,
     READ,
     TRAIN,
     IdPath,
@@ -21,6 +22,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
     Trainer,
+    refuse_declared_over,
 )
 from app.api.schemas import DatasetCreate, DatasetDetail, DatasetOut, ErrorResponse
 from app.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -59,9 +61,7 @@ class Upload:
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
+    refuse_declared_over(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -76,9 +76,7 @@ async def read_upload(request: Request, settings: SettingsDep) -> Upload:
     content_type = request.headers.get("content-type", "")
     limit = settings.max_upload_bytes
     if content_type.startswith("multipart/form-data"):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
+        refuse_declared_over(request, limit, allowance=MULTIPART_OVERHEAD)
         async with request.form(max_files=1, max_fields=4, max_part_size=limit) as form:
             file = form.get("file")
             if not isinstance(file, UploadFile):

@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.deps import (
     AUTH_RESPONSES,
+    MULTIPART_OVERHEAD,
     READ,
     TRAIN,
     IdPath,
@@ -20,6 +21,7 @@ from app.api.deps import (
     RuntimeDep,
     SessionDep,
     SettingsDep,
+    refuse_declared_over,
 )
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
 from app.db.models import Prompt, PromptKind
@@ -138,9 +140,7 @@ async def read_adapter_upload(request: Request, settings: SettingsDep) -> Adapte
             "adapter_config.json and adapter_model.safetensors)"
         )
     limit = settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
+    refuse_declared_over(request, limit, allowance=MULTIPART_OVERHEAD)
     async with request.form(max_files=2, max_fields=4, max_part_size=limit) as form:
         files: dict[str, bytes] = {}
         for field, value in form.multi_items():
