@@ -30,6 +30,7 @@ from app.engine.peft_format import (
 from app.engine.runtime import ModelRuntime
 from app.errors import Conflict, InvalidInput
 from app.services import audit
+from app.services.keys import Limits
 from app.services.prompts import get_prompt, store_prompt
 
 EXPORT_FORMATS = ("peft", "safetensors")
@@ -131,10 +132,11 @@ def import_adapter(
     task: Task,
     adapter: PeftAdapter,
     runtime: ModelRuntime,
+    limits: Limits,
     fingerprint: str | None = None,
 ) -> Prompt:
     """Store a PEFT adapter as the task's next (active) version; 409 for another base model, 422 for an adapter
-    kind not served here."""
+    kind not served here, 429 beyond the tenant's storage quota."""
     frozen = runtime.wait(timeout=0)
     identity = frozen.identity
     if fingerprint is not None and fingerprint != identity.fingerprint:
@@ -175,6 +177,7 @@ def import_adapter(
                 "base_model": adapter.config.get("base_model_name_or_path"),
             },
         },
+        limits=limits,
     )
     audit.record(session, "import", "prompt", prompt.id, {"task": task.name, "peft_type": peft_type})
     return prompt

@@ -13,7 +13,8 @@ from app.engine.artifact import Artifact
 from app.engine.model import ModelIdentity
 from app.engine.runtime import ModelRuntime
 from app.errors import Conflict, NotFound
-from app.services import audit
+from app.services import audit, quotas
+from app.services.keys import Limits
 
 
 def get_prompt(session: Session, prompt_id: int, *, with_tensors: bool = False) -> Prompt:
@@ -94,10 +95,13 @@ def store_prompt(
     dataset_id: int | None,
     lineage: dict[str, Any] | None = None,
     name: str | None = None,
+    limits: Limits | None = None,
 ) -> Prompt:
     """Store a trained prompt as the task's next version and make it active; with no task, store it as a
-    meta-initialisation."""
+    meta-initialisation. With `limits`, refuse (429) what would pass the tenant's storage quota."""
     tensors = artifact.to_bytes({"base_model": identity.fingerprint, "base_model_name": identity.name})
+    if limits is not None:
+        quotas.check_storage(session, limits, adding=len(tensors))
     prompt = PromptRepository(session).add_version(
         Prompt(
             tenant=tenant,

@@ -8,6 +8,7 @@ import io
 import json
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.engine.model import FrozenModel
 from app.engine.peft_format import peft_model_of, to_peft
 from app.engine.text import TaskSpec, encode_example, label_token_ids
 from tests.api.helpers import create_task, train_task
+from tests.api.test_keys import ADMIN_KEY, as_key, new_key
 
 LABELS = ("positive", "negative")
 SPEC = TaskSpec("classification", "Review: {input}\nSentiment:", LABELS)
@@ -184,3 +186,22 @@ def test_adapters_that_cannot_be_served_here_are_refused_with_the_reason(
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "export_unsupported"
     own = client.get(f"/v1/prompts/{other['result_prompt_id']}/export", params={"format": "safetensors"})
     assert own.status_code == 200 and Artifact.from_bytes(own.content).method == "input_mapping"
+
+
+def test_an_import_beyond_the_tenants_storage_quota_answers_429_and_stores_nothing(
+    client_with: Callable[..., TestClient], frozen: FrozenModel
+) -> None:
+    client = client_with(admin_key=ADMIN_KEY, run_worker=False)
+    admin = as_key(client, ADMIN_KEY)
+    adapter = to_peft(Artifact("prompt", {"prompt": torch.randn(8, frozen.hidden_size)}), frozen, frozen.identity.name)
+    archive = _adapter_zip(adapter.config, adapter.tensors)
+    for stored_bytes, status in ((1_000, 429), (100_000, 201)):  # the prompt alone is 2 KB of float32
+        user = as_key(
+            client, new_key(admin, f"t{stored_bytes}", ["read", "train"], limits={"stored_bytes": stored_bytes})
+        )
+        create_task(user, "sentiment")
+        response = user.post("/v1/prompts/import", data={"task": "sentiment"}, files={"file": ("a.zip", archive)})
+        assert response.status_code == status, response.text
+        if status == 429:
+            assert response.json()["error"]["code"] == "storage_quota_exceeded"
+            assert user.get("/v1/prompts").json() == []  # nothing stored

@@ -21,6 +21,7 @@ from app.api.deps import (
     RuntimeDep,
     SessionDep,
     SettingsDep,
+    Trainer,
     refuse_declared_over,
 )
 from app.api.schemas import BaseModelIdentity, ErrorResponse, PromptOut
@@ -163,16 +164,17 @@ async def read_adapter_upload(request: Request, settings: SettingsDep) -> Adapte
 @router.post(
     "/import",
     status_code=status.HTTP_201_CREATED,
-    dependencies=[TRAIN],
     responses={
         404: {"model": ErrorResponse},
         409: {"model": ErrorResponse, "description": "base_model_mismatch: an adapter of another base model"},
         413: {"model": ErrorResponse},
         415: {"model": ErrorResponse},
         422: {"model": ErrorResponse, "description": "adapter_invalid / adapter_unsupported"},
+        429: {"model": ErrorResponse, "description": "storage_quota_exceeded"},
     },
 )
 def import_prompt(
+    principal: Trainer,
     upload: Annotated[AdapterUpload, Depends(read_adapter_upload)],
     session: SessionDep,
     runtime: RuntimeDep,
@@ -182,6 +184,6 @@ def import_prompt(
     task = resolve_task(session, upload.task)
     adapter = peft_interchange.read_adapter_files(upload.files, settings.max_upload_bytes)
     prompt = peft_interchange.import_adapter(
-        session, task=task, adapter=adapter, runtime=runtime, fingerprint=upload.fingerprint
+        session, task=task, adapter=adapter, runtime=runtime, limits=principal.limits, fingerprint=upload.fingerprint
     )
     return prompt_out(session, [prompt])[0]
