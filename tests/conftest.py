@@ -21,6 +21,7 @@ from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from app.migrate import upgrade
+from tests import live_server
 from tests.tiny_model import build_tiny_model_dir
 
 # The device of the in-process tiny models (cpu unless set): scripts/gpu_check.sh runs the engine tests on cuda.
@@ -141,3 +142,13 @@ def client_with(
 
     with stack:
         yield build
+
+
+@pytest.fixture
+def live_url(database_url: str, tmp_path: Path, db_engine: Engine, frozen: FrozenModel) -> Iterator[str]:
+    """The real app behind a real HTTP server on localhost (uvicorn in a thread), serving the tiny model; it asks
+    for keys (live_server.ADMIN_KEY is its admin key)."""
+    settings = make_settings(database_url, tmp_path, admin_key=live_server.ADMIN_KEY)
+    app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
+    with live_server.serve(app) as url:
+        yield url

@@ -16,7 +16,9 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-MODEL_PATHS = frozenset({"/v1/infer", "/v1/embed"})
+from app.api.openai_errors import is_openai_path, openai_error_body
+
+MODEL_PATHS = frozenset({"/v1/infer", "/v1/embed", "/v1/completions", "/v1/chat/completions"})
 ARRIVED = "promptbank_arrived"  # keys in the request's state (request.state.<key>)
 DISCONNECTED = "promptbank_disconnected"
 
@@ -39,7 +41,10 @@ class Admission:
                 f"{self.in_flight} model requests are in flight (limit {self.limit}, "
                 "PROMPTBANK_MAX_INFLIGHT_REQUESTS); retry shortly"
             )
-            body = {"error": {"code": "overloaded", "message": message}}
+            if is_openai_path(scope["path"]):
+                body = openai_error_body(503, "overloaded", message)
+            else:
+                body = {"error": {"code": "overloaded", "message": message}}
             await JSONResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
             return
         disconnected = threading.Event()

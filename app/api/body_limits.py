@@ -9,6 +9,8 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.openai_errors import is_openai_path, openai_error_body
+
 UPLOAD_PATH = "/v1/datasets"
 
 
@@ -29,7 +31,10 @@ class BodyLimits:
             # Refused before a byte is read, in the service's error shape.
             setting = "PROMPTBANK_MAX_UPLOAD_BYTES" if upload else "PROMPTBANK_MAX_BODY_BYTES"
             message = f"the request body is {declared} bytes, over the limit of {limit} bytes ({setting})"
-            body = {"error": {"code": "payload_too_large", "message": message}}
+            if is_openai_path(scope["path"]):
+                body = openai_error_body(413, "payload_too_large", message)
+            else:
+                body = {"error": {"code": "payload_too_large", "message": message}}
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         await RequestBodyLimitResponder(self.app, limit)(scope, receive, send)

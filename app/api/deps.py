@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from app.api.admission import ARRIVED, DISCONNECTED
 from app.api.auth import Principal, PrincipalDep, need_admin, need_infer, need_read, need_train
 from app.api.schemas import ErrorResponse
 from app.config import Settings
@@ -17,6 +19,7 @@ from app.db.repositories import scope_session
 from app.engine.runtime import ModelRuntime
 from app.errors import PayloadTooLarge
 from app.services.audit import act_as
+from app.services.inference import Budget
 from app.services.tasks import resolve_task
 
 
@@ -52,6 +55,21 @@ def refuse_declared_over(request: Request, limit: int, *, allowance: int = 0) ->
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + allowance:
         raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
+
+
+def request_budget(request: Request, settings: Settings, timeout_ms: float | None) -> Budget:
+    """A model request's limits; its deadline counts from its arrival (Admission), not from when a thread took
+    it, and its cancel event is set when its client disconnects."""
+    arrived = getattr(request.state, ARRIVED, time.monotonic())
+    seconds = (
+        settings.max_request_seconds if timeout_ms is None else min(timeout_ms / 1000, settings.max_request_seconds)
+    )
+    return Budget(
+        deadline=arrived + seconds,
+        cancel=getattr(request.state, DISCONNECTED, None),
+        max_input_chars=settings.max_input_chars,
+        max_tokens=settings.max_request_tokens,
+    )
 
 
 def get_runtime(request: Request) -> ModelRuntime:

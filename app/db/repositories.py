@@ -88,6 +88,11 @@ class TaskRepository(_Repository[Task]):
     def list(self, *, limit: int, offset: int) -> Sequence[Task]:
         return self.session.scalars(self._own(select(Task)).order_by(Task.id).limit(limit).offset(offset)).all()
 
+    def ready(self, *, limit: int) -> Sequence[Task]:
+        """The tenant's tasks with an active prompt version, by id."""
+        stmt = self._own(select(Task)).where(Task.active_prompt_id.is_not(None)).order_by(Task.id)
+        return self.session.scalars(stmt.limit(limit)).all()
+
     def with_active_jobs(self, task_ids: Sequence[int]) -> set[int]:
         """Ids among task_ids that have a queued or running job."""
         if not task_ids:

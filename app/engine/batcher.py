@@ -316,7 +316,12 @@ class Batcher:
             for index, row in enumerate(item.rows):
                 if self._generates(row):
                     decoding = Decoding(
-                        render(row.spec.template, row.text), row.ids, row.max_new_tokens, row.stop, row.cancel
+                        render(row.spec.template, row.text),
+                        row.ids,
+                        row.max_new_tokens,
+                        row.stop,
+                        row.cancel,
+                        row.on_progress,
                     )
                     self._joining.append((served[row.prompt_id], decoding, (item, index)))
                     item.outstanding += 1

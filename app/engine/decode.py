@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from app.engine.prompt_cache import full_attention_layers
 from app.engine.segments import ServedPrompt
 from app.engine.text import output_text
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -26,6 +29,9 @@ class Decoding:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     cancel: threading.Event | None = field(default=None, compare=False)  # set: stop at the next step
+    # called on the engine thread after each generated token with the text so far and the tokens generated:
+    # it must only hand them over (a queue, a counter), never block or compute
+    on_progress: Callable[[str, int], None] | None = field(default=None, compare=False)
 
     @property
     def cancelled(self) -> bool:
@@ -57,6 +63,16 @@ class _Active:
     tag: Any
     generated: list[int] = field(default_factory=list)
     text: str = ""
+
+
+def _report(entry: _Active) -> None:
+    """Hand a row's progress to its caller; a failing callback loses its reports, never the batch."""
+    if entry.row.on_progress is None:
+        return
+    try:
+        entry.row.on_progress(entry.text, len(entry.generated))
+    except Exception:
+        log.exception("a progress callback failed; its row keeps decoding")
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -191,8 +207,8 @@ class DecodeBatch:
             cut = cut_at_stop(entry.text, entry.row.stop)
             if cut is not None:
                 entry.text = cut
-                done.append((entry.tag, entry.text))
-            elif len(entry.generated) >= entry.budget or entry.row.cancelled:
+            _report(entry)
+            if cut is not None or len(entry.generated) >= entry.budget or entry.row.cancelled:
                 done.append((entry.tag, entry.text))
             else:
                 keep.append(slot)

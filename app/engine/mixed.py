@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -54,6 +54,8 @@ class Row:
     # set by the request's thread when its client went away or its deadline passed: a decoding row stops at its
     # next step, a row not yet computed is skipped
     cancel: threading.Event | None = field(default=None, compare=False, repr=False)
+    # a generating row's progress, called on the engine thread with (text so far, tokens generated): see Decoding
+    on_progress: Callable[[str, int], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -289,6 +291,7 @@ def generate_rows(
                 rows[i].max_new_tokens,
                 rows[i].stop,
                 rows[i].cancel,
+                rows[i].on_progress,
             )
             for i in group
         ]

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,6 +46,7 @@ class InferResult:
     prompt_id: int
     outputs: list[Any]
     ensemble: list[int] | None = None
+    input_tokens: list[int] | None = None  # each input's rendered token count (the prompt's virtual tokens aside)
 
 
 def make_prompt_loader(
@@ -242,15 +244,21 @@ def infer(
     priority: int = 0,
     budget: Budget | None = None,
     ensemble: Any = None,
+    on_progress: Callable[[int, str, int], None] | None = None,
 ) -> InferResult:
     """Classify or generate for every input with the task's active prompt (or an ensemble of its versions, whose
-    rows share the same batches), batched with other requests."""
+    rows share the same batches), batched with other requests.
+
+    on_progress(input index, text so far, tokens generated) is called on the engine thread after every generated
+    token of a generation task (for streaming); it must only hand its arguments over."""
     budget = budget or Budget()
     check_input_lengths(inputs, budget.max_input_chars)
     model = _model(runtime)
 
     def serve(task: Task) -> InferResult:
-        return _infer(session, runtime, model, task, inputs, max_new_tokens, stop, priority, budget, ensemble)
+        return _infer(
+            session, runtime, model, task, inputs, max_new_tokens, stop, priority, budget, ensemble, on_progress
+        )
 
     return _retrying(session, task, serve)
 
@@ -266,6 +274,7 @@ def _infer(
     priority: int,
     budget: Budget,
     ensemble: Any,
+    on_progress: Callable[[int, str, int], None] | None,
 ) -> InferResult:
     prompts, is_ensemble = _serving_prompts(session, task, model, ensemble)
     spec = task_spec(task)
@@ -283,9 +292,10 @@ def _infer(
             stop=tuple(stop),
             input_ids=row_ids,
             cancel=budget.cancel,
+            on_progress=None if on_progress is None else partial(on_progress, index),
         )
         for prompt in prompts
-        for text, row_ids in zip(inputs, ids, strict=True)
+        for index, (text, row_ids) in enumerate(zip(inputs, ids, strict=True))
     ]
     results = _run(runtime, rows, priority, budget)
     if task.kind == "classification":
@@ -295,7 +305,9 @@ def _infer(
     else:
         outputs = [{"text": text} for text in results]
     members = [p.id for p in prompts] if is_ensemble else None
-    return InferResult(task=task, prompt_id=prompts[0].id, outputs=outputs, ensemble=members)
+    return InferResult(
+        task=task, prompt_id=prompts[0].id, outputs=outputs, ensemble=members, input_tokens=[len(row) for row in ids]
+    )
 
 
 def embed(

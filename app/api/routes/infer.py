@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.admission import ARRIVED, DISCONNECTED
-from app.api.deps import ADMIN, AUTH_RESPONSES, INFER, ReadSessionDep, RuntimeDep, SettingsDep
+from app.api.deps import ADMIN, AUTH_RESPONSES, INFER, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
-from app.config import Settings
 from app.errors import InvalidInput
-from app.services.inference import Budget, embed, infer
+from app.services.inference import embed, infer
 from app.services.tasks import resolve_task
 
 router = APIRouter(prefix="/v1", tags=["inference"], responses=AUTH_RESPONSES)
@@ -25,23 +22,9 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _check_count(inputs: list[str], limit: int) -> None:
+def check_count(inputs: list[str], limit: int) -> None:
     if len(inputs) > limit:
         raise InvalidInput(f"at most {limit} inputs per call; split the request", code="too_many_inputs")
-
-
-def _budget(request: Request, settings: Settings, timeout_ms: float | None) -> Budget:
-    """The request's limits; its deadline counts from its arrival (Admission), not from when a thread took it."""
-    arrived = getattr(request.state, ARRIVED, time.monotonic())
-    seconds = (
-        settings.max_request_seconds if timeout_ms is None else min(timeout_ms / 1000, settings.max_request_seconds)
-    )
-    return Budget(
-        deadline=arrived + seconds,
-        cancel=getattr(request.state, DISCONNECTED, None),
-        max_input_chars=settings.max_input_chars,
-        max_tokens=settings.max_request_tokens,
-    )
 
 
 @router.post(
@@ -53,7 +36,7 @@ def run_inference(
     body: InferRequest, request: Request, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
 ) -> InferResponse:
     """Classify or generate with the task's active prompt."""
-    _check_count(body.inputs, settings.max_infer_inputs)
+    check_count(body.inputs, settings.max_infer_inputs)
     result = infer(
         session,
         runtime,
@@ -62,7 +45,7 @@ def run_inference(
         max_new_tokens=body.max_new_tokens,
         stop=body.stop,
         priority=body.priority,
-        budget=_budget(request, settings, body.timeout_ms),
+        budget=request_budget(request, settings, body.timeout_ms),
         ensemble=ensemble_spec(body.ensemble),
     )
     return InferResponse.model_validate(
@@ -84,7 +67,7 @@ def run_embedding(
     body: EmbedRequest, request: Request, session: ReadSessionDep, runtime: RuntimeDep, settings: SettingsDep
 ) -> EmbedResponse:
     """One vector per input: the frozen model's hidden state under the task's prompt."""
-    _check_count(body.inputs, settings.max_infer_inputs)
+    check_count(body.inputs, settings.max_infer_inputs)
     result = embed(
         session,
         runtime,
@@ -92,7 +75,7 @@ def run_embedding(
         body.inputs,
         pooling=body.pooling,
         priority=body.priority,
-        budget=_budget(request, settings, body.timeout_ms),
+        budget=request_budget(request, settings, body.timeout_ms),
     )
     return EmbedResponse(
         task=result.task.name,
