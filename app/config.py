@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest accepted request body other than a dataset upload."
     )
+    job_stream_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="How often GET /v1/jobs/{id}/stream reads the job's new events."
+    )
     max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
     max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
     max_input_chars: int = Field(

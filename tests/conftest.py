@@ -145,10 +145,22 @@ def client_with(
 
 
 @pytest.fixture
-def live_url(database_url: str, tmp_path: Path, db_engine: Engine, frozen: FrozenModel) -> Iterator[str]:
-    """The real app behind a real HTTP server on localhost (uvicorn in a thread), serving the tiny model; it asks
-    for keys (live_server.ADMIN_KEY is its admin key)."""
-    settings = make_settings(database_url, tmp_path, admin_key=live_server.ADMIN_KEY)
-    app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
-    with live_server.serve(app) as url:
-        yield url
+def live_server_with(
+    database_url: str, tmp_path: Path, db_engine: Engine, frozen: FrozenModel
+) -> Iterator[Callable[..., str]]:
+    """Build the real app behind a real HTTP server on localhost (uvicorn in a thread), serving the tiny model, with
+    settings overrides; its URL. It asks for keys (live_server.ADMIN_KEY is its admin key)."""
+    stack = ExitStack()
+
+    def build(**overrides: object) -> str:
+        settings = make_settings(database_url, tmp_path, **{"admin_key": live_server.ADMIN_KEY, **overrides})
+        app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
+        return stack.enter_context(live_server.serve(app))
+
+    with stack:
+        yield build
+
+
+@pytest.fixture
+def live_url(live_server_with: Callable[..., str]) -> str:
+    return live_server_with()

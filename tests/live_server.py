@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -31,3 +32,21 @@ def serve(app: FastAPI, timeout: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def sse_events(response: Any) -> Iterator[dict[str, str]]:
+    """Server-sent events of a streaming httpx response, as dicts of their fields (event, id, data)."""
+    event: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+            continue
+        if line.startswith(":"):  # a comment (keep-alive ping)
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        event[name] = event[name] + "\n" + value if name in event else value
+    if event:
+        yield event

@@ -201,6 +201,7 @@ class Worker:
         self, job_id: int, beat: _Heartbeat, prepared: _Prepared | None, outcome: Trained | BaseException
     ) -> None:
         """Store a job's prompt, or record how it ended."""
+        beat.beat(force=True)  # the curve's last points, written while the job is still running
         values: dict[str, Any] = {}
         if isinstance(outcome, Trained):
             assert prepared is not None
@@ -283,6 +284,7 @@ class Worker:
                 ),
             )
         beat.progress = {"step": 0, "total_steps": prepared.total_steps}
+        beat.attempt = job.attempts
         return prepared
 
     def _store(self, prepared: _Prepared, beat: _Heartbeat, result: Trained) -> None:
@@ -342,6 +344,9 @@ class _Heartbeat:
     def __init__(self, worker: Worker, job_id: int) -> None:
         self.worker, self.job_id = worker, job_id
         self.progress: dict[str, Any] = {}
+        self.attempt = 0
+        self.points: list[dict[str, Any]] = []  # the curve's points not written yet (written with the next beat)
+        self._started = time.monotonic()
         self.cancelled = False
         self.lost = False
         self._last_write = 0.0
@@ -376,15 +381,29 @@ class _Heartbeat:
                     self.cancelled = self.cancelled or flag
                     if event is not None:
                         repo.add_event(self.job_id, *event)
+                    if self.points:
+                        repo.add_metrics(self.job_id, self.attempt, self.points)
+                self.points = []
             except Exception:  # a missed beat is retried on the next one
                 log.exception("heartbeat of job %s failed", self.job_id)
 
+    def _point(self, step: int, **values: float | None) -> None:
+        """Add to the curve: into the step's unwritten point, or a new one."""
+        with self._lock:
+            seconds = time.monotonic() - self._started
+            if self.points and self.points[-1]["step"] == step:
+                self.points[-1].update(values, seconds=seconds)
+            else:
+                self.points.append({"step": step, "seconds": seconds, **values})
+
     def on_step(self, report: StepReport) -> None:
         self.progress.update(step=report.step, total_steps=report.total_steps, loss=report.loss)
+        self._point(report.step, loss=report.loss, learning_rate=report.lr)
         self.beat()
 
     def on_eval(self, report: EvalReport) -> None:
         self.progress.update(val_loss=report.val_loss, val_accuracy=report.val_accuracy)
+        self._point(report.step, val_loss=report.val_loss, val_score=report.val_accuracy)
         data = {
             "step": report.step,
             "val_loss": report.val_loss,

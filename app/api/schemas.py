@@ -269,6 +269,18 @@ class JobEventOut(BaseModel):
     created_at: datetime
 
 
+class JobMetricOut(BaseModel):
+    """One point of a job's curve: its training figures after the step and its evaluation's, where one ran."""
+
+    attempt: int = Field(description="The attempt (1, 2, ...) that recorded it: a requeued job starts a new curve.")
+    step: int
+    loss: float | None = Field(description="Training loss of the step.")
+    learning_rate: float | None
+    val_loss: float | None = Field(description="Validation loss, at evaluation steps.")
+    val_score: float | None = Field(description="Validation accuracy (classification), at evaluation steps.")
+    seconds: float = Field(description="Seconds since the attempt started.")
+
+
 # --- prompts --------------------------------------------------------------------------------------------
 
 

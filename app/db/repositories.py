@@ -16,7 +16,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from app.db.base import Base, utcnow
-from app.db.models import ApiKey, AuditEvent, Dataset, Job, JobEvent, JobStatus, Prompt, Task
+from app.db.models import ApiKey, AuditEvent, Dataset, Job, JobEvent, JobMetric, JobStatus, Prompt, Task
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
 TENANT = "tenant"  # the key of a session's tenant in Session.info
@@ -216,6 +216,15 @@ class JobRepository(_Repository[Job]):
     def add_event(self, job_id: int, kind: str, message: str = "", data: dict[str, Any] | None = None) -> None:
         self.session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data or {}))
         self.session.flush()
+
+    def add_metrics(self, job_id: int, attempt: int, points: Sequence[dict[str, Any]]) -> None:
+        """Points of the job's curve (dicts of JobMetric's columns besides job_id and attempt)."""
+        self.session.add_all([JobMetric(job_id=job_id, attempt=attempt, **point) for point in points])
+        self.session.flush()
+
+    def metrics(self, job_id: int, *, after_id: int = 0, limit: int | None = None) -> Sequence[JobMetric]:
+        stmt = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after_id).order_by(JobMetric.id)
+        return self.session.scalars(stmt if limit is None else stmt.limit(limit)).all()
 
     def events(self, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:
         stmt = (

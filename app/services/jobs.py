@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobStatus, Task
+from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobMetric, JobStatus, Task
 from app.db.repositories import JobRepository, PromptRepository
 from app.engine.methods import TrainConfig, get_method
 from app.engine.model import FrozenModel
@@ -166,6 +167,52 @@ def list_jobs(
 def job_events(session: Session, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:
     get_job(session, job_id)
     return JobRepository(session).events(job_id, after_id=after_id, limit=limit)
+
+
+METRIC_FIELDS = ("loss", "learning_rate", "val_loss", "val_score")
+
+
+def job_metrics(session: Session, job_id: int) -> list[dict[str, Any]]:
+    """The job's curve, one point per attempt and step: a step's training figures and its evaluation's (recorded
+    as separate rows when they were written apart) merged; ordered by attempt, then step."""
+    get_job(session, job_id)
+    merged: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in JobRepository(session).metrics(job_id):
+        point = merged.setdefault(
+            (row.attempt, row.step),
+            {"attempt": row.attempt, "step": row.step, "seconds": row.seconds, **dict.fromkeys(METRIC_FIELDS)},
+        )
+        point["seconds"] = max(point["seconds"], row.seconds)
+        for name in METRIC_FIELDS:
+            value = getattr(row, name)
+            if value is not None:
+                point[name] = value
+    return [merged[key] for key in sorted(merged)]
+
+
+@dataclass(frozen=True)
+class JobUpdates:
+    """What a job's stream has not sent yet: the job now, its new events and new metric rows."""
+
+    job: Job
+    events: Sequence[JobEvent]
+    metrics: Sequence[JobMetric]
+
+    @property
+    def finished(self) -> bool:
+        return self.job.status in FINISHED_STATUSES
+
+
+def job_updates(session: Session, job_id: int, *, after_event: int, after_metric: int, limit: int) -> JobUpdates:
+    """The job (read first: when it has finished, every event and point it wrote is already visible) and what
+    came after the cursors."""
+    job = get_job(session, job_id)
+    repo = JobRepository(session)
+    return JobUpdates(
+        job,
+        repo.events(job_id, after_id=after_event, limit=limit),
+        repo.metrics(job_id, after_id=after_metric, limit=limit),
+    )
 
 
 def cancel_job(session: Session, job_id: int) -> Job:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, status
+import anyio.to_thread
+from fastapi import APIRouter, Body, Header, Query, Request, status
 from sqlalchemy.orm import Session
+from sse_starlette import EventSourceResponse
 
+from app.api.auth import PrincipalDep
 from app.api.deps import (
     AUTH_RESPONSES,
     READ,
@@ -25,14 +31,17 @@ from app.api.schemas import (
     ErrorResponse,
     JobCreate,
     JobEventOut,
+    JobMetricOut,
     JobOut,
     JobProgress,
     LengthSearchJobCreate,
     MetaInitJobCreate,
 )
 from app.db.base import MAX_ID
-from app.db.models import Job, JobStatus
+from app.db.models import Job, JobMetric, JobStatus
+from app.db.repositories import scope_session
 from app.engine.model import FrozenModel
+from app.errors import InvalidInput, NotFound
 from app.services import jobs as service
 from app.services import quotas
 from app.services import transfer_jobs as transfer
@@ -150,6 +159,96 @@ def get_job_events(
 ) -> list[JobEventOut]:
     """The job's ordered log: queued, started, metrics, finished or failed with the reason."""
     return [JobEventOut.model_validate(e) for e in service.job_events(session, job_id, after_id=after, limit=limit)]
+
+
+@router.get("/{job_id}/metrics", dependencies=[READ], responses={404: {"model": ErrorResponse}})
+def get_job_metrics(job_id: IdPath, session: ReadSessionDep) -> list[JobMetricOut]:
+    """The job's training curve: step, loss, learning rate, validation loss and score, seconds; per attempt."""
+    return [JobMetricOut.model_validate(point) for point in service.job_metrics(session, job_id)]
+
+
+STREAM_PAGE = 500  # events or points read per poll
+
+
+def _cursor(last_event_id: str | None) -> tuple[int, int]:
+    """Last-Event-ID "E.M": the last job event id and metric row id the client received."""
+    if last_event_id is None or not last_event_id.strip():
+        return 0, 0
+    event, _, metric = last_event_id.strip().partition(".")
+    if not (event.isascii() and event.isdigit() and metric.isascii() and metric.isdigit()):
+        raise InvalidInput(
+            f"Last-Event-ID {last_event_id[:40]!r} is not an id this stream sent (of the form 12.40); "
+            "send the id of the last event received, or none to start from the beginning",
+            code="invalid_last_event_id",
+        )
+    return min(int(event), MAX_ID), min(int(metric), MAX_ID)
+
+
+def _metric(row: JobMetric) -> dict[str, Any]:
+    return JobMetricOut.model_validate(row, from_attributes=True).model_dump()
+
+
+@router.get(
+    "/{job_id}/stream",
+    dependencies=[READ],
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-sent events until the job ends."},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse, "description": "invalid_last_event_id"},
+    },
+)
+async def stream_job(
+    job_id: IdPath,
+    request: Request,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Server-sent events of the job as it runs: `job` (status and progress, when they change), `event` (the
+    event log), `metric` (the curve's points), and `end` (the finished job) last. Resumes after Last-Event-ID."""
+    cursor = _cursor(last_event_id)
+
+    def read(after: tuple[int, int]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], bool]:
+        with request.app.state.read_session_factory() as session:
+            scoped = scope_session(session, principal.tenant)
+            updates = service.job_updates(
+                scoped, job_id, after_event=after[0], after_metric=after[1], limit=STREAM_PAGE
+            )
+            job = job_out(scoped, updates.job).model_dump(mode="json")
+            events = [JobEventOut.model_validate(e).model_dump(mode="json") for e in updates.events]
+            metrics = [{"id": m.id, **_metric(m)} for m in updates.metrics]
+            return job, events, metrics, updates.finished
+
+    first = await anyio.to_thread.run_sync(read, cursor)  # an unknown job is a plain 404
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        nonlocal cursor
+        job, new_events, new_metrics, finished = first
+        shown: Any = None
+        while True:
+            state = (job["status"], job["progress"])
+            if state != shown:
+                shown = state
+                yield {"event": "job", "data": json.dumps(job)}
+            for event in new_events:
+                cursor = (event["id"], cursor[1])
+                yield {"event": "event", "id": f"{cursor[0]}.{cursor[1]}", "data": json.dumps(event)}
+            for point in new_metrics:
+                cursor = (cursor[0], point.pop("id"))
+                yield {"event": "metric", "id": f"{cursor[0]}.{cursor[1]}", "data": json.dumps(point)}
+            more = len(new_events) == STREAM_PAGE or len(new_metrics) == STREAM_PAGE
+            if finished and not more:
+                yield {"event": "end", "data": json.dumps(job)}
+                return
+            if not more:
+                await asyncio.sleep(settings.job_stream_poll_seconds)
+            try:
+                job, new_events, new_metrics, finished = await anyio.to_thread.run_sync(read, cursor)
+            except NotFound as exc:  # deleted with its task meanwhile
+                yield {"event": "error", "data": json.dumps({"error": {"code": exc.code, "message": exc.message}})}
+                return
+
+    return EventSourceResponse(events(), ping=15)
 
 
 @router.post(
