@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest accepted request body other than a dataset upload."
     )
+    metrics_task_labels: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Tasks that get their own label in GET /metrics (the busiest); others are 'other'.",
+    )
     job_stream_poll_seconds: float = Field(
         default=0.5, gt=0, le=60, description="How often GET /v1/jobs/{id}/stream reads the job's new events."
     )

@@ -17,6 +17,7 @@ from app.api.admission import Admission
 from app.api.auth import AuthState, need_read
 from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
+from app.api.metrics import Metrics, MetricsMiddleware, ServiceCollector
 from app.api.routes import datasets, health, infer, jobs, keys, openai, prompts, tasks
 from app.config import Settings
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
@@ -99,6 +100,12 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     install_error_handlers(app)
     app.add_middleware(BodyLimits, default=settings.max_body_bytes, uploads=settings.max_upload_bytes)
     app.add_middleware(Admission, limit=settings.max_inflight_requests)
+    metrics = Metrics(task_labels=settings.metrics_task_labels)
+    metrics.add_collector(
+        ServiceCollector(lambda: getattr(app.state, "runtime", None), lambda: app.state.read_session_factory)
+    )
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees refusals of the middlewares too
     if settings.cors_origins:  # closed by default: without the middleware no browser may call across origins
         app.add_middleware(
             CORSMiddleware,

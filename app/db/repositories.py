@@ -217,6 +217,15 @@ class JobRepository(_Repository[Job]):
         self.session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data or {}))
         self.session.flush()
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (the session's tenant's, or every tenant's for an unscoped session)."""
+        stmt = self._own(select(Job.status, func.count()).group_by(Job.status))
+        return {status.value: count for status, count in self.session.execute(stmt).all()}
+
+    def running(self) -> Sequence[Job]:
+        """The running jobs, with their workers, heartbeats and progress."""
+        return self.session.scalars(self._own(select(Job).where(Job.status == JobStatus.running))).all()
+
     def add_metrics(self, job_id: int, attempt: int, points: Sequence[dict[str, Any]]) -> None:
         """Points of the job's curve (dicts of JobMetric's columns besides job_id and attempt)."""
         self.session.add_all([JobMetric(job_id=job_id, attempt=attempt, **point) for point in points])

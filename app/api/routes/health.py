@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.auth import identify
+from app.api.deps import ADMIN
 from app.api.schemas import Health, ModelHealth
 from app.engine.runtime import ModelRuntime
 from app.errors import AppError
@@ -45,6 +47,18 @@ async def healthz(request: Request) -> JSONResponse:
         model_health = ModelHealth(loaded=model is not None, name=None, fingerprint=None, device=None, error=None)
     body = Health(status="ok" if ok else "degraded", model=model_health, database=database)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    dependencies=[ADMIN],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition format."}},
+)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics of this API process (admin scope): HTTP requests, model requests per task, the engine's
+    queue, batches and prompt pool, and the jobs in the database."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _ping(request: Request) -> None:

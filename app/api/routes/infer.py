@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import ADMIN, AUTH_RESPONSES, INFER, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
+from app.api.metrics import TASK_NAME, TASK_ROWS
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.errors import InvalidInput
 from app.services.inference import embed, infer
@@ -20,6 +21,12 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "input_too_long, request_too_large, too_many_inputs, ..."},
     503: {"model": ErrorResponse, "description": "overloaded, queue_timeout, model_unavailable (Retry-After)."},
 }
+
+
+def note_task(request: Request, task: str, rows: int) -> None:
+    """Tell the metrics middleware which task this request served, and how many rows."""
+    setattr(request.state, TASK_NAME, task)
+    setattr(request.state, TASK_ROWS, rows)
 
 
 def check_count(inputs: list[str], limit: int) -> None:
@@ -48,6 +55,7 @@ def run_inference(
         budget=request_budget(request, settings, body.timeout_ms),
         ensemble=ensemble_spec(body.ensemble),
     )
+    note_task(request, result.task.name, len(body.inputs))
     return InferResponse.model_validate(
         {
             "task": result.task.name,
@@ -77,6 +85,7 @@ def run_embedding(
         priority=body.priority,
         budget=request_budget(request, settings, body.timeout_ms),
     )
+    note_task(request, result.task.name, len(body.inputs))
     return EmbedResponse(
         task=result.task.name,
         prompt_id=result.prompt_id,

@@ -21,7 +21,7 @@ from sse_starlette import EventSourceResponse
 from app.api.auth import PrincipalDep
 from app.api.deps import AUTH_RESPONSES, INFER, READ, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
 from app.api.openai_schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from app.api.routes.infer import MODEL_RESPONSES, check_count
+from app.api.routes.infer import MODEL_RESPONSES, check_count, note_task
 from app.db.models import Task
 from app.db.repositories import scope_session
 from app.errors import Conflict
@@ -108,7 +108,9 @@ async def _complete(
                 on_progress=on_progress,
             )
 
-    return await anyio.to_thread.run_sync(work)
+    completion = await anyio.to_thread.run_sync(work)
+    note_task(request, completion.task.name, len(inputs))
+    return completion
 
 
 def _usage(completion: Completion) -> dict[str, int]:

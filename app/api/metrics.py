@@ -1,0 +1,214 @@
+"""Prometheus metrics of one API process (prometheus_client), served by GET /metrics.
+
+Counted as requests pass (an ASGI middleware): requests and latency per route template and status, and for the
+model routes requests, rows and latency per task. Read at scrape time: the engine's queue, batches and prompt
+pool, and from the database the jobs by status, training speed and workers' heartbeats. Task names become label
+values only for the busiest tasks (PROMPTBANK_METRICS_TASK_LABELS of them); every other task counts as "other", so
+the number of series stays bounded however many tasks are served.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.admission import MODEL_PATHS
+from app.engine.runtime import ModelRuntime
+from app.services.operations import job_gauges
+
+log = logging.getLogger(__name__)
+
+# What a model route leaves in the request's state for the middleware: the task served and its rows.
+TASK_NAME, TASK_ROWS = "promptbank_metrics_task", "promptbank_metrics_rows"
+OTHER = "other"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class TaskLabels:
+    """A task's label value: its name while it is among the `top` busiest tasks seen, else "other". A name once
+    labelled keeps its label (its series must not jump), and at most 2 x top names are ever labelled."""
+
+    def __init__(self, top: int, *, max_tracked: int = 10_000) -> None:
+        self.top, self.max_tracked = top, max_tracked
+        self.counts: dict[str, int] = {}
+        self.labelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, task: str) -> str:
+        with self._lock:
+            if task in self.counts or len(self.counts) < self.max_tracked:
+                self.counts[task] = self.counts.get(task, 0) + 1
+            if task in self.labelled:
+                return task
+            if len(self.labelled) >= 2 * self.top or task not in self.counts:
+                return OTHER
+            busiest = heapq.nlargest(self.top, self.counts.items(), key=lambda item: item[1])
+            if self.counts[task] >= busiest[-1][1]:
+                self.labelled.add(task)
+                return task
+            return OTHER
+
+
+class Metrics:
+    """The process's registry and the instruments the middleware feeds."""
+
+    def __init__(self, *, task_labels: int) -> None:
+        self.registry = CollectorRegistry()
+        self.task_label = TaskLabels(task_labels)
+        self.requests = Counter(
+            "promptbank_http_requests",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "promptbank_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_requests = Counter(
+            "promptbank_inference_requests",
+            "Model requests by task and outcome.",
+            ["route", "task", "status"],
+            registry=self.registry,
+        )
+        self.inference_rows = Counter(
+            "promptbank_inference_rows", "Inputs served by task.", ["task"], registry=self.registry
+        )
+        self.inference_latency = Histogram(
+            "promptbank_inference_duration_seconds",
+            "Model request latency by task (queue wait included).",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float, state: dict[str, Any]) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        task = state.get(TASK_NAME)
+        if task is not None:
+            label = self.task_label(task)
+            self.inference_requests.labels(route, label, str(status)).inc()
+            if status < 400:
+                self.inference_rows.labels(label).inc(state.get(TASK_ROWS, 0))
+                self.inference_latency.labels(label).observe(seconds)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class MetricsMiddleware:
+    """ASGI middleware: every HTTP request's route template (not its path: ids would make unbounded series),
+    status and duration."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            # a model request refused on arrival (Admission) never reached the router: its path is its route
+            template = getattr(route, "path", None) or (scope["path"] if scope["path"] in MODEL_PATHS else "unmatched")
+            state = scope.get("state") or {}
+            self.metrics.observe(scope["method"], template, status, time.perf_counter() - started, state)
+
+
+class ServiceCollector(Collector):
+    """Read at scrape time: the engine's queue, batches and pool, and the jobs in the database."""
+
+    def __init__(self, runtime: Callable[[], ModelRuntime | None], sessions: Callable[[], sessionmaker[Session]]):
+        self.runtime, self.sessions = runtime, sessions
+
+    def collect(self) -> Iterator[Any]:
+        runtime = self.runtime()
+        stats = runtime.stats() if runtime is not None else None
+        if stats is not None:
+            yield from _engine_families(stats)
+        try:
+            with self.sessions()() as session:
+                jobs = job_gauges(session)
+        except Exception:  # a scrape still answers the engine's figures while the database is away
+            log.warning("GET /metrics could not read the jobs", exc_info=True)
+            yield GaugeMetricFamily("promptbank_database_up", "Whether the jobs could be read.", value=0)
+            return
+        yield GaugeMetricFamily("promptbank_database_up", "Whether the jobs could be read.", value=1)
+        by_status = GaugeMetricFamily("promptbank_jobs", "Jobs by status (every tenant).", labels=["status"])
+        for status, count in jobs.by_status.items():
+            by_status.add_metric([status], count)
+        yield by_status
+        yield GaugeMetricFamily(
+            "promptbank_training_steps_per_second",
+            "Optimizer steps per second, summed over the running jobs (each: steps so far / seconds since start).",
+            value=jobs.steps_per_second,
+        )
+        beats = GaugeMetricFamily(
+            "promptbank_worker_heartbeat_age_seconds",
+            "Seconds since each worker with a running job last beat.",
+            labels=["worker"],
+        )
+        for worker, age in sorted(jobs.heartbeat_age.items()):
+            beats.add_metric([worker], age)
+        yield beats
+
+
+def _engine_families(stats: dict[str, Any]) -> Iterator[Any]:
+    def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, value=float("nan") if value is None else value)
+
+    def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        return CounterMetricFamily(name, doc, value=value)
+
+    pool = stats["pool"]
+    yield gauge("promptbank_engine_queued_requests", "Requests waiting for the engine.", stats["queued_requests"])
+    yield gauge("promptbank_engine_queued_rows", "Rows waiting for the engine.", stats["queued_rows"])
+    yield gauge("promptbank_engine_decoding_rows", "Rows in the running decode batch.", stats["decoding_rows"])
+    wait = stats["queue_ms_p50"], stats["queue_ms_p99"]
+    yield gauge("promptbank_engine_queue_wait_p50_seconds", "Queue wait, median of recent rounds.", _seconds(wait[0]))
+    yield gauge("promptbank_engine_queue_wait_p99_seconds", "Queue wait, p99 of recent rounds.", _seconds(wait[1]))
+    yield gauge("promptbank_engine_batch_rows_mean", "Rows per batch, mean of recent rounds.", stats["mean_batch_rows"])
+    yield gauge("promptbank_engine_batch_rows_max", "Most rows in one batch.", stats["max_batch_rows"])
+    yield counter("promptbank_engine_batches", "Engine rounds run.", stats["batches"])
+    yield counter("promptbank_engine_rows", "Rows computed by the engine.", stats["rows"])
+    for outcome in ("rejected", "timed_out", "cancelled", "failed"):
+        yield counter(
+            f"promptbank_engine_{outcome}_requests",
+            f"Requests {outcome.replace('_', ' ')}.",
+            stats[f"{outcome}_requests"],
+        )
+    yield gauge("promptbank_prompt_pool_entries", "Prompt versions cached.", pool["entries"])
+    yield gauge("promptbank_prompt_pool_capacity", "Most prompt versions cached.", pool["capacity"])
+    yield gauge("promptbank_prompt_pool_bytes", "Bytes of cached prompt keys/values.", pool["bytes"])
+    yield counter("promptbank_prompt_pool_hits", "Prompt pool hits.", pool["hits"])
+    yield counter("promptbank_prompt_pool_misses", "Prompt pool misses (a version loaded).", pool["misses"])
+    yield counter("promptbank_prompt_pool_evictions", "Prompt pool evictions.", pool["evictions"])
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000
