@@ -115,6 +115,9 @@ class Settings(BaseSettings):
         default=True, description="Run Alembic migrations at start-up (turn off where a migrate job does it)."
     )
     log_level: str = Field(default="INFO")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="JSON lines (with each request's id) or plain text."
+    )
     # --- tenants, keys, limits (README "Keys, tenants and quotas") ---
     admin_key: SecretStr | None = Field(
         default=None,

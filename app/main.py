@@ -18,11 +18,13 @@ from app.api.auth import AuthState, need_read
 from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, MetricsMiddleware, ServiceCollector
+from app.api.request_ids import RequestIds
 from app.api.routes import datasets, health, infer, jobs, keys, openai, prompts, tasks
 from app.config import Settings
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
 from app.engine.batcher import BatcherOptions
 from app.engine.runtime import ModelRuntime, ServingOptions
+from app.logs import configure_logging
 from app.migrate import upgrade
 from app.model_loading import load_configured_model
 from app.services.inference import make_prompt_loader
@@ -54,7 +56,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings.log_level, settings.log_format)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.resolved_database_url
         if settings.auto_migrate:
@@ -105,7 +107,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         ServiceCollector(lambda: getattr(app.state, "runtime", None), lambda: app.state.read_session_factory)
     )
     app.state.metrics = metrics
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees refusals of the middlewares too
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees refusals of the middlewares too
+    app.add_middleware(RequestIds)  # outermost: every response carries X-Request-ID, every log line the id
     if settings.cors_origins:  # closed by default: without the middleware no browser may call across origins
         app.add_middleware(
             CORSMiddleware,

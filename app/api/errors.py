@@ -14,6 +14,7 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from app.api.body_limits import UPLOAD_PATH
 from app.api.openai_errors import is_openai_path, openai_error_body
 from app.errors import AppError
+from app.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            500, "internal_error", "an unexpected error occurred; it has been logged", path=request.url.path
-        )
+        message = f"an unexpected error occurred; it has been logged (request id {request_id.get()})"
+        return error_response(500, "internal_error", message, path=request.url.path)
