@@ -1,9 +1,9 @@
-"""The `promptbank` command: serve the API, and manage keys without a running server.
+"""The `promptbank` command (Typer): serve the API, run a worker, migrate, manage keys without a running server,
+and talk to a running service (app/cli_client.py: datasets, tasks, train --follow, infer, jobs, prompts).
 
 promptbank serve [--host 127.0.0.1] [--port 8000] [--allow-unauthenticated]
 promptbank keys create (--admin | --tenant T --scopes read,infer) [--name N]
-promptbank keys list [--tenant T]
-promptbank keys revoke ID
+promptbank [--url URL] [--key KEY] [--json] train TASK DATASET --steps 30 --follow
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Annotated
 
+import click
+import typer
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import cli_client
 from app.api.auth import is_loopback
 from app.config import Settings
 from app.db.models import DEFAULT_TENANT
@@ -87,34 +91,110 @@ def keys_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="promptbank", description="Many NLP tasks on one frozen language model.")
-    commands = root.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="serve the API (and, unless PROMPTBANK_RUN_WORKER=false, a worker)")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--allow-unauthenticated", action="store_true", help="serve other hosts with no keys at all")
-    run.set_defaults(func=serve)
-    key = commands.add_parser("keys", help="create, list or revoke API keys")
-    actions = key.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a key and print it (shown only once)")
-    create.add_argument("--admin", action="store_true", help="every scope, read, infer, train and admin")
-    create.add_argument("--tenant", default=DEFAULT_TENANT)
-    create.add_argument("--scopes", help="comma-separated: read,infer,train,admin")
-    create.add_argument("--name")
-    listing = actions.add_parser("list", help="every key: id, prefix, tenant, scopes, state")
-    listing.add_argument("--tenant")
-    revoke = actions.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("id", type=int)
-    key.set_defaults(func=keys_command)
-    return root
+cli = typer.Typer(
+    name="promptbank",
+    help="Many NLP tasks on one frozen language model. Commands other than serve, worker, migrate and keys talk to "
+    "a running service (--url or PROMPTBANK_URL).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@cli.callback()
+def _root(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(envvar="PROMPTBANK_URL", help="the service")] = cli_client.DEFAULT_URL,
+    key: Annotated[str | None, typer.Option(envvar="PROMPTBANK_KEY", help="an API key, if the service asks")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts instead of tables")] = False,
+) -> None:
+    ctx.obj = cli_client.Client(url, key, as_json)
+
+
+@cli.command("serve")
+def serve_command(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    allow_unauthenticated: Annotated[bool, typer.Option(help="serve other hosts with no keys at all")] = False,
+) -> None:
+    """Serve the API (and, unless PROMPTBANK_RUN_WORKER=false, a training worker inside it)."""
+    raise typer.Exit(serve(argparse.Namespace(host=host, port=port, allow_unauthenticated=allow_unauthenticated)))
+
+
+@cli.command("worker")
+def worker_command() -> None:
+    """Run a standalone training worker until SIGTERM or Ctrl-C (as `python -m workers`)."""
+    set_wait_policy(Settings().omp_wait_policy, "worker")  # before PyTorch is imported: OpenMP reads it once
+    from workers.cli import main as run_worker
+
+    run_worker()
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the database schema (PROMPTBANK_DATABASE_URL, or SQLite in the data directory)."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    typer.echo("database at the latest schema", err=True)
+
+
+keys_cli = typer.Typer(
+    help="Create, list or revoke API keys (in the database, no server needed).", no_args_is_help=True
+)
+
+
+@keys_cli.command("create")
+def keys_create(
+    admin: Annotated[bool, typer.Option("--admin", help="every scope: read, infer, train and admin")] = False,
+    tenant: str = DEFAULT_TENANT,
+    scopes: Annotated[str | None, typer.Option(help="comma-separated: read,infer,train,admin")] = None,
+    name: str | None = None,
+) -> None:
+    """Create a key and print it (shown only once)."""
+    if not admin and not scopes:
+        raise typer.BadParameter("keys create needs --admin or --scopes")
+    raise typer.Exit(
+        keys_command(argparse.Namespace(action="create", admin=admin, tenant=tenant, scopes=scopes, name=name))
+    )
+
+
+@keys_cli.command("list")
+def keys_list(tenant: str | None = None) -> None:
+    """Every key: id, prefix, tenant, scopes, state."""
+    raise typer.Exit(keys_command(argparse.Namespace(action="list", tenant=tenant)))
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: int) -> None:
+    """Revoke a key by id."""
+    raise typer.Exit(keys_command(argparse.Namespace(action="revoke", id=key_id)))
+
+
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(cli_client.datasets, name="datasets")
+cli.add_typer(cli_client.tasks, name="tasks")
+cli.add_typer(cli_client.jobs, name="jobs")
+cli.add_typer(cli_client.prompts, name="prompts")
+cli.command("train")(cli_client.train)
+cli.command("infer")(cli_client.infer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "keys" and args.action == "create" and not args.admin and not args.scopes:
-        parser().error("keys create needs --admin or --scopes")
-    return int(args.func(args))
+    """Run the command line; its exit code (a refusal by the server: its message on stderr and 1)."""
+    try:
+        result = cli(args=list(argv) if argv is not None else None, prog_name="promptbank", standalone_mode=False)
+    except cli_client.CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        return 1
+    return int(result or 0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from types import FrameType
 
 from app.config import Settings
 from app.db.session import make_engine, make_session_factory
+from app.logs import configure_logging
 from app.model_loading import load_configured_model
 from app.threads import process_budget, training_budget
 from workers.main import Worker, WorkerSettings
@@ -33,7 +34,7 @@ def worker_settings(settings: Settings, *, embedded: bool) -> WorkerSettings:
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     engine = make_engine(settings.resolved_database_url)
     model = load_configured_model(settings)
     worker = Worker(make_session_factory(engine), lambda: model, worker_settings(settings, embedded=False))
