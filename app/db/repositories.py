@@ -219,7 +219,7 @@ class JobRepository(_Repository[Job]):
 
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status (the session's tenant's, or every tenant's for an unscoped session)."""
-        stmt = self._own(select(Job.status, func.count()).group_by(Job.status))
+        stmt: Select[Any] = self._own(select(Job.status, func.count()).group_by(Job.status))  # type: ignore[arg-type]
         return {status.value: count for status, count in self.session.execute(stmt).all()}
 
     def running(self) -> Sequence[Job]:

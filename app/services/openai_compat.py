@@ -81,9 +81,9 @@ def complete(
         frozen = runtime.wait(timeout=0)
         for index, output in enumerate(result.outputs):
             ranked = sorted(output["scores"].items(), key=lambda item: -item[1])
-            logprobs = {label: math.log(max(p, 1e-300)) for label, p in ranked}  # JSON has no -inf
+            label_logprobs = {label: math.log(max(p, 1e-300)) for label, p in ranked}  # JSON has no -inf
             label = output["label"]
-            choices.append(Choice(index, label, "stop", len(frozen.encode(" " + label)), logprobs))
+            choices.append(Choice(index, label, "stop", len(frozen.encode(" " + label)), label_logprobs))
     else:
         for index, output in enumerate(result.outputs):
             reason = "length" if generated[index] >= max_tokens else "stop"
