@@ -1,0 +1,103 @@
+"""The dashboard's main flow in a real headless Chromium (Debian's chromium driven by Playwright) against a live
+test server: enter the key, create a task, upload a dataset (a bad file shows its line-numbered errors), train a
+few steps and watch the curve grow from the job stream, infer in the playground, look at the versions, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.api.helpers import toy_examples
+from tests.live_server import ADMIN_KEY
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("PROMPTBANK_SCREENSHOTS_DIR")  # set: the pages' screenshots are kept there (docs/)
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - CI installs it (.ci/run); a developer without it skips
+    sync_playwright = None  # type: ignore[assignment]
+
+needs_browser = pytest.mark.skipif(
+    (sync_playwright is None or not Path(CHROMIUM).exists()) and not os.environ.get("CI"),
+    reason="needs playwright and Debian's chromium (apt-get install -y chromium); CI installs both",
+)
+
+
+@needs_browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Path) -> None:
+    url = live_server_with(job_stream_poll_seconds=0.05)
+    good = tmp_path / "reviews.jsonl"
+    good.write_text("".join(json.dumps(example) + "\n" for example in toy_examples(24)))
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"input": "a", "output": "positive"}\n{"input": "b"}\nnot json\n')
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        failed: list[str] = []
+        page.on("requestfailed", lambda request: failed.append(f"{request.url}: {request.failure}"))
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{url}/ui")
+        expect(page.locator("#notice")).to_contain_text("asks for a key")  # the service wants one
+        page.fill("#key", ADMIN_KEY)
+        page.dispatch_event("#key", "change")
+
+        page.fill("#task-name", "sentiment")
+        page.fill("#task-labels", "positive,negative")
+        page.fill("#task-template", "Review: {input}\\nSentiment:")
+        page.click("#task-create")
+        expect(page.locator("#tasks tr[data-task=sentiment]")).to_contain_text("untrained")
+
+        page.set_input_files("#ds-file", str(bad))
+        page.click("#ds-upload")
+        expect(page.locator("#ds-errors li")).to_have_count(2)
+        expect(page.locator("#ds-errors")).to_contain_text("line 2:")
+        page.set_input_files("#ds-file", str(good))
+        page.fill("#ds-name", "reviews")
+        page.click("#ds-upload")
+        expect(page.locator("#datasets")).to_contain_text("reviews")
+
+        # every value the chart's point count takes, as the stream delivers points
+        page.evaluate(
+            """() => { window.seen = []; new MutationObserver(() => window.seen.push(+chart.dataset.points))
+                 .observe(document.getElementById('chart'), {attributes: true}); }"""
+        )
+        page.select_option("#train-task", "sentiment")
+        page.fill("#train-steps", "40")
+        page.fill("#train-tokens", "4")
+        page.fill("#train-eval", "10")
+        page.click("#train-submit")
+        expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=120_000)
+        seen = page.evaluate("window.seen")
+        assert max(seen) == 41, seen  # steps 0 (the initial evaluation) to 40
+        assert len({count for count in seen if 0 < count < 41}) >= 2, seen  # it grew while the job ran
+        page.screenshot(path=str(shots / "dashboard-training.png"), full_page=True)
+
+        expect(page.locator("#tasks tr[data-task=sentiment]")).to_contain_text("ready")
+        page.select_option("#play-task", "sentiment")
+        page.fill("#play-input", "a good film\nawful and sad")
+        page.click("#play-run")
+        rows = page.locator("#play-table tr")
+        expect(rows).to_have_count(2)
+        for index in range(2):
+            assert rows.nth(index).get_attribute("data-label") in ("positive", "negative")
+            expect(rows.nth(index).locator(".score")).to_have_count(2)
+
+        page.locator("#tasks tr[data-task=sentiment] button", has_text="versions").click()
+        expect(page.locator("#prompts tr")).to_have_count(1)
+        expect(page.locator("#prompts")).to_contain_text("(active)")
+        page.screenshot(path=str(shots / "dashboard-playground.png"), full_page=True)
+
+        page.locator("#tasks tr[data-task=sentiment] button", has_text="delete").click()
+        expect(page.locator("#tasks tr")).to_have_count(0)
+        # nothing fetched from outside, nothing broken (the page drops a job's stream itself once it has ended)
+        assert not [f for f in failed if not (f.startswith(f"{url}/v1/jobs/") and f.endswith("ERR_ABORTED"))], failed
+        browser.close()
