@@ -87,6 +87,10 @@ def test_tenants_cannot_reach_each_others_resources(tenants: tuple[TestClient, T
         ("DELETE", f"/v1/datasets/{dataset}", f"/v1/datasets/{MISSING}"),
         ("GET", f"/v1/jobs/{job}", f"/v1/jobs/{MISSING}"),
         ("GET", f"/v1/jobs/{job}/events", f"/v1/jobs/{MISSING}/events"),
+        ("GET", f"/v1/jobs/{job}/metrics", f"/v1/jobs/{MISSING}/metrics"),
+        ("GET", f"/v1/jobs/{job}/stream", f"/v1/jobs/{MISSING}/stream"),
+        ("GET", f"/v1/prompts/{prompt}/export", f"/v1/prompts/{MISSING}/export"),
+        ("GET", "/v1/models/other", "/v1/models/no-such-task"),
         ("POST", f"/v1/jobs/{job}/cancel", f"/v1/jobs/{MISSING}/cancel"),
         ("GET", f"/v1/prompts/{prompt}", f"/v1/prompts/{MISSING}"),
         ("GET", f"/v1/prompts/{meta}", f"/v1/prompts/{MISSING}"),
@@ -104,6 +108,11 @@ def test_tenants_cannot_reach_each_others_resources(tenants: tuple[TestClient, T
     _same_as_missing(b, "POST", "/v1/infer", infer, "/v1/infer", {**infer, "task": "no-such-task"})
     _same_as_missing(b, "POST", "/v1/embed", infer, "/v1/embed", {**infer, "task": "no-such-task"})
     _same_as_missing(b, "POST", "/v1/infer", {**infer, "task": task}, "/v1/infer", {**infer, "task": MISSING})
+    completion = {"model": "other", "prompt": "good"}
+    _same_as_missing(
+        b, "POST", "/v1/completions", completion, "/v1/completions", {**completion, "model": "no-such-task"}
+    )
+    assert "other" not in [model["id"] for model in b.get("/v1/models").json()["data"]]
     train = {"type": "train", "task": "sentiment", "dataset_id": ids["b_dataset"], "hyperparameters": QUICK}
     for field, value in [
         ("dataset_id", dataset),
