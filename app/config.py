@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     job_stream_poll_seconds: float = Field(
         default=0.5, gt=0, le=60, description="How often GET /v1/jobs/{id}/stream reads the job's new events."
     )
+    job_stream_max_seconds: float = Field(
+        default=3600,
+        gt=0,
+        description="How long one GET /v1/jobs/{id}/stream stays open before it closes (resume with Last-Event-ID).",
+    )
     max_examples: int = Field(default=200_000, gt=0, description="Most examples in one dataset.")
     max_infer_inputs: int = Field(default=256, gt=0, description="Most inputs in one /v1/infer call.")
     max_input_chars: int = Field(

@@ -65,7 +65,8 @@ def _app(settings: Settings, frozen: FrozenModel) -> FastAPI:
 
 @pytest.fixture
 def fuzz_settings(database_url: str, tmp_path: Path, db_engine: Engine) -> Settings:
-    return make_settings(database_url, tmp_path, run_worker=False, admin_key=ADMIN_KEY)
+    # the seeded job stays queued (no worker): its stream closes after a second instead of waiting for its end
+    return make_settings(database_url, tmp_path, run_worker=False, admin_key=ADMIN_KEY, job_stream_max_seconds=1)
 
 
 @pytest.fixture

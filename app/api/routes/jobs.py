@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -205,7 +206,8 @@ async def stream_job(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """Server-sent events of the job as it runs: `job` (status and progress, when they change), `event` (the
-    event log), `metric` (the curve's points), and `end` (the finished job) last. Resumes after Last-Event-ID."""
+    event log), `metric` (the curve's points), and `end` (the finished job) last; or `timeout` after
+    PROMPTBANK_JOB_STREAM_MAX_SECONDS. Resumes after Last-Event-ID."""
     cursor = _cursor(last_event_id)
 
     def read(after: tuple[int, int]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], bool]:
@@ -223,6 +225,7 @@ async def stream_job(
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         nonlocal cursor
+        closes = time.monotonic() + settings.job_stream_max_seconds
         job, new_events, new_metrics, finished = first
         shown: Any = None
         while True:
@@ -239,6 +242,12 @@ async def stream_job(
             more = len(new_events) == STREAM_PAGE or len(new_metrics) == STREAM_PAGE
             if finished and not more:
                 yield {"event": "end", "data": json.dumps(job)}
+                return
+            if time.monotonic() >= closes:  # a bounded stream: the client resumes with Last-Event-ID
+                yield {
+                    "event": "timeout",
+                    "data": json.dumps({"resume_with_last_event_id": f"{cursor[0]}.{cursor[1]}"}),
+                }
                 return
             if not more:
                 await asyncio.sleep(settings.job_stream_poll_seconds)
