@@ -98,3 +98,17 @@ def test_stream_refusals(trainer: httpx.Client) -> None:
     job_id = start_job(trainer, "sentiment", dataset["id"], steps=2)["id"]  # type: ignore[arg-type]
     response = trainer.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": "yesterday"})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_last_event_id"
+
+
+def test_a_stream_closes_after_its_time_with_where_to_resume(live_server_with: Callable[..., str]) -> None:
+    url = live_server_with(run_worker=False, job_stream_max_seconds=0.3, job_stream_poll_seconds=0.05)
+    with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+        create_task(client, "sentiment")  # type: ignore[arg-type]
+        dataset = create_dataset(client, toy_examples(8))  # type: ignore[arg-type]
+        job_id = start_job(client, "sentiment", dataset["id"], steps=2)["id"]  # type: ignore[arg-type]
+    events = _stream(url, job_id)  # no worker: the job stays queued
+    assert events[0]["event"] == "job" and json.loads(events[0]["data"])["status"] == "queued"
+    assert events[-1]["event"] == "timeout"
+    last_id = [e["id"] for e in events if "id" in e][-1]
+    assert json.loads(events[-1]["data"])["resume_with_last_event_id"] == last_id
+    assert [e["event"] for e in _stream(url, job_id, last_event_id=last_id)] == ["job", "timeout"]
