@@ -3,8 +3,10 @@
 A promptbank server (uvicorn, fresh SQLite, the bundled SmolLM2, random 20-token prompts stored for 4
 classification tasks and 1 generation task) is started with a low in-flight limit, then:
 
-1. burst: --burst requests from --clients concurrent clients, each with timeout_ms --deadline-ms, while a poller
-   asks GET /healthz every 50 ms. Reported: accepted and rejected counts, latency p50/p99 of each, /healthz p50/p99.
+1. burst: --burst requests sent open loop at --rate per second (each at its own time, whatever became of those
+   before it, its latency counted from that time: arrivals as many independent users make them), or from --clients
+   closed-loop clients with --rate 0, each with timeout_ms --deadline-ms, while a poller asks GET /healthz every
+   50 ms. Reported: accepted and rejected counts, latency p50/p99 of each, /healthz p50/p99.
    Targets: a rejection's p99 < 100 ms, an accepted request's p99 within its deadline, /healthz p99 < 200 ms.
 2. long vs short: a one-input classification request, --short sequential times on an idle server, then again while
    one client keeps asking for a --long-tokens generation. Target: p99 with the long generation <= 3x idle.
@@ -55,31 +57,44 @@ def add_generation_task(service: HttpService, frozen: FrozenModel, tokens: int) 
 
 
 async def burst(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """--burst requests, open loop at --rate per second (each sent at its time, whatever the answers before it;
+    its latency counts from that time), or closed loop from --clients clients when --rate is 0."""
     accepted: list[float] = []
     rejected: list[float] = []
     other: dict[str, int] = {}
     health: list[float] = []
     done = asyncio.Event()
-    limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
+    connections = args.burst if args.rate > 0 else args.clients
+    limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+
+        async def one(number: int, since: float) -> None:
+            body = {"task": f"bench-{number % 4}", "inputs": [TEXT], "timeout_ms": args.deadline_ms}
+            response = await client.post("/v1/infer", json=body)
+            elapsed = (time.perf_counter() - since) * 1000
+            if response.status_code == 200:
+                accepted.append(elapsed)
+            elif response.status_code == 503 and response.json()["error"]["code"] == "overloaded":
+                rejected.append(elapsed)
+            else:
+                key = f"{response.status_code} {response.json()['error']['code']}"
+                other[key] = other.get(key, 0) + 1
+
         queue: asyncio.Queue[int] = asyncio.Queue()
         for number in range(args.burst):
             queue.put_nowait(number)
 
         async def one_client() -> None:
             while not queue.empty():
-                number = queue.get_nowait()
-                body = {"task": f"bench-{number % 4}", "inputs": [TEXT], "timeout_ms": args.deadline_ms}
-                started = time.perf_counter()
-                response = await client.post("/v1/infer", json=body)
-                elapsed = (time.perf_counter() - started) * 1000
-                if response.status_code == 200:
-                    accepted.append(elapsed)
-                elif response.status_code == 503 and response.json()["error"]["code"] == "overloaded":
-                    rejected.append(elapsed)
-                else:
-                    key = f"{response.status_code} {response.json()['error']['code']}"
-                    other[key] = other.get(key, 0) + 1
+                await one(queue.get_nowait(), time.perf_counter())
+
+        async def open_loop() -> None:
+            sent = []
+            for number in range(args.burst):
+                at = began + number / args.rate
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                sent.append(asyncio.create_task(one(number, at)))
+            await asyncio.gather(*sent)
 
         async def poll_health() -> None:
             while not done.is_set():
@@ -91,7 +106,8 @@ async def burst(base_url: str, args: argparse.Namespace) -> dict[str, Any]:
 
         poller = asyncio.create_task(poll_health())
         began = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one_client() for _ in range(args.clients))), args.max_seconds)
+        load = open_loop() if args.rate > 0 else asyncio.gather(*(one_client() for _ in range(args.clients)))
+        await asyncio.wait_for(load, args.max_seconds)
         seconds = time.perf_counter() - began
         done.set()
         await poller
@@ -145,7 +161,13 @@ def report(figures: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.0f}"
 
     lines = [
-        f"burst: {figures['args']['burst']} requests from {figures['args']['clients']} clients, in-flight limit "
+        f"burst: {figures['args']['burst']} requests "
+        + (
+            f"sent at {figures['args']['rate']:g}/s"
+            if figures["args"].get("rate")
+            else f"from {figures['args']['clients']} clients"
+        )
+        + f", in-flight limit "
         f"{figures['args']['limit']}, timeout_ms {figures['args']['deadline_ms']} ({b['seconds']:.1f} s)",
         "",
         "| | count | p50 ms | p99 ms | target |",
@@ -176,7 +198,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=8, help="PROMPTBANK_MAX_INFLIGHT_REQUESTS of the server")
     parser.add_argument("--burst", type=int, default=300)
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=100, help="requests/s sent open loop; 0: closed loop")
+    parser.add_argument("--clients", type=int, default=64, help="closed-loop clients (with --rate 0)")
     parser.add_argument("--deadline-ms", type=int, default=5000)
     parser.add_argument("--short", type=int, default=30)
     parser.add_argument("--long-tokens", type=int, default=200)
