@@ -17,7 +17,7 @@ from app.api.admission import Admission
 from app.api.auth import AuthState, need_read
 from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
-from app.api.metrics import Metrics, MetricsMiddleware, ServiceCollector
+from app.api.metrics import Metrics, ServiceCollector
 from app.api.request_ids import RequestIds
 from app.api.routes import datasets, health, infer, jobs, keys, openai, prompts, tasks, ui
 from app.config import Settings
@@ -107,8 +107,9 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         ServiceCollector(lambda: getattr(app.state, "runtime", None), lambda: app.state.read_session_factory)
     )
     app.state.metrics = metrics
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees refusals of the middlewares too
-    app.add_middleware(RequestIds)  # outermost: every response carries X-Request-ID, every log line the id
+    # outermost: every response carries X-Request-ID, every log line the id; it measures every request, refusals of
+    # the middlewares included, for the access line and the metrics
+    app.add_middleware(RequestIds, metrics=metrics)
     if settings.cors_origins:  # closed by default: without the middleware no browser may call across origins
         app.add_middleware(
             CORSMiddleware,

@@ -1,18 +1,16 @@
 """Prometheus metrics of one API process (prometheus_client), served by GET /metrics.
 
-Counted as requests pass (an ASGI middleware): requests and latency per route template and status, and for the
-model routes requests, rows and latency per task. Read at scrape time: the engine's queue, batches and prompt
-pool, and from the database the jobs by status, training speed and workers' heartbeats. Task names become label
-values only for the busiest tasks (PROMPTBANK_METRICS_TASK_LABELS of them); every other task counts as "other", so
-the number of series stays bounded however many tasks are served.
-"""
+Counted as requests pass (the request middleware, app/api/request_ids.py, measures each once): requests and latency
+per route template and status, and for the model routes requests, rows and latency per task. Read at scrape time:
+the engine's queue, batches and prompt pool, and from the database the jobs by status, training speed and workers'
+heartbeats. Task names become label values only for the busiest tasks (PROMPTBANK_METRICS_TASK_LABELS of them);
+every other task counts as "other", so the number of series stays bounded however many tasks are served."""
 
 from __future__ import annotations
 
 import heapq
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,9 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.admission import MODEL_PATHS
 from app.engine.runtime import ModelRuntime
 from app.services.operations import job_gauges
 
@@ -108,36 +104,6 @@ class Metrics:
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
-
-
-class MetricsMiddleware:
-    """ASGI middleware: every HTTP request's route template (not its path: ids would make unbounded series),
-    status and duration."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            # a model request refused on arrival (Admission) never reached the router: its path is its route
-            template = getattr(route, "path", None) or (scope["path"] if scope["path"] in MODEL_PATHS else "unmatched")
-            state = scope.get("state") or {}
-            self.metrics.observe(scope["method"], template, status, time.perf_counter() - started, state)
 
 
 class ServiceCollector(Collector):

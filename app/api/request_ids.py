@@ -1,6 +1,7 @@
 """Every request gets an id: the caller's X-Request-ID when it is a sane one, else a new one. It is sent back as the
 X-Request-ID response header, and every log line written while the request is handled carries it (JSON logs:
-app/logs.py), with one access line per request (method, route, status, milliseconds)."""
+app/logs.py). Each request is measured once here (route template, status, seconds), for one access line and for the
+Prometheus counters (app/api/metrics.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.admission import MODEL_PATHS
+from app.api.metrics import Metrics
 from app.logs import request_id
 
 HEADER = "x-request-id"
@@ -19,9 +22,18 @@ ACCEPTED = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a caller's id is kept only i
 log = logging.getLogger("promptbank.access")
 
 
+def route_template(scope: Scope) -> str:
+    """The route's template (not its path: ids would make unbounded series); a model request refused on arrival
+    (Admission) never reached the router, so its path is its route."""
+    route = getattr(scope.get("route"), "path", None)
+    return route or (scope["path"] if scope["path"] in MODEL_PATHS else "unmatched")
+
+
 class RequestIds:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """ASGI middleware, outermost: the request id, the access line and the request's metrics."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics | None = None) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +55,9 @@ class RequestIds:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", None)
+            seconds, route = time.perf_counter() - started, route_template(scope)
+            if self.metrics is not None:
+                self.metrics.observe(scope["method"], route, status, seconds, scope.get("state") or {})
             log.info(
                 "%s %s %s",
                 scope["method"],
@@ -54,7 +68,7 @@ class RequestIds:
                     "path": scope["path"],
                     "route": route,
                     "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "ms": round(seconds * 1000, 2),
                 },
             )
             request_id.reset(token)
