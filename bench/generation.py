@@ -1,19 +1,23 @@
 """Generation served like classification, measured: many generation tasks on one frozen model, short and long
 outputs mixed, every configuration side by side in one process.
 
-    python -m bench.generation [--tasks 1,64,512] [--concurrency 32] [--requests 64] [--configs engine,peft_grouped,
-                               peft_sequential] [--short 4] [--long 32] [--out bench/results/generation.json]
+    python -m bench.generation [--tasks 1,64,512] [--concurrency 32] [--requests 64]
+                               [--configs engine,raw,peft_grouped,peft_sequential,http] [--short 4] [--long 32]
+                               [--out bench/results/generation.json]
 
 Workload: T generation tasks ("Input: {input}\\nOutput:"), each a seeded random 20-vector prompt scaled to the
 embedding std; Rotten Tomatoes snippets cut to 24 tokens; request i goes to task i % T and asks for --long new
-tokens when i % 4 == 0, else --short. Configurations: engine: promptbank's Batcher in-process (continuous
-batching), c client threads in a closed loop; peft_grouped: PEFT prompt tuning (one adapter per task), a window of
-c requests grouped by task and by max_new_tokens, one `generate` per group (greedy); peft_sequential: one request
-at a time. Per cell: new tokens/s (the rows' max_new_tokens over the round's wall time: the same work for every
-configuration; the answers' own tokens, re-encoded, as a second figure), request latency p50/p99, the median
-of --repeats rounds after a warm-up. Checks: every engine answer equals the same row generated alone by the engine
-(greedy), and how many equal PEFT's. Then a 1-token request's latency alone and while --background clients keep
-asking for --background-tokens-token generations (continuous batching lets it in between decode steps).
+tokens when i % 4 == 0, else --short. Configurations: engine: promptbank's Batcher in-process (continuous batching),
+c client threads in a closed loop; peft_grouped: PEFT prompt tuning (one adapter per task), a window of c requests
+grouped by task and by max_new_tokens, one `generate` per group (greedy); peft_sequential: one request at a time;
+raw: the model without any prompt, a window grouped by max_new_tokens alone, one `generate` per group (a reference:
+no per-task work at all); http: `uvicorn app.main:app` in a subprocess with the same prompts stored as the tasks'
+versions, c client threads, one POST /v1/infer per request. Per cell: new tokens/s (the rows' max_new_tokens over
+the round's wall time: the same work for every configuration; the answers' own tokens, re-encoded, as a second
+figure), request latency p50/p99, the median of --repeats rounds after a warm-up. Checks: every engine answer equals
+the same row generated alone by the engine (greedy), and how many of PEFT's and HTTP's answers equal the engine's.
+Then a 1-token request's latency alone and while --background clients keep asking for --background-tokens-token
+generations (continuous batching lets it in between decode steps).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from app.engine.batcher import Batcher, BatcherOptions
@@ -36,6 +41,7 @@ from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.pool import PromptPool
 from app.engine.segments import Segments
 from app.engine.text import TaskSpec, encode_example, output_text, render
+from bench.serving_http import HttpService
 from bench.serving_report import percentile
 from bench.serving_runners import closed_loop, lockstep
 from bench.serving_workload import Request, random_prompts, snippets
@@ -95,29 +101,65 @@ class Peft:
                 encoders[f"task{task}"].embedding.weight.copy_(prompt)
         self.model.eval()
 
-    @torch.no_grad()
     def generate(self, task: int, requests: list[Request], new_tokens: int) -> list[str]:
         self.model.set_adapter(f"task{task}")
-        ids = [encode_example(self.frozen, SPEC, r.text, None).input_ids for r in requests]
-        width = max(len(row) for row in ids)
-        pad = self.frozen.eos_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in ids])
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = self.model.generate(
-                input_ids=input_ids.to(self.frozen.device),
-                attention_mask=mask.to(self.frozen.device),
-                max_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=pad,
-            )
-        texts = []
-        for request, row in zip(requests, out[:, width:].tolist(), strict=True):
-            tokens = row[: row.index(pad)] if pad in row else row
-            texts.append(output_text(render(SPEC.template, request.text), self.frozen.decode(tokens)))
-        return texts
+        return hf_generate(self.model, self.frozen, requests, new_tokens)
+
+
+@torch.no_grad()
+def hf_generate(model: Any, frozen: FrozenModel, requests: list[Request], new_tokens: int) -> list[str]:
+    """Greedy `generate` of one left-padded group (generate passes position ids from the attention mask); finished
+    rows are padded until the group's longest ends, as `generate` does."""
+    ids = [encode_example(frozen, SPEC, r.text, None).input_ids for r in requests]
+    width = max(len(row) for row in ids)
+    pad = frozen.eos_token_id
+    input_ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in ids])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model.generate(
+            input_ids=input_ids.to(frozen.device),
+            attention_mask=mask.to(frozen.device),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=pad,
+        )
+    texts = []
+    for request, row in zip(requests, out[:, width:].tolist(), strict=True):
+        tokens = row[: row.index(pad)] if pad in row else row
+        texts.append(output_text(render(SPEC.template, request.text), frozen.decode(tokens)))
+    return texts
+
+
+class Http:
+    """promptbank over HTTP (bench/serving_http.HttpService: uvicorn, fresh SQLite, the same prompts stored as the
+    tasks' versions), c client threads in a closed loop, one input per POST /v1/infer."""
+
+    def __init__(self, frozen: FrozenModel, prompts: list[torch.Tensor], data_dir: str) -> None:
+        self.service = HttpService(frozen, prompts, SPEC, data_dir)
+        self.service.start()
+        self.service.wait_ready()
+
+    def run(self, requests: list[Request], concurrency: int, new_tokens: Any) -> Any:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        with httpx.Client(base_url=self.service.base_url, timeout=600, limits=limits) as client:
+
+            def call(request: Request) -> str:
+                body = {
+                    "task": self.service.task_name(request.task),
+                    "inputs": [request.text],
+                    "max_new_tokens": new_tokens(request),
+                }
+                response = client.post("/v1/infer", json=body)
+                if response.status_code != 200:
+                    raise RuntimeError(f"POST /v1/infer: {response.status_code} {response.text}")
+                return str(response.json()["outputs"][0]["text"])
+
+            return closed_loop(requests, concurrency, call)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.service.close()
 
 
 def main() -> None:
@@ -126,7 +168,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=_ints, default=[32])
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--configs", type=lambda s: s.split(","), default=["engine", "peft_grouped", "peft_sequential"])
+    parser.add_argument(
+        "--configs",
+        type=lambda s: s.split(","),
+        default=["engine", "raw", "peft_grouped", "peft_sequential", "http"],
+    )
     parser.add_argument("--short", type=int, default=4)
     parser.add_argument("--long", type=int, default=32)
     parser.add_argument("--background", type=int, default=4, help="clients of long generations in the latency check")
@@ -157,6 +203,20 @@ def main() -> None:
         if config == "engine":
             result = closed_loop(requests, concurrency, lambda r: engine.answer(r, new_tokens(r)))  # type: ignore[arg-type,return-value]
             return result.wall, result.latencies, result.outputs
+        if config == "http":
+            assert http is not None
+            result = http.run(requests, concurrency, new_tokens)
+            return result.wall, result.latencies, result.outputs
+        if config == "raw":  # the model without any prompt, windows grouped by max_new_tokens: a reference
+
+            def raw(window: list[Request]) -> Any:
+                lengths = sorted({new_tokens(request) for request in window})
+                for n in lengths:
+                    group = [request for request in window if new_tokens(request) == n]
+                    yield list(zip(group, hf_generate(frozen.model, frozen, group, n), strict=True))
+
+            result = lockstep(requests, concurrency, raw)
+            return result.wall, result.latencies, result.outputs
         assert peft is not None
 
         def grouped(window: list[Request]) -> Any:
@@ -175,9 +235,12 @@ def main() -> None:
 
     cells: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
+    http: Http | None = None
     for tasks in args.tasks:
         requests = _requests(frozen, texts, args.requests, tasks)
         alone = {r.index: engine.answer(r, new_tokens(r)) for r in requests[:16]}
+        if "http" in args.configs:  # its own process, with this cell's tasks (stopped before the next count)
+            http = Http(frozen, prompts[:tasks], args.data_dir)
         for concurrency in args.concurrency:
             for config in args.configs:
                 run(config, requests[:8], concurrency)  # warm-up
@@ -200,12 +263,15 @@ def main() -> None:
                 if config == "engine":
                     cell["equal_to_alone"] = f"{sum(outputs[i] == t for i, t in alone.items())}/{len(alone)}"
                     checks[f"engine_{tasks}"] = outputs
-                else:
+                elif config != "raw":  # the raw model has no prompt: its answers differ by design
                     engine_out = checks.get(f"engine_{tasks}", {})
                     same = sum(engine_out.get(i) == t for i, t in outputs.items())
                     cell["equal_to_engine"] = f"{same}/{len(outputs)}"
                 cells.append(cell)
                 log(json.dumps(cell))
+        if http is not None:
+            http.close()
+            http = None
 
     # A 1-token request alone, then beside clients that keep asking for long generations.
     probe = Request(10**6, 0, texts[0], 0)
