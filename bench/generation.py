@@ -314,7 +314,7 @@ def main() -> None:
     print("\n| config | T | c | new tokens/s | answer tokens/s | requests/s | p50 ms | p99 ms | check |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in cells:
-        check = c.get("equal_to_alone") or c.get("equal_to_engine")
+        check = c.get("equal_to_alone") or c.get("equal_to_engine") or "-"
         print(
             f"| {c['config']} | {c['tasks']} | {c['concurrency']} | {c['tokens_per_s']:.1f} | "
             f"{c['answer_tokens_per_s']:.1f} | "

@@ -20,7 +20,11 @@ Layouts (--layouts, comma separated):
   serving_beside_worker   the clients while one worker trains beside the API    (b): the same targets
   layout                  the clients while two workers train            (c): every process >= 0.8x its fair share
   layout_passive          layout with the API under OMP_WAIT_POLICY=PASSIVE   (d)
-  layout_unbudgeted       layout with workers as they ran before budgets: every core, OMP_WAIT_POLICY=ACTIVE
+  layout_unbudgeted       layout with workers as they ran before budgets: every core, ACTIVE, niceness 0
+  serving_idle_passive, serving_beside_worker_passive
+                          the API under OMP_WAIT_POLICY=PASSIVE, idle and beside one worker
+  serving_beside_worker_nice0, layout_nice0, layout_passive_nice0
+                          workers at niceness 0 (PROMPTBANK_TRAINING_NICE=0) instead of the default
 
 Fair share with 3 busy processes on the cores: a third of each one's speed when alone at full width, i.e. a
 worker's step at most 3 / 0.8 = 3.75x worker_alone_all_cores, the API's requests/s at least 0.8 / 3 = 0.27x
@@ -67,7 +71,8 @@ class Layout:
 
 
 def layouts(cores: int) -> dict[str, Layout]:
-    unbudgeted = {"PROMPTBANK_TORCH_THREADS": str(cores), "OMP_WAIT_POLICY": "ACTIVE"}
+    unbudgeted = {"PROMPTBANK_TORCH_THREADS": str(cores), "OMP_WAIT_POLICY": "ACTIVE", "PROMPTBANK_TRAINING_NICE": "0"}
+    passive, nice0 = {"OMP_WAIT_POLICY": "PASSIVE"}, {"PROMPTBANK_TRAINING_NICE": "0"}
     return {
         "worker_alone": Layout(workers=1),
         "worker_alone_all_cores": Layout(workers=1, worker_env={"PROMPTBANK_TORCH_THREADS": str(cores)}),
@@ -76,8 +81,13 @@ def layouts(cores: int) -> dict[str, Layout]:
         "serving_inprocess": Layout(clients=True, inprocess=True),
         "serving_beside_worker": Layout(workers=1, clients=True),
         "layout": Layout(workers=2, clients=True),
-        "layout_passive": Layout(workers=2, clients=True, server_env={"OMP_WAIT_POLICY": "PASSIVE"}),
+        "layout_passive": Layout(workers=2, clients=True, server_env=passive),
         "layout_unbudgeted": Layout(workers=2, clients=True, worker_env=unbudgeted),
+        "serving_idle_passive": Layout(clients=True, server_env=passive),
+        "serving_beside_worker_passive": Layout(workers=1, clients=True, server_env=passive),
+        "serving_beside_worker_nice0": Layout(workers=1, clients=True, worker_env=nice0),
+        "layout_nice0": Layout(workers=2, clients=True, worker_env=nice0),
+        "layout_passive_nice0": Layout(workers=2, clients=True, server_env=passive, worker_env=nice0),
     }
 
 

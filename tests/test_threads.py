@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from app.threads import Budget, enter, process_budget, set_wait_policy, training_budget
+from app.threads import Budget, cpu_count, enter, process_budget, set_wait_policy, training_budget
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 
@@ -83,3 +83,14 @@ def test_the_api_process_trains_on_its_own_budget_below_the_engines_priority(cli
         time.sleep(0.02)  # the worker thread enters its budget as it starts
     assert os.getpriority(os.PRIO_PROCESS, worker.native_id) == 6
     assert os.getpriority(os.PRIO_PROCESS, engine.native_id) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_standalone_worker_trains_on_half_the_cores_at_the_training_niceness() -> None:
+    from app.config import Settings
+    from workers.cli import worker_settings
+
+    standalone = worker_settings(Settings(training_nice=7, torch_threads=0), embedded=False)
+    assert (standalone.threads, standalone.nice) == (max(1, cpu_count() // 2), 7)
+    assert worker_settings(Settings(training_nice=0, torch_threads=3), embedded=False).nice == 0
+    embedded = worker_settings(Settings(training_nice=5, training_threads=1), embedded=True)
+    assert (embedded.threads, embedded.nice) == (1, 5)

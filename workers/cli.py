@@ -10,17 +10,18 @@ from app.config import Settings
 from app.db.session import make_engine, make_session_factory
 from app.logs import configure_logging
 from app.model_loading import load_configured_model
-from app.threads import process_budget, training_budget
+from app.threads import Budget, process_budget, training_budget
 from workers.main import Worker, WorkerSettings
 
 
 def worker_settings(settings: Settings, *, embedded: bool) -> WorkerSettings:
-    """A worker's settings; embedded: the training thread inside the API process (its own thread budget, at a lower
-    priority than the engine), else a standalone worker process (the process budget)."""
+    """A worker's settings; embedded: the training thread inside the API process (its own thread budget), else a
+    standalone worker process (the process budget). Training runs at PROMPTBANK_TRAINING_NICE either way, so an
+    API on the same host serves first."""
     budget = (
         training_budget(settings.training_threads, settings.training_nice)
         if embedded
-        else process_budget(settings.torch_threads, "worker")
+        else Budget(process_budget(settings.torch_threads, "worker").threads, settings.training_nice)
     )
     return WorkerSettings(
         poll_seconds=settings.worker_poll_seconds,
