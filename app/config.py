@@ -101,8 +101,8 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         le=19,
-        description="Niceness of the API process's training thread (Linux): inference runs first, training "
-        "takes what it leaves; 0: equal.",
+        description="Niceness of training (Linux): the API process's training thread and a standalone worker's; an "
+        "API on the same host serves first, training takes what it leaves; 0: equal shares.",
     )
     omp_wait_policy: Literal["auto", "active", "passive"] = Field(
         default="auto",
