@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=10)
     parser.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=["prompt"])
     parser.add_argument("--peft-jobs", type=int, default=2, help="jobs trained with PEFT for its step time")
+    parser.add_argument("--float64", action="store_true", help="run the model in float64: packing vs rounding")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="bench/results/packed_training.json")
     args = parser.parse_args()
@@ -84,6 +85,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
+    if args.float64:  # rows padded to other lengths then round alike: a difference left is packing's own
+        frozen = FrozenModel(frozen.model.to(torch.float64), frozen.tokenizer, frozen.identity)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     jobs = _jobs(frozen, args)
     warm = [TrainJob(j.spec, j.train, j.val, j.config.model_copy(update={"steps": 2})) for j in jobs[:2]]
