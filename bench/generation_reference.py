@@ -27,7 +27,7 @@ def reference(frozen: FrozenModel, prompt: torch.Tensor, ids: list[int], tokens:
     embed = model.get_input_embeddings()
     sequence = list(ids)
     for _ in range(tokens):
-        inputs = torch.cat([prompt.to(embed.weight.dtype), embed(torch.tensor(sequence))], 0)[None]
+        inputs = torch.cat([prompt.to(frozen.model.dtype), embed(torch.tensor(sequence))], 0)[None]
         sequence.append(int(model(inputs_embeds=inputs).logits[0, -1].argmax()))
     return sequence[len(ids) :]
 

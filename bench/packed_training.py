@@ -86,7 +86,7 @@ def main() -> None:
     torch.manual_seed(0)
     frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
     if args.float64:  # rows padded to other lengths then round alike: a difference left is packing's own
-        frozen = FrozenModel(frozen.model.to(torch.float64), frozen.tokenizer, frozen.identity)
+        torch.nn.Module.to(frozen.model, torch.float64)  # in place: the frozen model keeps its identity and tokenizer
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     jobs = _jobs(frozen, args)
     warm = [TrainJob(j.spec, j.train, j.val, j.config.model_copy(update={"steps": 2})) for j in jobs[:2]]
