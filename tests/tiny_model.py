@@ -77,3 +77,30 @@ def build_tiny_model_dir(path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_llama_dir(path: Path) -> Path:
+    """A seeded 2-layer Llama (the default model's architecture: rotary positions, 2 key/value heads for 4 query
+    heads, RMSNorm; hidden 64) with the same tokenizer, saved into path; return path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        initializer_range=0.5,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

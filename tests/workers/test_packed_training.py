@@ -141,3 +141,22 @@ def test_in_float64_packed_jobs_match_alone_far_below_float32_rounding(frozen: F
         assert together.best_step == one.best_step
         for name, tensor in one.artifact.tensors.items():
             torch.testing.assert_close(together.artifact.tensors[name], tensor, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open defect (issue 10): on a Llama the packed jobs drift from the same jobs alone beyond float64 rounding "
+    "(largest difference ~0.1-0.2 after 3-7 steps), though one shared pass's scores and gradients are exact",
+)
+def test_in_float64_packed_jobs_match_alone_on_a_tiny_llama(tmp_path: Path) -> None:
+    from tests.tiny_model import build_tiny_llama_dir
+
+    llama = load_frozen_model(build_tiny_llama_dir(tmp_path / "llama"), device="cpu")
+    torch.nn.Module.to(llama.model, torch.float64)
+    alone = [train_prompts(llama, [job])[0] for job in _jobs()]
+    packed = train_prompts(llama, _jobs())
+    for one, together in zip(alone, packed, strict=True):
+        assert isinstance(one, TrainResult) and isinstance(together, TrainResult)
+        assert together.best_step == one.best_step
+        for name, tensor in one.artifact.tensors.items():
+            torch.testing.assert_close(together.artifact.tensors[name], tensor, atol=1e-9, rtol=1e-9)
