@@ -19,7 +19,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -86,7 +86,8 @@ def main() -> None:
     torch.manual_seed(0)
     frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
     if args.float64:  # rows padded to other lengths then round alike: a difference left is packing's own
-        torch.nn.Module.to(frozen.model, torch.float64)  # in place: the frozen model keeps its identity and tokenizer
+        wide = cast(Any, frozen.model).to(torch.float64)  # a new FrozenModel: it reads the model's dtype once
+        frozen = FrozenModel(wide, frozen.tokenizer, frozen.identity)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     jobs = _jobs(frozen, args)
     warm = [TrainJob(j.spec, j.train, j.val, j.config.model_copy(update={"steps": 2})) for j in jobs[:2]]
