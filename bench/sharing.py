@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +108,9 @@ class Clients:
         self._stop = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         self._future: Any = None
+        self._stopped = False
 
     def start(self) -> None:
-        import threading
-
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._future = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
@@ -135,6 +135,10 @@ class Clients:
             await asyncio.gather(*(one(number) for number in range(self.clients)))
 
     def stop(self) -> None:
+        """Stop the clients and wait for them (a second call does nothing)."""
+        if self._future is None or self._stopped:
+            return
+        self._stopped = True
         self._loop.call_soon_threadsafe(self._stop.set)
         self._future.result(timeout=600)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -273,7 +277,7 @@ def run_layout(name: str, layout: Layout, frozen: FrozenModel, args: argparse.Na
                 for job_id in job_ids:
                     client.post(f"/v1/jobs/{job_id}/cancel")
         finally:
-            if clients is not None and clients._future is not None and not clients._future.done():
+            if clients is not None:
                 clients.stop()
             for worker in workers:
                 worker.send_signal(signal.SIGTERM)

@@ -1,12 +1,23 @@
-"""A tiny random GPT-2 and a byte-level BPE tokenizer, built in-process in about a second: no downloads."""
+"""A tiny random GPT-2 or Llama and a byte-level BPE tokenizer, built in-process in about a second: no downloads."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from app.engine.model import FrozenModel
 
 EOS = "<|endoftext|>"
 
@@ -54,53 +65,62 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS)
 
 
-def build_tiny_model_dir(path: Path) -> Path:
-    """Save a seeded 2-layer GPT-2 (hidden 64, context 256) and its tokenizer into path; return path."""
+def _save_seeded(path: Path, build: Callable[[int, int], PreTrainedModel]) -> Path:
+    """Build a model with torch seeded 0 from (vocabulary size, end-of-text id) and save it with the tokenizer."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=256,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        # With GPT-2's usual 0.02 init, random logits are nearly uniform and no prompt can move them far;
-        # a wider init gives the frozen random features enough contrast for a prompt to learn a toy task.
-        initializer_range=0.5,
-    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
-    model.save_pretrained(path)
+    build(len(tokenizer), eos_id).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_model_dir(path: Path) -> Path:
+    """Save a seeded 2-layer GPT-2 (hidden 64, context 256) and its tokenizer into path; return path."""
+
+    def build(vocab: int, eos_id: int) -> PreTrainedModel:
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_positions=256,
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            # With GPT-2's usual 0.02 init, random logits are nearly uniform and no prompt can move them far;
+            # a wider init gives the frozen random features enough contrast for a prompt to learn a toy task.
+            initializer_range=0.5,
+        )
+        return GPT2LMHeadModel(config)
+
+    return _save_seeded(path, build)
 
 
 def build_tiny_llama_dir(path: Path) -> Path:
     """A seeded 2-layer Llama (the default model's architecture: rotary positions, 2 key/value heads for 4 query
     heads, RMSNorm; hidden 64) with the same tokenizer, saved into path; return path."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        initializer_range=0.5,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    def build(vocab: int, eos_id: int) -> PreTrainedModel:
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            initializer_range=0.5,  # random logits with contrast, as for the GPT-2 above
+        )
+        return LlamaForCausalLM(config)
+
+    return _save_seeded(path, build)
+
+
+def in_float64(frozen: FrozenModel) -> FrozenModel:
+    """A float64 copy of a frozen model (a new FrozenModel: it reads the model's dtype when it is made). Rows
+    padded to other lengths then round alike, so what differs is not rounding."""
+    return FrozenModel(copy.deepcopy(frozen.model).to(torch.float64), frozen.tokenizer, frozen.identity)

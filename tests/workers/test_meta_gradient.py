@@ -3,7 +3,6 @@ first order and Reptile against updates computed by hand on a quadratic problem.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from app.engine.methods.prompt import PromptConfig
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from app.services.job_types import MetaOrder
-from tests.tiny_model import build_tiny_model_dir
+from tests.tiny_model import build_tiny_model_dir, in_float64
 from workers.jobs.meta_init import _flat, _Pack, _pack_loss_of, _per_task_mean, adapt, meta_gradient
 
 SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
@@ -126,7 +125,7 @@ def test_second_order_meta_gradient_matches_finite_differences_on_the_tiny_model
 @pytest.fixture(scope="module")
 def frozen64(frozen: FrozenModel) -> FrozenModel:
     """The tiny model in float64: rows padded to other lengths then round alike, so only a leak shows."""
-    return FrozenModel(copy.deepcopy(frozen.model).to(torch.float64), frozen.tokenizer, frozen.identity)
+    return in_float64(frozen)
 
 
 @pytest.mark.parametrize("order", ["second", "first", "reptile"])

@@ -13,8 +13,18 @@ from app.engine.methods import TrainConfigUnion
 from app.engine.methods.base import TrainConfig
 from app.engine.model import FrozenModel, load_frozen_model
 from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
-from tests.tiny_model import build_tiny_model_dir
-from workers.training import Cancelled, StepReport, TrainJob, TrainResult, batch_loss, encode_all, train_prompts
+from tests.tiny_model import build_tiny_llama_dir, build_tiny_model_dir, in_float64
+from workers.train_steps import batch_losses
+from workers.training import (
+    Cancelled,
+    StepReport,
+    TrainJob,
+    TrainResult,
+    _Run,
+    batch_loss,
+    encode_all,
+    train_prompts,
+)
 
 SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
 TOPIC = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("food", "music", "sport"))
@@ -127,13 +137,8 @@ def test_a_job_with_its_own_objective_trains_beside_packed_ones(frozen: FrozenMo
     assert [r.metrics["packed_with"] for r in together] == [0, 0]  # type: ignore[union-attr]
 
 
-def test_in_float64_packed_jobs_match_alone_far_below_float32_rounding(frozen: FrozenModel) -> None:
-    """Packed rows are padded to other lengths than alone, so float32 results differ by rounding that Adam's
-    normalised steps carry on (the tolerance above). In float64 that rounding is 1e-16: what is left would be a
-    leak between jobs sharing a pass."""
-    import copy
-
-    wide = FrozenModel(copy.deepcopy(frozen.model).to(torch.float64), frozen.tokenizer, frozen.identity)
+def _packed_equal_alone_in_float64(frozen: FrozenModel) -> None:
+    wide = in_float64(frozen)
     alone = [train_prompts(wide, [job])[0] for job in _jobs()]
     packed = train_prompts(wide, _jobs())
     for one, together in zip(alone, packed, strict=True):
@@ -143,30 +148,22 @@ def test_in_float64_packed_jobs_match_alone_far_below_float32_rounding(frozen: F
             torch.testing.assert_close(together.artifact.tensors[name], tensor, atol=1e-9, rtol=1e-9)
 
 
+def test_in_float64_packed_jobs_match_alone_far_below_float32_rounding(frozen: FrozenModel) -> None:
+    """Packed rows are padded to other lengths than alone, so float32 results differ by rounding that Adam's
+    normalised steps carry on (the tolerance above). In float64 that rounding is 1e-16: what is left would be a
+    leak between jobs sharing a pass."""
+    _packed_equal_alone_in_float64(frozen)
+
+
 def test_in_float64_packed_jobs_match_alone_on_a_tiny_llama(tmp_path: Path) -> None:
     """The same on the default model's architecture (rotary positions, grouped key/value heads, RMSNorm)."""
-    from tests.tiny_model import build_tiny_llama_dir
-
-    loaded = load_frozen_model(build_tiny_llama_dir(tmp_path / "llama"), device="cpu")
-    llama = FrozenModel(loaded.model.to(torch.float64), loaded.tokenizer, loaded.identity)
-    alone = [train_prompts(llama, [job])[0] for job in _jobs()]
-    packed = train_prompts(llama, _jobs())
-    for one, together in zip(alone, packed, strict=True):
-        assert isinstance(one, TrainResult) and isinstance(together, TrainResult)
-        assert together.best_step == one.best_step
-        for name, tensor in one.artifact.tensors.items():
-            torch.testing.assert_close(together.artifact.tensors[name], tensor, atol=1e-9, rtol=1e-9)
+    _packed_equal_alone_in_float64(load_frozen_model(build_tiny_llama_dir(tmp_path / "llama"), device="cpu"))
 
 
 def test_a_batch_loss_is_the_same_beside_longer_rows_of_its_own_prompt(frozen: FrozenModel) -> None:
     """The first job's first examples scored alone, and again in one pass with the rest of its examples (some
     longer: the first are padded by more slots), in float64: padding changes nothing."""
-    import copy
-
-    from workers.train_steps import batch_losses
-    from workers.training import _Run
-
-    wide = FrozenModel(copy.deepcopy(frozen.model).to(torch.float64), frozen.tokenizer, frozen.identity)
+    wide = in_float64(frozen)
     run = _Run(wide, _jobs()[0])
     first, rest = run.train_examples[:4], run.train_examples[4:]
     assert max(len(e.input_ids) for e in rest) > max(len(e.input_ids) for e in first)
