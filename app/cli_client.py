@@ -346,14 +346,36 @@ def infer(
 # --- prompts ---------------------------------------------------------------------------------------------
 
 prompts = typer.Typer(help="List, delete, activate, export and import prompt versions.", no_args_is_help=True)
-PROMPT_COLUMNS = ["id", "task", "version", "active", "method", "num_virtual_tokens", "size_bytes", "metrics"]
+PROMPT_COLUMNS = ["id", "task", "version", "active", "method", "tokens", "val score", "val loss", "best step", "size"]
+
+
+def _prompt_figures(version: dict[str, Any]) -> dict[str, Any]:
+    """A version's key figures, one table row (--json prints every field, all metrics included)."""
+    metrics = version.get("metrics") or {}
+    best, steps = metrics.get("best_step"), metrics.get("steps")
+    return {
+        **{name: version.get(name) for name in ("id", "task", "version", "active", "method")},
+        "tokens": version.get("num_virtual_tokens"),
+        "val score": metrics.get("best_val_accuracy"),
+        "val loss": metrics.get("best_val_loss"),
+        "best step": f"{best}/{steps}" if best is not None and steps else None,
+        "size": f"{version.get('size_bytes', 0) / 1024:.1f} KB",
+    }
+
+
+def show_prompts(api: Client, data: Any) -> None:
+    """Prompt versions: their key figures as a table, or everything as JSON."""
+    if api.as_json:
+        api.show(data)
+    else:
+        api.show([_prompt_figures(v) for v in (data if isinstance(data, list) else [data])], PROMPT_COLUMNS)
 
 
 @prompts.command("ls")
 def prompts_ls(ctx: typer.Context, task: Annotated[str | None, typer.Option(help="only this task's")] = None) -> None:
     """List prompt versions."""
     api = client(ctx)
-    api.show(api.call("GET", "/v1/prompts", params={"task": task} if task else None), PROMPT_COLUMNS)
+    show_prompts(api, api.call("GET", "/v1/prompts", params={"task": task} if task else None))
 
 
 @prompts.command("rm")
@@ -367,7 +389,7 @@ def prompts_rm(ctx: typer.Context, prompt_id: int) -> None:
 def prompts_activate(ctx: typer.Context, prompt_id: int) -> None:
     """Serve this version of its task."""
     api = client(ctx)
-    api.show(api.call("POST", f"/v1/prompts/{prompt_id}/activate"), PROMPT_COLUMNS)
+    show_prompts(api, api.call("POST", f"/v1/prompts/{prompt_id}/activate"))
 
 
 @prompts.command("export")
@@ -396,4 +418,4 @@ def prompts_import(
     api = client(ctx)
     with file.open("rb") as handle:
         created = api.call("POST", "/v1/prompts/import", data={"task": task}, files={"file": (file.name, handle)})
-    api.show(created, PROMPT_COLUMNS)
+    show_prompts(api, created)

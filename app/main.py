@@ -19,7 +19,7 @@ from app.api.body_limits import BodyLimits
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, ServiceCollector
 from app.api.request_ids import RequestIds
-from app.api.routes import datasets, health, infer, jobs, keys, openai, prompts, tasks, ui
+from app.api.routes import datasets, health, infer, jobs, keys, methods, openai, prompts, tasks, ui
 from app.config import Settings
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
 from app.engine.batcher import BatcherOptions
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    for module in (health, tasks, datasets, jobs, prompts, infer, openai, keys, ui):
+    for module in (health, tasks, datasets, jobs, methods, prompts, infer, openai, keys, ui):
         app.include_router(module.router)
     if not public:
         _docs_behind_keys(app)

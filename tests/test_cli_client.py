@@ -18,6 +18,7 @@ from tests.live_server import ADMIN_KEY
 def server(live_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("PROMPTBANK_URL", live_url)
     monkeypatch.setenv("PROMPTBANK_KEY", ADMIN_KEY)
+    monkeypatch.setenv("COLUMNS", "200")  # rich's tables: wide enough not to wrap a cell
     return live_url
 
 
@@ -81,6 +82,12 @@ def test_the_main_flow_from_the_command_line(server: str, tmp_path: Path, capsys
     versions = _json(capsys, "prompts", "ls", "--task", "sentiment")
     assert [v["version"] for v in versions] == [1, 2]  # type: ignore[index]
     first = versions[0]["id"]  # type: ignore[index]
+    assert main(["prompts", "ls", "--task", "sentiment"]) == 0
+    table = capsys.readouterr().out
+    assert "val score" in table and "val loss" in table and "best step" in table
+    assert "best_val_loss" not in table and "{" not in table  # key figures, not the raw metrics JSON
+    figures = versions[0]["metrics"]  # type: ignore[index]
+    assert f"{figures['best_val_loss']:.4g}" in table and f"{figures['best_step']}/6" in table
     target = tmp_path / "adapter.zip"
     assert main(["prompts", "export", str(first), "-o", str(target)]) == 0
     assert "adapter_config.json" in " ".join(zipfile.ZipFile(target).namelist())

@@ -281,6 +281,21 @@ class JobMetricOut(BaseModel):
     seconds: float = Field(description="Seconds since the attempt started.")
 
 
+# --- methods --------------------------------------------------------------------------------------------
+
+
+class MethodOut(BaseModel):
+    name: str = Field(description='The value of "method" in a job\'s hyperparameters.')
+    description: str
+    cacheable: str = Field(description="What the prompt pool caches per version, in words.")
+    config_schema: dict[str, Any] = Field(description="JSON schema of the method's hyperparameters.")
+    defaults: dict[str, Any] = Field(description="The hyperparameters a job gets for each field it leaves out.")
+
+
+class MethodList(BaseModel):
+    data: list[MethodOut]
+
+
 # --- prompts --------------------------------------------------------------------------------------------
 
 

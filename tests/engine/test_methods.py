@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
@@ -60,7 +60,11 @@ def trained_like(frozen: FrozenModel, method: str, seed: int) -> Artifact:
 def test_every_method_is_registered_with_a_config_and_a_cache_story() -> None:
     assert METHODS == ["around", "deep_overwrite", "input_dependent", "input_mapping", "prefix", "prompt"]
     for name, method in REGISTRY.items():
-        assert method.config_type.model_fields["method"].default in (name, None) or name != "prompt"
+        assert method.name == name
+        # the config's discriminator names this method and no other: hyperparameters naming it parse to its config
+        assert get_args(method.config_type.model_fields["method"].annotation) == (name,)
+        config = parse_config({"method": name})
+        assert type(config) is method.config_type and config.method == name
         assert method.cacheable
 
 
