@@ -1,6 +1,8 @@
 """The dashboard's main flow in a real headless Chromium (Debian's chromium driven by Playwright) against a live
-test server: enter the key, create a task, upload a dataset (a bad file shows its line-numbered errors), train a
-few steps and watch the curve grow from the job stream, infer in the playground, look at the versions, delete."""
+test server: enter the key, create a task, upload a dataset (a bad file shows its line-numbered errors), pick a
+method from the list the API serves, train a few steps and watch the labelled curve grow from the job stream,
+infer in the playground, look at the versions' key figures and details, delete. The README's screenshots are made
+by scripts/screenshots.py on the real model."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.api.helpers import toy_examples
 from tests.live_server import ADMIN_KEY
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = os.environ.get("PROMPTBANK_SCREENSHOTS_DIR")  # set: the pages' screenshots are kept there (docs/)
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -37,7 +39,7 @@ def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Pat
     good.write_text("".join(json.dumps(example) + "\n" for example in toy_examples(24)))
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"input": "a", "output": "positive"}\n{"input": "b"}\nnot json\n')
-    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    methods = httpx.get(f"{url}/v1/methods", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["data"]
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -70,6 +72,19 @@ def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Pat
             """() => { window.seen = []; new MutationObserver(() => window.seen.push(+chart.dataset.points))
                  .observe(document.getElementById('chart'), {attributes: true}); }"""
         )
+        # the method list is the API's, and each method brings its own fields and defaults
+        options = page.locator("#train-method option")
+        expect(options).to_have_count(len(methods))
+        assert options.evaluate_all("os => os.map(o => o.value)") == [m["name"] for m in methods]
+        around = next(m for m in methods if m["name"] == "around")
+        page.select_option("#train-method", "around")
+        expect(page.locator("#train-method-fields input[data-field=num_after_tokens]")).to_have_value(
+            str(around["defaults"]["num_after_tokens"])
+        )
+        page.select_option("#train-method", "prompt")
+        expect(page.locator("#train-method-fields input")).to_have_count(0)
+        expect(page.locator("#train-lr")).to_have_value(str(methods[-1]["defaults"]["learning_rate"]))
+
         page.select_option("#train-task", "sentiment")
         page.fill("#train-steps", "40")
         page.fill("#train-tokens", "4")
@@ -79,7 +94,11 @@ def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Pat
         seen = page.evaluate("window.seen")
         assert max(seen) == 41, seen  # steps 0 (the initial evaluation) to 40
         assert len({count for count in seen if 0 < count < 41}) >= 2, seen  # it grew while the job ran
-        page.screenshot(path=str(shots / "dashboard-training.png"), full_page=True)
+        expect(page.locator("#x-title")).to_have_text("step")  # the curve's axes say what they show
+        expect(page.locator("#loss-title")).to_have_text("training loss")
+        expect(page.locator("#score-title")).to_have_text("validation score")
+        assert page.locator("#axes .tick-x").all_text_contents() == ["0", "20", "40"]
+        page.screenshot(path=str(tmp_path / "dashboard-training.png"), full_page=True)
 
         expect(page.locator("#tasks tr[data-task=sentiment]")).to_contain_text("ready")
         page.select_option("#play-task", "sentiment")
@@ -94,7 +113,15 @@ def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Pat
         page.locator("#tasks tr[data-task=sentiment] button", has_text="versions").click()
         expect(page.locator("#prompts tr")).to_have_count(1)
         expect(page.locator("#prompts")).to_contain_text("(active)")
-        page.screenshot(path=str(shots / "dashboard-playground.png"), full_page=True)
+        # key figures in the row, the rest on demand; nothing spills past the card
+        version = page.locator("#prompts tr").first
+        expect(version).to_contain_text("/40")  # best step of 40
+        assert "{" not in version.inner_text() and "best_val_loss" not in version.inner_text()
+        expect(page.locator("#prompt-detail")).to_be_hidden()
+        version.locator("button", has_text="details").click()
+        expect(page.locator("#prompt-detail")).to_contain_text('"best_val_loss"')
+        assert page.eval_on_selector("#prompts-section", "e => e.scrollWidth <= e.clientWidth")
+        page.screenshot(path=str(tmp_path / "dashboard-playground.png"), full_page=True)
 
         page.locator("#tasks tr[data-task=sentiment] button", has_text="delete").click()
         expect(page.locator("#tasks tr")).to_have_count(0)
