@@ -26,9 +26,10 @@ Layouts (--layouts, comma separated):
   serving_beside_worker_nice0, layout_nice0, layout_passive_nice0
                           workers at niceness 0 (PROMPTBANK_TRAINING_NICE=0) instead of the default
 
-Fair share with 3 busy processes on the cores: a third of each one's speed when alone at full width, i.e. a
-worker's step at most 3 / 0.8 = 3.75x worker_alone_all_cores, the API's requests/s at least 0.8 / 3 = 0.27x
-serving_idle. Figures go to stdout and --out (JSON, and .md beside it). Run it alone on the machine.
+Fair share with 3 busy processes on the cores: a third of each one's speed when alone on every core, i.e. a
+worker's step at most 3 / 0.8 = 3.75x worker_alone_all_cores (not worker_alone, which has half the cores), the
+API's requests/s at least 0.8 / 3 = 0.27x serving_idle. The report (bench/sharing_report.py) gives every target a
+verdict per layout. Figures go to stdout and --out (JSON, and .md beside it). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from app.threads import cpu_count
 from bench.data import balanced_splits
 from bench.overload import percentile
 from bench.serving_http import HttpService
+from bench.sharing_report import report
 
 SENTIMENT = TaskSpec("classification", "Review: {input}\nSentiment:", ("positive", "negative"))
 SERVED_TASKS = 4
@@ -289,52 +291,6 @@ def run_layout(name: str, layout: Layout, frozen: FrozenModel, args: argparse.Na
                     worker.wait()
     print(f"[{name}] {json.dumps(result)}", flush=True)
     return result
-
-
-def report(figures: dict[str, Any]) -> str:
-    results, cores = figures["layouts"], figures["cores"]
-
-    def get(name: str, *keys: str) -> Any:
-        value: Any = results.get(name)
-        for key in keys:
-            if value is None:
-                return None
-            value = value[key] if not isinstance(value, list) else value[int(key)]
-        return value
-
-    def fmt(value: Any, digits: int = 2) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    lines = [
-        f"{cores} cores, {figures['args']['clients']} clients, window {figures['args']['window']:.0f} s per layout",
-        "",
-        "| layout | s/step of each job | steps/s (all jobs) | requests/s | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for name, result in results.items():
-        jobs = " / ".join(fmt(job["seconds_per_step"]) for job in result.get("jobs", [])) or "-"
-        serving = result.get("serving") or {}
-        lines.append(
-            f"| {name} | {jobs} | {fmt(result.get('steps_per_s'), 3)} | {fmt(serving.get('rps'))} | "
-            f"{fmt(serving.get('p50_ms'), 0)} | {fmt(serving.get('p99_ms'), 0)} |"
-        )
-    lines += ["", "| check | measured | target |", "|---|---:|---|"]
-    alone = get("worker_alone", "steps_per_s")
-    full = get("worker_alone_all_cores", "jobs", "0", "seconds_per_step")
-    two = get("two_workers", "steps_per_s")
-    if alone and two:
-        lines.append(f"| (a) two workers' steps/s / one worker alone | {two / alone:.2f} | >= 0.9 |")
-    idle_p99, idle_rps = get("serving_idle", "serving", "p99_ms"), get("serving_idle", "serving", "rps")
-    for name in ("serving_inprocess", "serving_beside_worker", "layout", "layout_passive", "layout_unbudgeted"):
-        serving = get(name, "serving")
-        if serving and idle_p99 and idle_rps:
-            lines.append(f"| {name}: p99 / idle p99 | {serving['p99_ms'] / idle_p99:.2f} | (b) <= 2 |")
-            lines.append(f"| {name}: requests/s / idle | {serving['rps'] / idle_rps:.2f} | (b) >= 0.5, (c) >= 0.27 |")
-        for number, job in enumerate(get(name, "jobs") or []):
-            if full and name.startswith("layout"):
-                ratio = job["seconds_per_step"] / full
-                lines.append(f"| {name}: worker {number + 1} step / alone on every core | {ratio:.2f} | (c) <= 3.75 |")
-    return "\n".join(lines)
 
 
 def main() -> None:
