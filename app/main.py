@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
 
 from app.api.admission import Admission
-from app.api.auth import AuthState, need_read
+from app.api.auth import AuthState
 from app.api.body_limits import BodyLimits
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.metrics import Metrics, ServiceCollector
 from app.api.request_ids import RequestIds
@@ -95,8 +94,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         version="0.1.0",
         summary="Many NLP tasks on one frozen language model; each task is a learned soft prompt.",
         lifespan=lifespan,
-        docs_url="/docs" if public else None,
-        redoc_url="/redoc" if public else None,
+        docs_url=None,  # /docs and /redoc: install_docs, from local files (FastAPI's own load them from a CDN)
+        redoc_url=None,
         openapi_url="/openapi.json" if public else None,
     )
     install_error_handlers(app)
@@ -119,21 +118,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         )
     for module in (health, tasks, datasets, jobs, methods, prompts, infer, openai, keys, ui):
         app.include_router(module.router)
-    if not public:
-        _docs_behind_keys(app)
+    install_docs(app, public=public)
     return app
-
-
-def _docs_behind_keys(app: FastAPI) -> None:
-    """/openapi.json and /docs for callers with the read scope (PROMPTBANK_PUBLIC_DOCS=false)."""
-
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(need_read)])
-    def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(need_read)])
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="promptbank")
 
 
 app = create_app()

@@ -7,8 +7,6 @@ by scripts/screenshots.py on the real model."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,19 +14,8 @@ import httpx
 import pytest
 
 from tests.api.helpers import toy_examples
+from tests.browser import CHROMIUM, LAUNCH_ARGS, expect, needs_browser, sync_playwright
 from tests.live_server import ADMIN_KEY
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - CI installs it (.ci/run); a developer without it skips
-    sync_playwright = None  # type: ignore[assignment]
-
-needs_browser = pytest.mark.skipif(
-    (sync_playwright is None or not Path(CHROMIUM).exists()) and not os.environ.get("CI"),
-    reason="needs playwright and Debian's chromium (apt-get install -y chromium); CI installs both",
-)
 
 
 @needs_browser
@@ -42,7 +29,7 @@ def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Pat
     methods = httpx.get(f"{url}/v1/methods", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["data"]
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         failed: list[str] = []
         page.on("requestfailed", lambda request: failed.append(f"{request.url}: {request.failure}"))
