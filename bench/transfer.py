@@ -4,10 +4,12 @@ distillation (student vs teacher, compression, context distillation, generations
     python -m bench.transfer [--parts meta,distill] [--seeds 3] [--out bench/results/transfer.json]
         meta:    [--meta-tasks 40] [--held-out 4] [--orders first,second,reptile] [--outer-steps 60] ...
                  [--shots 8,16,32] [--steps 50] [--report-at 20,50] [--inits meta_first,...,auto]
+                 [--multitask-steps 0 (first-order MAML's budget)]
         distill: [--steps 100] [--generations 3] [--train-size 200] [--test-size 80]
 
-The meta part is bench/transfer_meta.py (the task family: bench/transfer_data.py), the distill part
-bench/transfer_distill.py; both run the worker's own job code in-process on the frozen SmolLM2-135M-Instruct.
+The meta part is bench/transfer_meta.py (the task family: bench/transfer_data.py; the multi-task start:
+bench/transfer_multitask.py), the distill part bench/transfer_distill.py; both run the worker's own job code
+in-process on the frozen SmolLM2-135M-Instruct.
 Tables are printed and written next to --out as .md; --out gets every figure as JSON.
 """
 
@@ -26,7 +28,7 @@ from app.engine.bundled import ensure_bundled_model
 from app.engine.model import load_frozen_model
 from bench import transfer_distill, transfer_meta
 
-INITS = ["meta_first", "meta_second", "meta_reptile", "random", "vocab", "text", "auto"]
+INITS = ["meta_first", "meta_second", "meta_reptile", "multitask", "random", "vocab", "text", "auto"]
 
 
 def _names(text: str) -> list[str]:
@@ -59,6 +61,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--support", type=int, default=8)
     parser.add_argument("--query", type=int, default=8)
     parser.add_argument("--donors", type=int, default=4, help="meta: single-task prompts in the bank for auto")
+    parser.add_argument(
+        "--multitask-steps",
+        type=int,
+        default=0,
+        help="meta: steps (batch 8) of the multitask start; 0: first-order MAML's example-gradients / 8",
+    )
     parser.add_argument("--shots", type=_ints, default=[8, 16, 32])
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: 50 for meta, 100 for distill)")
     parser.add_argument("--report-at", type=_ints, default=[20, 50])
@@ -112,6 +120,16 @@ def meta_table(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"| {r['order']} | {r['evaluations'][0]['query_loss_before']:.3f} | {r['init_val_loss']:.3f} -> "
             f"{r['best_val_loss']:.3f} (step {r['best_step']}) | {r['seconds_per_step']:.1f} | "
             f"{r['mean_meta_gradient_norm']:.3f} | {r['clipped_steps']} |"
+        )
+    m = result.get("multitask")
+    if m:
+        lines.append("")
+        lines.append(
+            f"multitask: {m['steps']} steps at batch {m['batch_size']} ({m['example_gradients']:,} example-gradients; "
+            f"first-order MAML: {m['first_order_example_gradients']:,}) on {m['examples']:,} examples of "
+            f"{m['tasks']} tasks ({m['val_size']} of them held out for validation), {m['seconds'] / 60:.1f} min; "
+            f"validation accuracy {m['init_val_accuracy']:.3f} -> {m['best_val_accuracy']:.3f} "
+            f"(step {m['best_step']}), loss {m['init_val_loss']:.3f} -> {m['best_val_loss']:.3f}"
         )
     return "\n".join(lines)
 

@@ -4,13 +4,17 @@
    --meta-tasks of the former, each with --meta-examples examples.
 2. Meta-learn one initialisation per --orders through the job code itself (workers/jobs/meta_init.run).
 3. Train a few single-task prompts on meta-training tasks (--donors): the stored prompts `auto` may also pick.
-4. On every held-out task, seed and k in --shots: train a prompt from each --inits start on k examples for --steps
+4. With `multitask` in --inits, train the multi-task start (bench/transfer_multitask.py): one prompt on the union of
+   the meta-training tasks' examples. It is not in `auto`'s bank (the bank the stored run's `auto` chose from).
+5. On every held-out task, seed and k in --shots: train a prompt from each --inits start on k examples for --steps
    steps, and read its accuracy on a fixed balanced test set at each of --report-at steps. The test set is passed as
    the trainer's validation set only to observe the prompt at those steps: nothing is selected by it.
 
 With --state DIR a run that stops (a session's end, a crash) goes on where it stopped: the meta-initialisations,
-the donors and every finished (task, seed, k) group are written there as they are made and read back on the next
-run with the same DIR (delete DIR, or use another, after changing any other option).
+the donors, the multi-task start and every finished (task, seed, k, init) are written there as they are made and
+read back on the next run with the same DIR. A run with more --inits than DIR holds trains only the missing inits
+of each (task, seed, k) and reports them beside the stored ones (each init trains exactly as it would beside the
+others); delete DIR, or use another, after changing any other option.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from app.engine.methods.prompt import PromptConfig
 from app.engine.model import FrozenModel
 from bench.transfer_data import WordTask, examples, spec, split_family, test_set, word_tasks
 from bench.transfer_jobs import job_context
+from bench.transfer_multitask import train_multitask
 from workers.inputs import Candidate, Source
 from workers.jobs import meta_init
 from workers.training import EvalReport, TrainJob, train_prompts
@@ -62,7 +67,7 @@ def learn_inits(
 ) -> tuple[dict[str, Artifact], list[dict[str, Any]]]:
     """One meta-initialisation per order, by the meta_init job's own code."""
     inits: dict[str, Artifact] = {}
-    records = []
+    records: list[dict[str, Any]] = []
     for order in args.orders:
         started = time.perf_counter()
         options = meta_options(args, order)
@@ -197,11 +202,16 @@ class _State:
         text = json.dumps({"labels": [label for label, _ in bank], "records": records}, default=str)
         (self.dir / f"{name}.json").write_text(text)  # last: its presence means every file above is complete
 
-    def groups(self) -> dict[str, list[dict[str, Any]]]:
+    def groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every stored record by group key ("task/seed/k") and init; a later line for the same init wins."""
         if self.dir is None or not (self.dir / "few_shot.jsonl").is_file():
             return {}
-        lines = (self.dir / "few_shot.jsonl").read_text().splitlines()
-        return {entry["key"]: entry["records"] for entry in map(json.loads, lines) if entry}
+        groups: dict[str, dict[str, dict[str, Any]]] = {}
+        for line in (self.dir / "few_shot.jsonl").read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                groups.setdefault(entry["key"], {}).update((r["init"], r) for r in entry["records"])
+        return groups
 
     def save_group(self, key: str, records: list[dict[str, Any]]) -> None:
         if self.dir is not None:
@@ -235,37 +245,52 @@ def run(frozen: FrozenModel, args: argparse.Namespace, log: Log) -> dict[str, An
         donors = saved[0]
     bank = [*starts.items(), *donors]
     candidates = [Candidate(index + 1, label, artifact) for index, (label, artifact) in enumerate(bank)]
-    records = []
+    multitask_record = None
+    if "multitask" in args.inits:
+        saved = state.artifacts("multitask")
+        if saved is None:
+            artifact, multitask_record = train_multitask(frozen, sources, args, log)
+            state.save_artifacts("multitask", [("multitask", artifact)], multitask_record)
+        else:
+            (_, artifact), multitask_record = saved[0][0], saved[1]
+            log(f"multi-task start read back from {state.dir}")
+        starts = {**starts, "multitask": artifact}  # a start to train from, not a candidate of auto's bank
+    records: list[dict[str, Any]] = []
     done_before = state.groups()
-    total = len(held) * args.seeds * len(args.shots) * len(args.inits)
+    keys = [(task, seed, k) for task in held for seed in range(args.seeds) for k in args.shots]
+
+    def missing(task: WordTask, seed: int, k: int) -> list[str]:
+        return [init for init in args.inits if init not in done_before.get(f"{task.name}/{seed}/{k}", {})]
+
+    total = sum(len(missing(*key)) for key in keys)
     began, trained = time.perf_counter(), 0
-    for task in held:
-        for seed in range(args.seeds):
-            for k in args.shots:
-                key = f"{task.name}/{seed}/{k}"
-                if key in done_before:
-                    records.extend(done_before[key])
-                    continue
-                group = few_shot(frozen, task, k, seed, args.inits, starts, candidates, args)
-                group = [
-                    {"task": task.name, "seed": seed, "k": k, "init": i, **r}
-                    for i, r in zip(args.inits, group, strict=True)
-                ]
-                state.save_group(key, group)
-                for record in group:
-                    shown = ", ".join(
-                        f"{key} {value:.3f}"
-                        for key, value in record.items()
-                        if key.startswith("step_") and value is not None
-                    )
-                    picked = f", chose {record['chosen']}" if record["chosen"] else ""
-                    log(f"{task.name} seed {seed} k={k} {record['init']}: {shown}{picked}")
-                records.extend(group)
-                trained += len(group)
-                left = (time.perf_counter() - began) / trained * (total - len(records)) / 60
-                log(f"{len(records)}/{total} trained, about {left:.0f} min left")
+    log(f"{total} of {len(keys) * len(args.inits)} (task, seed, k, init) to train, the rest read back")
+    for task, seed, k in keys:
+        key = f"{task.name}/{seed}/{k}"
+        stored = dict(done_before.get(key, {}))
+        todo = missing(task, seed, k)
+        if todo:
+            group = few_shot(frozen, task, k, seed, todo, starts, candidates, args)
+            group = [
+                {"task": task.name, "seed": seed, "k": k, "init": i, **r} for i, r in zip(todo, group, strict=True)
+            ]
+            state.save_group(key, group)
+            for record in group:
+                shown = ", ".join(
+                    f"{name} {value:.3f}"
+                    for name, value in record.items()
+                    if name.startswith("step_") and value is not None
+                )
+                picked = f", chose {record['chosen']}" if record["chosen"] else ""
+                log(f"{task.name} seed {seed} k={k} {record['init']}: {shown}{picked}")
+                stored[record["init"]] = record
+            trained += len(group)
+            left = (time.perf_counter() - began) / trained * (total - trained) / 60
+            log(f"{trained}/{total} trained, about {left:.0f} min left")
+        records.extend(stored[init] for init in args.inits)
     return {
         "meta_inits": meta_records,
+        "multitask": multitask_record,
         "few_shot": records,
         "held_out": [t.name for t in held],
         "meta_tasks": [t.name for t in training],
