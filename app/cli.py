@@ -61,7 +61,8 @@ def serve(args: argparse.Namespace) -> int:
     set_wait_policy(settings.omp_wait_policy, "api")  # before the app (and PyTorch) is imported
     import uvicorn
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port)
+    # one access line per request, the app's own (promptbank.access, with the request id), not uvicorn's as well
+    uvicorn.run("app.main:app", host=args.host, port=args.port, access_log=False)
     return 0
 
 

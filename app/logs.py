@@ -21,7 +21,8 @@ class _RequestId(logging.Filter):
 
 def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> logging.Handler:
     """Log to stderr (or `stream`) in `fmt` ("json" or "text") at `level`; replaces the handler an earlier call
-    installed, and leaves others' alone. The handler it installed."""
+    installed, and leaves others' alone. Uvicorn's access lines are switched off: each request already writes one
+    `promptbank.access` line (app/api/request_ids.py). The handler it installed."""
     handler = logging.StreamHandler(stream)
     handler.set_name(HANDLER_NAME)
     handler.addFilter(_RequestId())
@@ -39,4 +40,9 @@ def configure_logging(level: str, fmt: str, stream: IO[str] | None = None) -> lo
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # What uvicorn does with access_log=False (`promptbank serve` passes it), for a server started otherwise, e.g.
+    # `uvicorn app.main:app`: a logger without handlers is one uvicorn does not even format lines for.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers.clear()
+    uvicorn_access.propagate = False
     return handler
