@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         version="0.1.0",
         summary="Many NLP tasks on one frozen language model; each task is a learned soft prompt.",
         lifespan=lifespan,
-        docs_url=None,  # /docs and /redoc: install_docs, from local files (FastAPI's own load them from a CDN)
+        docs_url=None,  # /docs: install_docs, from local files (FastAPI's own loads from a CDN); no /redoc
         redoc_url=None,
         openapi_url="/openapi.json" if public else None,
     )
