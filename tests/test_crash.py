@@ -1,4 +1,5 @@
-"""Crash tests: kill -9 a `python -m workers` process at several moments of a job, and the API mid-upload.
+"""Crash tests: kill -9 a `python -m workers` process at several moments of a job, SIGTERM one mid-job, and the
+API killed mid-upload.
 
 Real processes on the real database (SQLite and PostgreSQL): after every kill nothing is lost or duplicated.
 """
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from tests.api.helpers import create_dataset, create_task, toy_examples
+from tests.workers.slow_jobs import slow_meta_init
 
 ROOT = Path(__file__).resolve().parents[1]
 HEARTBEAT_TIMEOUT = 2.0  # how long the next worker waits before it takes the dead worker's job back
@@ -189,6 +192,49 @@ def test_a_job_outlives_workers_killed_after_the_claim_mid_training_and_after_th
     lifecycle = [e["kind"] for e in events if e["kind"] in ("started", "requeued", "succeeded", "failed")]
     assert lifecycle == ["started", "requeued"] * len(MOMENTS) + ["started", "succeeded"]
     assert [e["data"]["attempt"] for e in events if e["kind"] == "started"] == [1, 2, 3, 4]
+
+
+# --- a worker stopped mid-job ---------------------------------------------------------------------------
+
+SIGTERM_REQUEUE_WITHIN = 2.0  # seconds from SIGTERM to the job's requeued event: its outer steps take far longer
+SIGTERM_EXIT_WITHIN = 10.0  # to the process's exit: Python's own teardown takes about 2 s on a busy 2-core runner
+
+
+def test_sigterm_mid_outer_step_requeues_the_job_and_the_worker_exits_within_seconds(
+    client_with: Callable[..., TestClient], database_url: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    client = client_with(run_worker=False)
+    job_id = slow_meta_init(client)["id"]
+    env = child_env(
+        database_url,
+        tmp_path / "data",
+        model_path=str(tiny_model_dir),
+        device="cpu",
+        worker_poll_seconds="0.05",
+        heartbeat_seconds="0.05",
+    )
+    log = tmp_path / "logs" / "worker.log"
+    with child(["-m", "workers"], env, log) as worker:
+        # Evaluated at step 0: the worker is inside outer step 1 (tests/workers/slow_jobs.py).
+        wait_for(client, job_id, lambda job: job["progress"].get("val_loss") is not None, worker, log)
+        signalled = datetime.now(UTC)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=SIGTERM_EXIT_WITHIN)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the worker still ran {SIGTERM_EXIT_WITHIN} s after SIGTERM:\n{log_tail(log)}"
+            ) from None
+    assert code == 0, f"exit status {code} after {time.monotonic() - started:.1f} s:\n{log_tail(log)}"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "queued" and job["attempts"] == 0, job
+    events = client.get(f"/v1/jobs/{job_id}/events").json()
+    assert events[-1]["kind"] == "requeued" and "shutting down" in events[-1]["message"], events
+    requeued = datetime.fromisoformat(events[-1]["created_at"]) - signalled
+    assert requeued.total_seconds() < SIGTERM_REQUEUE_WITHIN, f"requeued {requeued} after SIGTERM"
+    # Cut short inside outer step 1: the step never finished.
+    assert [point["step"] for point in client.get(f"/v1/jobs/{job_id}/metrics").json()] == [0]
 
 
 # --- the API killed mid-upload ----------------------------------------------------------------------------

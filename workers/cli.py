@@ -41,7 +41,7 @@ def main() -> None:
     worker = Worker(make_session_factory(engine), lambda: model, worker_settings(settings, embedded=False))
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(__name__).info("signal %s: finishing after the current step", signum)
+        logging.getLogger(__name__).info("signal %s: stopping; a running job goes back to the queue", signum)
         worker.stop.set()
 
     signal.signal(signal.SIGTERM, _stop)

@@ -24,6 +24,7 @@ from app.services.job_types import job_config
 from app.services.prompts import store_prompt
 from app.threads import Budget, enter
 from workers.inputs import load_inputs
+from workers.interrupt import interruptible
 from workers.jobs import JOB_KINDS, JobContext, Trained
 from workers.jobs import train as train_kind
 from workers.training import Cancelled, EvalReport, StepReport
@@ -181,13 +182,15 @@ class Worker:
                         + ", ".join(map(str, others)),
                         {"packed_with": others},
                     )
-                results = train_kind.run_many([p.context for p in packed])
+                with interruptible(self._check_stop):
+                    results = train_kind.run_many([p.context for p in packed])
                 outcomes.update(zip([p.job_id for p in packed], results, strict=True))
             for p in prepared:
                 if p.job_id in outcomes:
                     continue
                 try:
-                    outcomes[p.job_id] = JOB_KINDS[p.job_type](p.context)
+                    with interruptible(self._check_stop):
+                        outcomes[p.job_id] = JOB_KINDS[p.job_type](p.context)
                 except Exception as exc:
                     outcomes[p.job_id] = exc
             ready = {p.job_id: p for p in prepared}
@@ -196,6 +199,13 @@ class Worker:
         finally:
             for beat in beats.values():
                 beat.close()
+
+    def _check_stop(self) -> None:
+        """Raise WorkerStopping once stop is set: called all through a job's passes (workers/interrupt.py), so a
+        stopping worker hands its jobs back within moments, mid-pass, whatever their kind; storing a finished
+        job's prompt runs outside it and is never cut short."""
+        if self.stop.is_set():
+            raise WorkerStopping("the worker is stopping")
 
     def _conclude(
         self, job_id: int, beat: _Heartbeat, prepared: _Prepared | None, outcome: Trained | BaseException
