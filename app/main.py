@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             yield
         finally:
             if worker is not None and thread is not None:
-                worker.stop.set()  # a running job goes back to the queue at its next step
+                worker.stop.set()  # a running job is cut short mid-pass and queued again
                 thread.join(timeout=60)
             model_runtime.close()
             engine.dispose()
