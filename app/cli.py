@@ -16,6 +16,7 @@ from typing import Annotated
 
 import click
 import typer
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import cli_client
@@ -73,16 +74,20 @@ def keys_command(args: argparse.Namespace) -> int:
         try:
             if args.action == "create":
                 scopes = list(keys.SCOPES) if args.admin else [s.strip() for s in (args.scopes or "").split(",") if s]
-                row, key = keys.create_key(session, tenant=args.tenant, scopes=scopes, name=args.name)
+                row, key = keys.create_key(
+                    session, tenant=args.tenant, scopes=scopes, name=args.name, operator=args.admin
+                )
                 print(key)
+                role = "the operator's key (every tenant's keys and audit log), " if row.operator else ""
                 print(
-                    f"key {row.id} for tenant {row.tenant}, scopes {','.join(row.scopes)}; shown only now",
+                    f"key {row.id}: {role}tenant {row.tenant}, scopes {','.join(row.scopes)}; shown only now",
                     file=sys.stderr,
                 )
             elif args.action == "list":
                 for row in keys.list_keys(session, tenant=args.tenant, limit=1000, offset=0):
                     state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
-                    print(f"{row.id}\t{row.prefix}…\t{row.tenant}\t{','.join(row.scopes)}\t{state}\t{row.name or ''}")
+                    granted = ",".join(row.scopes) + (" (operator)" if row.operator else "")
+                    print(f"{row.id}\t{row.prefix}…\t{row.tenant}\t{granted}\t{state}\t{row.name or ''}")
             else:
                 keys.revoke_key(session, args.id)
                 print(f"key {args.id} revoked", file=sys.stderr)
@@ -147,7 +152,10 @@ keys_cli = typer.Typer(
 
 @keys_cli.command("create")
 def keys_create(
-    admin: Annotated[bool, typer.Option("--admin", help="every scope: read, infer, train and admin")] = False,
+    admin: Annotated[
+        bool,
+        typer.Option("--admin", help="the operator's key: every scope, and the keys and audit log of every tenant"),
+    ] = False,
     tenant: str = DEFAULT_TENANT,
     scopes: Annotated[str | None, typer.Option(help="comma-separated: read,infer,train,admin")] = None,
     name: str | None = None,
@@ -188,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cli_client.CliError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
+    except ValidationError as exc:  # a setting refused (input values are hidden: they may be secrets)
+        for error in exc.errors(include_url=False):
+            name = "PROMPTBANK_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"error: {name}: {error['msg'].removeprefix('Value error, ')}", err=True)
+        return 2
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:

@@ -9,11 +9,16 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_ADMIN_KEY_CHARS = 32
+
 
 class Settings(BaseSettings):
     """Read from the environment (PROMPTBANK_*) or a .env file; every field has a safe default."""
 
-    model_config = SettingsConfigDict(env_prefix="PROMPTBANK_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused value is never echoed (an admin key, a database URL's password)
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTBANK_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(default=Path("data"), description="Where the SQLite file and converted model live.")
     database_url: str | None = Field(
@@ -126,11 +131,23 @@ class Settings(BaseSettings):
     # --- tenants, keys, limits (README "Keys, tenants and quotas") ---
     admin_key: SecretStr | None = Field(
         default=None,
-        description="A key with every scope in the tenant 'default'; setting it (or creating any key) turns on auth.",
+        description="The operator's key (at least 32 characters): every scope, in the tenant 'default', across "
+        "tenants for keys and the audit log; setting it (or creating any key) turns on auth.",
     )
     allow_unauthenticated: bool = Field(
         default=False,
         description="Let single-user mode (no keys) answer clients other than localhost; off unless you mean it.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names single-user mode answers besides loopback ones (localhost, 127.0.0.1, [::1]); "
+        "'*': any (no defence against DNS rebinding).",
+    )
+    failed_key_limit: int = Field(
+        default=10, ge=1, description="Unknown or revoked keys one client address may send per window before 429."
+    )
+    failed_key_window_seconds: float = Field(
+        default=60.0, gt=0, description="The window of failed_key_limit: an address over it waits until it ends."
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins browsers may call the API from; empty: no cross-origin calls."
@@ -150,6 +167,30 @@ class Settings(BaseSettings):
     key_dataset_bytes: int = Field(
         default=20 * 1024 * 1024, ge=0, description="Default largest dataset (stored bytes) a key may upload (0: none)."
     )
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                f"the admin key has {len(value.get_secret_value())} characters and needs at least "
+                f"{MIN_ADMIN_KEY_CHARS} (a short one can be guessed): make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or unset it"
+            )
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names_only(cls, value: list[str]) -> list[str]:
+        # compared with the Host header's name, without its port: "[fd00::1]" is kept as "fd00::1"
+        names = [name.strip().lower().rstrip(".").removeprefix("[").removesuffix("]") for name in value]
+        bad = [name for name in names if not name or any(c in name for c in "/@ []") or name.count(":") == 1]
+        if bad:
+            raise ValueError(
+                f"PROMPTBANK_ALLOWED_HOSTS takes host names without scheme or port (e.g. promptbank.internal), "
+                f"not {bad[0]!r}"
+            )
+        return names
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,7 @@ from app.api.auth import AuthState
 from app.api.body_limits import BodyLimits
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
+from app.api.local_guard import LocalGuard
 from app.api.metrics import Metrics, ServiceCollector
 from app.api.request_ids import RequestIds
 from app.api.routes import datasets, health, infer, jobs, keys, methods, openai, prompts, tasks, ui
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     install_error_handlers(app)
     app.add_middleware(BodyLimits, default=settings.max_body_bytes, uploads=settings.max_upload_bytes)
     app.add_middleware(Admission, limit=settings.max_inflight_requests)
+    # single-user mode: loopback (or allowed) Host only, no cross-site writes; before any body is read
+    app.add_middleware(LocalGuard, settings=settings)
     metrics = Metrics(task_labels=settings.metrics_task_labels)
     metrics.add_collector(
         ServiceCollector(lambda: getattr(app.state, "runtime", None), lambda: app.state.read_session_factory)

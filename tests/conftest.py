@@ -27,6 +27,10 @@ from tests.tiny_model import build_tiny_model_dir
 # The device of the in-process tiny models (cpu unless set): scripts/gpu_check.sh runs the engine tests on cuda.
 TEST_DEVICE = os.environ.get("PROMPTBANK_TEST_DEVICE", "cpu")
 
+# The in-process test clients address the app as a local client would: single-user mode answers only a loopback Host
+# (app/api/local_guard.py), not the test transport's default "testserver".
+LOCAL_URL = "http://localhost"
+
 POSTGRES_URL = os.environ.get("PROMPTBANK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -124,7 +128,7 @@ def settings(database_url: str, tmp_path: Path, db_engine: Engine) -> Settings:
 def client(settings: Settings, frozen: FrozenModel) -> Iterator[TestClient]:
     """The real app (routes, services, database, in-process worker) serving the tiny model."""
     app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url=LOCAL_URL) as test_client:
         yield test_client
 
 
@@ -138,7 +142,7 @@ def client_with(
     def build(**overrides: object) -> TestClient:
         settings = make_settings(database_url, tmp_path, **overrides)
         app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
-        return stack.enter_context(TestClient(app))
+        return stack.enter_context(TestClient(app, base_url=LOCAL_URL))
 
     with stack:
         yield build

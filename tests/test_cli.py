@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,14 @@ def test_keys_create_refuses_unknown_scopes(data_dir: Path, capsys: pytest.Captu
 def test_serve_refuses_a_non_local_address_without_keys(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "PROMPTBANK_ADMIN_KEY" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_short_admin_key_and_says_why(data_dir: Path) -> None:
+    # a process of its own: a serve that did not refuse would keep serving (the timeout fails the test)
+    env = {**os.environ, "PROMPTBANK_ADMIN_KEY": "pb_too-short-to-guess-safely", "PROMPTBANK_LOAD_MODEL": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--port", "0"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "PROMPTBANK_ADMIN_KEY" in done.stderr and "needs at least 32" in done.stderr
+    assert "pb_too-short" not in done.stderr + done.stdout

@@ -10,7 +10,7 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from app.api.admission import ARRIVED, DISCONNECTED
-from app.api.auth import Principal, PrincipalDep, need_admin, need_infer, need_read, need_train
+from app.api.auth import Principal, PrincipalDep, need_admin, need_infer, need_operator, need_read, need_train
 from app.api.schemas import ErrorResponse
 from app.config import Settings
 from app.db.base import MAX_ID
@@ -98,6 +98,7 @@ Reader = Annotated[Principal, READ]
 Inferrer = Annotated[Principal, INFER]
 Trainer = Annotated[Principal, TRAIN]
 AdminDep = Annotated[Principal, ADMIN]
+OPERATOR = Depends(need_operator)  # the admin scope and the operator's key: views of the whole service
 
 TaskDep = Annotated[Task, Depends(_task_for_read)]
 WritableTaskDep = Annotated[Task, Depends(_task_for_write)]

@@ -38,6 +38,7 @@ class KeyOut(BaseModel):
     prefix: str = Field(description="The key's first characters.")
     name: str | None
     limits: dict[str, Any] | None
+    operator: bool = Field(description="The operator's key: manages every tenant's keys and audit log.")
     created_at: datetime
     revoked_at: datetime | None
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     true,
 )
 from sqlalchemy.engine import Dialect
@@ -236,6 +237,9 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # per-key rate limit and quotas; a missing entry takes the service's default (Settings)
     limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the operator's key (`promptbank keys create --admin`): manages keys and reads the audit log of every tenant;
+    # only the command line makes one, never the API
+    operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

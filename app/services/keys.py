@@ -1,5 +1,8 @@
 """API keys: create (shown once), authenticate, list, revoke; and the limits each key carries.
 
+Who manages keys: the operator (PROMPTBANK_ADMIN_KEY, a key made with `promptbank keys create --admin`, or the
+single user) those of every tenant; a tenant's key with the admin scope only its own tenant's (`within`).
+
 A key is 32 random bytes (URL-safe text after the prefix "pb_"); only its SHA-256 is stored. A slow password hash
 (argon2) protects guessable secrets; a random 256-bit key cannot be guessed, so one SHA-256 is enough and keeps
 authentication to one indexed lookup per request.
@@ -19,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import ApiKey
 from app.db.repositories import ApiKeyRepository
-from app.errors import InvalidInput, NotFound
+from app.errors import Forbidden, InvalidInput, NotFound
 from app.services import audit
 
 SCOPES = ("read", "infer", "train", "admin")
@@ -50,6 +53,7 @@ class Authenticated:
     tenant: str
     scopes: frozenset[str]
     limits: dict[str, Any]
+    operator: bool
 
 
 def hash_key(key: str) -> str:
@@ -83,9 +87,13 @@ def create_key(
     scopes: Sequence[str],
     name: str | None = None,
     limits: dict[str, Any] | None = None,
+    operator: bool = False,
+    within: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """Store a new key; (its row, the key itself: shown this once, never stored)."""
+    """Store a new key; (its row, the key itself: shown this once, never stored). `within`: the only tenant the
+    caller may make keys for (None: any, the operator); `operator` only from the command line."""
     tenant, ordered = check_tenant(tenant), check_scopes(scopes)
+    audit.visible_tenant(within, tenant, "keys")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKeyRepository(session).add(
         ApiKey(
@@ -95,9 +103,11 @@ def create_key(
             prefix=key[:10],
             name=name,
             limits={k: v for k, v in (limits or {}).items() if v is not None} or None,
+            operator=operator,
         )
     )
-    audit.record(session, "create", "key", row.id, {"tenant": tenant, "scopes": ordered, "name": name})
+    detail = {"tenant": tenant, "scopes": ordered, "name": name} | ({"operator": True} if operator else {})
+    audit.record(session, "create", "key", row.id, detail)
     return row, key
 
 
@@ -108,22 +118,32 @@ def authenticate(session: Session, key: str) -> Authenticated | None:
     row = ApiKeyRepository(session).by_hash(hash_key(key))
     if row is None or row.revoked_at is not None:
         return None
-    return Authenticated(row.id, row.tenant, frozenset(row.scopes), dict(row.limits or {}))
+    return Authenticated(row.id, row.tenant, frozenset(row.scopes), dict(row.limits or {}), row.operator)
 
 
 def any_created(session: Session) -> bool:
     return ApiKeyRepository(session).any_created()
 
 
-def list_keys(session: Session, *, tenant: str | None, limit: int, offset: int) -> Sequence[ApiKey]:
+def list_keys(
+    session: Session, *, tenant: str | None, limit: int, offset: int, within: str | None = None
+) -> Sequence[ApiKey]:
+    """Keys, of one tenant or all; a tenant's admin (`within`) sees its own tenant's only."""
+    tenant = audit.visible_tenant(within, tenant, "keys")
     return ApiKeyRepository(session).list(tenant=tenant, limit=limit, offset=offset)
 
 
-def revoke_key(session: Session, key_id: int) -> ApiKey:
-    """Revoke a key from the next request on (revoking twice changes nothing)."""
+def revoke_key(session: Session, key_id: int, *, within: str | None = None) -> ApiKey:
+    """Revoke a key from the next request on (revoking twice changes nothing). A tenant's admin (`within`) revokes
+    its own tenant's keys (another tenant's answer as if they did not exist), never an operator's key."""
     row = ApiKeyRepository(session).get(key_id)
-    if row is None:
+    if row is None or (within is not None and row.tenant != within):
         raise NotFound(f"no key with id {key_id}; GET /v1/keys lists them", code="key_not_found")
+    if within is not None and row.operator:
+        raise Forbidden(
+            f"key {key_id} is the operator's; only the operator's key (or `promptbank keys revoke`) revokes it",
+            code="operator_key",
+        )
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()

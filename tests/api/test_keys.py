@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from app.api.routes import datasets, health, infer, jobs, keys, prompts, tasks
+from app.config import Settings
 from tests.api.helpers import FAST, create_dataset, create_task, toy_examples, train_task
 
 ADMIN_KEY = "pb_admin-key-for-tests-0123456789"
@@ -17,7 +22,7 @@ ADMIN_KEY = "pb_admin-key-for-tests-0123456789"
 def as_key(client: TestClient, key: str | None, host: str = "testclient") -> TestClient:
     """Another client of the same running app, sending `key` (or nothing), from `host`."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return TestClient(client.app, headers=headers, client=(host, 50000))
+    return TestClient(client.app, base_url=str(client.base_url), headers=headers, client=(host, 50000))
 
 
 def new_key(admin: TestClient, tenant: str, scopes: list[str], **extra: Any) -> str:
@@ -224,3 +229,49 @@ def test_every_v1_route_names_the_scope_it_needs() -> None:
     assert len(routes) > 20
     unscoped = [f"{sorted(r.methods)} {r.path}" for r in routes if not scopes(r.dependant)]
     assert unscoped == []
+
+
+def test_an_admin_key_shorter_than_32_characters_refuses_to_start() -> None:
+    short = "pb_short-admin-key-0123456789ab"  # 31 characters
+    with pytest.raises(ValidationError) as refused:
+        Settings(admin_key=short)
+    assert "needs at least 32" in str(refused.value) and short not in str(refused.value)
+    assert Settings(admin_key=short + "c").admin_key is not None
+
+
+def test_failed_keys_are_throttled_per_client_address(
+    client_with: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_with(admin_key=ADMIN_KEY)
+    guesser = as_key(client, "pb_guess-0000", host="198.51.100.9")
+    with caplog.at_level(logging.WARNING, logger="app.api.failed_keys"):
+        answers = [guesser.get("/v1/tasks") for _ in range(10)]
+    assert [a.json()["error"]["code"] for a in answers] == ["invalid_key"] * 10
+    throttled = guesser.get("/v1/tasks")
+    assert throttled.status_code == 429 and throttled.json()["error"]["code"] == "too_many_failed_keys"
+    assert 1 <= int(throttled.headers["retry-after"]) <= 60
+    # a right key from that address is refused too (it would tell a guesser it found one); others are served
+    assert as_key(client, ADMIN_KEY, host="198.51.100.9").get("/v1/tasks").status_code == 429
+    assert as_key(client, ADMIN_KEY, host="198.51.100.10").get("/v1/tasks").status_code == 200
+    failures = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(failures) == 10 and all("198.51.100.9" in r.getMessage() for r in failures)
+    assert not any("pb_guess" in r.getMessage() for r in caplog.records)
+
+
+def test_a_throttled_address_is_served_again_after_the_window(client_with: Callable[..., TestClient]) -> None:
+    client = client_with(admin_key=ADMIN_KEY, failed_key_limit=2, failed_key_window_seconds=1.0)
+    assert [as_key(client, "pb_wrong").get("/v1/tasks").status_code for _ in range(3)] == [401, 401, 429]
+    time.sleep(1.1)
+    assert as_key(client, ADMIN_KEY).get("/v1/tasks").status_code == 200
+
+
+def test_single_user_mode_ignores_whatever_key_is_sent(client_with: Callable[..., TestClient]) -> None:
+    client = client_with()
+    empty = as_key(client, "EMPTY")  # what OpenAI's client sends when told api_key="EMPTY"
+    assert empty.get("/v1/tasks").status_code == 200
+    assert empty.post("/v1/tasks", json={"name": "t", "kind": "generation"}).status_code == 201
+    assert as_key(client, "EMPTY", host="203.0.113.7").get("/v1/tasks").status_code == 401  # still local only
+    key = new_key(client, "default", ["read"])  # keys exist from now on: an unknown key is refused
+    refused = empty.get("/v1/tasks")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_key"
+    assert as_key(client, key).get("/v1/tasks").status_code == 200

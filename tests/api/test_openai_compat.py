@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -153,6 +153,23 @@ def test_errors_come_in_openai_shape(http: httpx.Client, oai: openai.OpenAI) -> 
     assert unknown_key.value.body["type"] == "authentication_error"  # type: ignore[index]
     raw = http.post("/v1/completions", json={"model": "echo", "prompt": [1, 2, 3]})
     assert raw.status_code == 422 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_fresh_service_answers_api_key_empty_until_keys_exist(live_server_with: Callable[..., str]) -> None:
+    url = live_server_with(admin_key=None)  # no key yet: single-user mode, as a first try on one's own machine
+    with httpx.Client(base_url=url, timeout=120) as local:
+        _train(local, "sentiment")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["sentiment"]
+        done = client.completions.create(model="sentiment", prompt="a good film")
+        assert done.choices[0].text in ("positive", "negative")
+        created = local.post("/v1/keys", json={"tenant": "default", "scopes": ["read", "infer"]})
+        assert created.status_code == 201
+    with pytest.raises(openai.AuthenticationError) as unknown:  # keys exist: an unknown key is refused
+        client.models.list()
+    assert unknown.value.code == "invalid_key"
+    keyed = openai.OpenAI(base_url=f"{url}/v1", api_key=created.json()["key"], max_retries=0, timeout=120)
+    assert [m.id for m in keyed.models.list().data] == ["sentiment"]
 
 
 def test_deltas_hold_back_partial_characters_and_stop_prefixes() -> None:

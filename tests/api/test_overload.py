@@ -27,7 +27,11 @@ def _scope(path: str = "/v1/infer", body: bytes = b"{}") -> Scope:
         "server": ("testserver", 80),
         "client": ("127.0.0.1", 50000),
         "http_version": "1.1",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
     }
 
 

@@ -20,7 +20,7 @@ from app.engine.runtime import ModelRuntime
 from app.engine.text import TaskSpec
 from app.main import create_app, serving_options
 from tests.api.helpers import create_dataset, create_task, wait_for_job
-from tests.conftest import make_settings
+from tests.conftest import LOCAL_URL, make_settings
 from workers.training import train_prompt
 
 pytestmark = pytest.mark.real_model
@@ -41,7 +41,7 @@ TEMPLATE = "Review: {input}\nSentiment:"
 def real_client(database_url: str, tmp_path: Path, db_engine: Engine, smollm: FrozenModel) -> Iterator[TestClient]:
     settings = make_settings(database_url, tmp_path)
     app = create_app(settings, runtime=ModelRuntime.from_model(smollm, serving_options(settings)))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL_URL) as client:
         yield client
 
 

@@ -32,7 +32,7 @@ from tests.conftest import make_settings
 
 # With auth on from the start, a fuzzed POST /v1/keys cannot switch it on halfway and turn the rest of the run
 # into 401s; every generated request carries the admin key.
-ADMIN_KEY = "fuzz-admin-key"
+ADMIN_KEY = "pb_fuzz-admin-key-0123456789abcdef"  # PROMPTBANK_ADMIN_KEY needs 32 characters
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 SEED = 20240611

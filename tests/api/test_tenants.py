@@ -6,11 +6,13 @@ that the other's resources exist."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.cli import main
 from tests.api.helpers import FAST, create_dataset, create_task, toy_examples, wait_for_job
 from tests.api.test_keys import ADMIN_KEY, as_key, new_key
 
@@ -171,3 +173,67 @@ def test_init_auto_only_considers_the_tenants_own_prompts(
     events = a.get(f"/v1/jobs/{mine['id']}/events").json()
     seen = {c.get("prompt_id") for c in next(e for e in events if e["kind"] == "init_candidates")["data"]["candidates"]}
     assert {ids["prompt"], ids["meta"]} <= seen
+
+
+def _keys_of(admin: TestClient, **params: str) -> list[tuple[str, bool]]:
+    response = admin.get("/v1/keys", params=params)
+    assert response.status_code == 200, response.text
+    return [(k["tenant"], k["operator"]) for k in response.json()]
+
+
+def test_a_tenants_admin_key_manages_only_its_own_tenants_keys_and_audit_log(
+    client_with: Callable[..., TestClient],
+) -> None:
+    client = client_with(admin_key=ADMIN_KEY)
+    operator = as_key(client, ADMIN_KEY)
+    acme = as_key(client, new_key(operator, "acme", ["read", "admin"]))
+    other_id = operator.post("/v1/keys", json={"tenant": "other", "scopes": ["read"]}).json()["id"]
+    for tenant in ("default", "other"):  # no keys for another tenant, the operator's own included
+        refused = acme.post("/v1/keys", json={"tenant": tenant, "scopes": ["read", "infer", "train", "admin"]})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "other_tenant", refused.text
+        assert "operator" in refused.json()["error"]["message"]
+    own = acme.post("/v1/keys", json={"tenant": "acme", "scopes": ["infer"]})
+    assert own.status_code == 201
+    assert _keys_of(acme) == [("acme", False), ("acme", False)]
+    assert acme.get("/v1/keys", params={"tenant": "other"}).json()["error"]["code"] == "other_tenant"
+    assert acme.delete(f"/v1/keys/{other_id}").json()["error"]["code"] == "key_not_found"  # as if it did not exist
+    assert acme.delete(f"/v1/keys/{own.json()['id']}").status_code == 204
+    assert {e["tenant"] for e in acme.get("/v1/audit").json()} == {"acme"}
+    assert acme.get("/v1/audit", params={"tenant": "default"}).status_code == 403
+    for service_wide in ("/metrics", "/v1/stats"):  # every tenant's task names and the engine's counters
+        answer = acme.get(service_wide)
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "operator_only"
+    # the operator manages every tenant's
+    assert sorted(_keys_of(operator)) == [("acme", False), ("acme", False), ("other", False)]
+    assert {e["tenant"] for e in operator.get("/v1/audit").json()} == {"default", "acme"}
+    assert operator.delete(f"/v1/keys/{other_id}").status_code == 204
+    assert operator.get("/v1/stats").status_code == 200
+
+
+def test_only_the_command_lines_admin_key_acts_across_tenants(
+    client_with: Callable[..., TestClient],
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PROMPTBANK_DATABASE_URL", database_url)
+    monkeypatch.setenv("PROMPTBANK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("PROMPTBANK_ADMIN_KEY", raising=False)
+
+    def cli_key(*args: str) -> str:
+        assert main(["keys", "create", *args]) == 0
+        return capsys.readouterr().out.strip()
+
+    client = client_with()
+    operator = as_key(client, cli_key("--admin"))
+    tenant_admin = as_key(client, cli_key("--scopes", "read,infer,train,admin"))  # every scope, not the operator
+    assert new_key(operator, "acme", ["read", "admin"])
+    refused = tenant_admin.post("/v1/keys", json={"tenant": "acme", "scopes": ["read"]})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "other_tenant"
+    assert _keys_of(operator) == [("default", True), ("default", False), ("acme", False)]
+    operator_id = next(k["id"] for k in operator.get("/v1/keys").json() if k["operator"])
+    revoke = tenant_admin.delete(f"/v1/keys/{operator_id}")  # in its tenant, but not its to revoke
+    assert revoke.status_code == 403 and revoke.json()["error"]["code"] == "operator_key"
+    assert main(["keys", "list"]) == 0
+    assert "read,infer,train,admin (operator)" in capsys.readouterr().out

@@ -24,7 +24,7 @@ from app.engine.runtime import ModelRuntime
 from app.engine.text import TaskSpec
 from app.main import create_app, serving_options
 from app.migrate import alembic_config, upgrade
-from tests.conftest import _drop_postgres_database, _fresh_postgres_database, make_settings
+from tests.conftest import LOCAL_URL, _drop_postgres_database, _fresh_postgres_database, make_settings
 
 
 def test_models_and_migrations_agree(db_engine: Engine) -> None:
@@ -147,7 +147,7 @@ def test_a_prompt_stored_before_methods_existed_is_a_plain_prompt_after_the_upgr
     # ... and the service lists and serves it as it would have before
     settings = make_settings(url, tmp_path)
     app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL_URL) as client:
         (listed,) = client.get("/v1/prompts").json()
         assert listed["method"] == "prompt" and listed["num_virtual_tokens"] == 3
         assert listed["kind"] == "task" and listed["lineage"]["job_type"] == "train"
@@ -225,3 +225,38 @@ def test_downgrading_below_meta_initialisations_removes_them_and_keeps_task_prom
     finally:
         engine.dispose()
     upgrade(url)
+
+
+def test_keys_the_command_line_made_with_every_scope_become_operator_keys(empty_database_url: str) -> None:
+    url = empty_database_url
+    upgrade(url, "0006")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for key_id, scopes, actor in [
+                (1, '["read", "infer", "train", "admin"]', "cli"),  # `keys create --admin`
+                (2, '["read", "infer", "train", "admin"]', "admin key"),  # made through the API
+                (3, '["read"]', "cli"),
+            ]:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO api_keys (id, tenant, scopes, key_hash, prefix, created_at) "
+                        "VALUES (:id, 'default', :scopes, :hash, 'pb_', CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": key_id, "scopes": scopes, "hash": f"{key_id:064d}"},
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO audit_log (tenant, actor, action, resource, resource_id, detail, created_at) "
+                        "VALUES ('default', :actor, 'create', 'key', :id, '{}', CURRENT_TIMESTAMP)"
+                    ),
+                    {"actor": actor, "id": key_id},
+                )
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, operator FROM api_keys ORDER BY id")).all()
+        assert [(key_id, bool(operator)) for key_id, operator in rows] == [(1, True), (2, False), (3, False)]
+        command.downgrade(alembic_config(url), "0006")
+        assert "operator" not in {c["name"] for c in inspect(engine).get_columns("api_keys")}
+    finally:
+        engine.dispose()

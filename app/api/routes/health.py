@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.auth import identify
-from app.api.deps import ADMIN
+from app.api.deps import OPERATOR
 from app.api.schemas import Health, ModelHealth
 from app.engine.runtime import ModelRuntime
 from app.errors import AppError
@@ -51,7 +51,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    dependencies=[ADMIN],
+    dependencies=[OPERATOR],
     response_class=PlainTextResponse,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition format."}},
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ADMIN, AUTH_RESPONSES, INFER, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
+from app.api.deps import AUTH_RESPONSES, INFER, OPERATOR, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
 from app.api.metrics import TASK_NAME, TASK_ROWS
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.errors import InvalidInput
@@ -95,7 +95,7 @@ def run_embedding(
     )
 
 
-@router.get("/stats", dependencies=[ADMIN])
+@router.get("/stats", dependencies=[OPERATOR])
 def stats(runtime: RuntimeDep) -> dict[str, Any]:
     """Engine counters: prompt pool (size, hits, misses, evictions), batches, queue time."""
     return {"engine": runtime.stats()}
