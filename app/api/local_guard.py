@@ -99,8 +99,12 @@ class LocalGuard:
     def _refusal(self, scope: Scope, headers: Headers) -> tuple[str, str] | None:
         """(code, message) when the request must be refused, else None."""
         host = headers.get("host", "")
-        parsed = _split_host(host)
-        if parsed is None or not (self.any_host or is_loopback_name(parsed[0]) or parsed[0] in self.allowed_hosts):
+        # A browser always sends Host (HTTP/1.1 requires it); a request without one (HTTP/1.0, a raw ASGI call) is
+        # no page's and names no host to rebind. It is never the same origin as any Origin, though.
+        parsed = _split_host(host) if host else None
+        if host and (
+            parsed is None or not (self.any_host or is_loopback_name(parsed[0]) or parsed[0] in self.allowed_hosts)
+        ):
             return (
                 "host_not_allowed",
                 f"this service runs in single-user mode (no keys) and answers only requests addressed to "
@@ -124,9 +128,11 @@ class LocalGuard:
             )
         return None
 
-    def _origin_allowed(self, origin: str, scheme: str, host: tuple[str, int | None]) -> bool:
+    def _origin_allowed(self, origin: str, scheme: str, host: tuple[str, int | None] | None) -> bool:
         if self.any_origin or origin.rstrip("/") in self.cors_origins:
             return True
+        if host is None:
+            return False
         try:
             parts = urlsplit(origin)
             theirs = _origin(parts.scheme.lower(), parts.hostname or "", parts.port)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -118,6 +120,41 @@ def test_with_keys_on_neither_check_applies(client_with: Callable[..., TestClien
     assert _upload(admin, Origin="https://app.example", Host="promptbank.example.com").status_code == 201
     missing = as_key(client, None).get("/v1/tasks", headers={"Host": "evil.example"})
     assert missing.status_code == 401  # no key: the usual answer, whatever the Host
+
+
+def _raw(app: Any, method: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """The status of a request made straight through ASGI, with exactly these headers."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.0",
+        "method": method,
+        "scheme": "http",
+        "path": "/v1/tasks",
+        "raw_path": b"/v1/tasks",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    anyio.run(app, scope, receive, send)
+    return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
+
+
+def test_a_request_without_host_is_no_pages_but_matches_no_origin(client_with: Callable[..., TestClient]) -> None:
+    client = client_with()  # HTTP/1.0 may omit Host; a browser never does
+    assert _raw(client.app, "GET", []) == 200
+    assert _raw(client.app, "DELETE", [(b"origin", b"http://127.0.0.1:8000")]) == 403
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
