@@ -4,7 +4,7 @@ distillation (student vs teacher, compression, context distillation, generations
     python -m bench.transfer [--parts meta,distill] [--seeds 3] [--out bench/results/transfer.json]
         meta:    [--meta-tasks 40] [--held-out 4] [--orders first,second,reptile] [--outer-steps 60] ...
                  [--shots 8,16,32] [--steps 50] [--report-at 20,50] [--inits meta_first,...,auto]
-                 [--multitask-steps 0 (first-order MAML's budget)]
+                 [--multitask-steps 0 (as many examples as a meta_init job draws)]
         distill: [--steps 100] [--generations 3] [--train-size 200] [--test-size 80]
 
 The meta part is bench/transfer_meta.py (the task family: bench/transfer_data.py; the multi-task start:
@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
         "--multitask-steps",
         type=int,
         default=0,
-        help="meta: steps (batch 8) of the multitask start; 0: first-order MAML's example-gradients / 8",
+        help="meta: steps (batch 8) of the multitask start; 0: the examples a meta_init job draws / 8",
     )
     parser.add_argument("--shots", type=_ints, default=[8, 16, 32])
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: 50 for meta, 100 for distill)")
@@ -125,8 +125,8 @@ def meta_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     if m:
         lines.append("")
         lines.append(
-            f"multitask: {m['steps']} steps at batch {m['batch_size']} ({m['example_gradients']:,} example-gradients; "
-            f"first-order MAML: {m['first_order_example_gradients']:,}) on {m['examples']:,} examples of "
+            f"multitask: {m['steps']} steps at batch {m['batch_size']} ({m['examples_seen']:,} examples seen; each "
+            f"meta_init job drew {m['examples_drawn_by_meta_learning']:,}) from {m['examples']:,} examples of "
             f"{m['tasks']} tasks ({m['val_size']} of them held out for validation), {m['seconds'] / 60:.1f} min; "
             f"validation accuracy {m['init_val_accuracy']:.3f} -> {m['best_val_accuracy']:.3f} "
             f"(step {m['best_step']}), loss {m['init_val_loss']:.3f} -> {m['best_val_loss']:.3f}"

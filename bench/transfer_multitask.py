@@ -3,12 +3,13 @@
 The baseline the meta-learning literature compares MAML with: one prompt trained by ordinary prompt tuning (a train
 job's own loop, workers.training) on the union of the meta-training tasks' examples, the same examples the
 meta_init jobs sample from, from the same text init ("Read the input and answer the question."). Validation is the
-train job's default: a seeded 10% of the union held out, the best prompt by its accuracy kept.
+train job's default: a seeded 10% of the union held out (at most 200 examples), the best prompt by its
+accuracy kept.
 
-Budget: as many example-gradients (one example's forward and backward pass) as first-order MAML spends, i.e.
-outer steps x meta-batch x (K x support + query) = 60 x 4 x (3 x 8 + 8) = 7,680 at the defaults, which is 960 steps
-at batch 8 (--multitask-steps overrides it). Reptile spends 60 x 4 x 3 x 16 = 11,520, second order the same
-7,680 passes as first order plus the backward through the inner steps.
+Budget: as many examples as each meta_init job draws, outer steps x meta-batch x (support + query) =
+60 x 4 x (8 + 8) = 3,840 at the defaults, i.e. 480 steps at batch 8 (--multitask-steps overrides it). In passes it
+is less than meta-learning spends: first order computes K x support + query = 32 example-gradients per sampled task
+(7,680 in all), Reptile 3 x 16 = 48 (11,520), second order first order's plus the backward through the K steps.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from workers.training import EvalReport, train_prompt
 BATCH_SIZE = 8
 
 
-def example_gradients_of_first_order(args: argparse.Namespace) -> int:
-    """What first-order MAML computes over a run: per sampled task, K support steps and one query gradient."""
-    return args.outer_steps * args.meta_batch * (args.inner_steps * args.support + args.query)
+def examples_drawn_by_meta_learning(args: argparse.Namespace) -> int:
+    """The examples a meta_init job samples over its run: support and query sets of every task of every step."""
+    return args.outer_steps * args.meta_batch * (args.support + args.query)
 
 
 def multitask_steps(args: argparse.Namespace) -> int:
-    """--multitask-steps, or first-order MAML's example-gradients at batch 8."""
-    return getattr(args, "multitask_steps", 0) or max(1, example_gradients_of_first_order(args) // BATCH_SIZE)
+    """--multitask-steps, or the examples meta-learning draws, at batch 8."""
+    return getattr(args, "multitask_steps", 0) or max(1, examples_drawn_by_meta_learning(args) // BATCH_SIZE)
 
 
 def train_multitask(
@@ -65,8 +66,8 @@ def train_multitask(
         "examples": len(union),
         "steps": steps,
         "batch_size": BATCH_SIZE,
-        "example_gradients": steps * BATCH_SIZE,
-        "first_order_example_gradients": example_gradients_of_first_order(args),
+        "examples_seen": steps * BATCH_SIZE,
+        "examples_drawn_by_meta_learning": examples_drawn_by_meta_learning(args),
         "learning_rate": config.learning_rate,
         "seconds": time.perf_counter() - started,
         **result.metrics,

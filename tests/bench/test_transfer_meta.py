@@ -42,6 +42,6 @@ def test_a_run_with_an_added_init_trains_only_that_init_and_reports_it_beside_th
     assert third["few_shot"] == second["few_shot"]
 
 
-def test_the_multitask_start_gets_first_order_maml_s_example_gradients() -> None:
+def test_the_multitask_start_sees_as_many_examples_as_a_meta_init_job_draws() -> None:
     defaults = argparse.Namespace(outer_steps=60, meta_batch=4, inner_steps=3, support=8, query=8, multitask_steps=0)
-    assert multitask_steps(defaults) == 60 * 4 * (3 * 8 + 8) // 8 == 960
+    assert multitask_steps(defaults) == 60 * 4 * (8 + 8) // 8 == 480
