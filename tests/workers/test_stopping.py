@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -14,7 +15,10 @@ from sqlalchemy import Engine
 
 from app.db.session import make_session_factory
 from app.engine.model import FrozenModel
+from app.engine.runtime import ModelRuntime
+from app.main import create_app, serving_options
 from tests.api.helpers import FAST, create_dataset, create_task, toy_examples
+from tests.conftest import LOCAL_URL, make_settings
 from tests.workers.slow_jobs import long_examples, slow_meta_init
 from workers.main import Worker, WorkerSettings
 
@@ -120,3 +124,19 @@ def test_a_stop_mid_teacher_pass_requeues_a_distill_job_within_moments(
     assert_requeued(client, job["id"])
     events = client.get(f"/v1/jobs/{job['id']}/events").json()
     assert not any(e["kind"] == "metrics" for e in events), events  # before, it went on to validate at step 0
+
+
+def test_shutting_the_api_down_requeues_its_embedded_workers_job_within_moments(
+    client_with: Callable[..., TestClient], database_url: str, tmp_path: Path, frozen: FrozenModel
+) -> None:
+    settings = make_settings(database_url, tmp_path / "api")
+    app = create_app(settings, runtime=ModelRuntime.from_model(frozen, serving_options(settings)))
+    with TestClient(app, base_url=LOCAL_URL) as api:  # its lifespan runs the embedded worker
+        job = slow_meta_init(api)
+        wait_until(api, job["id"], lambda j: j["progress"].get("val_loss") is not None)
+        started = time.monotonic()
+    took = time.monotonic() - started  # the lifespan's shutdown: stop the worker, join its thread
+    assert took < STOP_WITHIN, f"the API took {took:.1f} s to shut down"
+    client = client_with(run_worker=False)
+    assert_requeued(client, job["id"])
+    assert [point["step"] for point in client.get(f"/v1/jobs/{job['id']}/metrics").json()] == [0]
