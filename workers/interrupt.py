@@ -6,8 +6,8 @@ steps for every task of the meta-batch), and one pass of a real model on a CPU c
 through whatever the block computes on this thread, between two torch operations:
 - every torch function called from Python (Hugging Face's layers included): forward passes with or without
   gradients, their layer loops, decoding;
-- every tensor that autograd saves for backward, and every one a backward pass reads back, whichever thread runs
-  the backward (on CUDA, autograd's own): backward passes, including one through K inner steps.
+- every tensor that autograd saves for backward, and every one a backward pass reads back (the hooks travel with
+  the saved tensors): backward passes, including one through K inner steps.
 Whatever check() raises ends the block there. Both mechanisms are state of the calling thread (a torch function
 mode and saved-tensor hooks are thread-local), so nothing is set on the shared model (STYLE rule 2) and the
 inference engine's thread, serving beside an embedded worker, never runs a check.
