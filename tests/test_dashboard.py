@@ -68,9 +68,10 @@ def test_dashboard_main_flow(live_server_with: Callable[..., str], tmp_path: Pat
         expect(page.locator("#train-method-fields input[data-field=num_after_tokens]")).to_have_value(
             str(around["defaults"]["num_after_tokens"])
         )
-        page.select_option("#train-method", "input_mapping")  # its default of 0 virtual tokens is a valid entry
-        expect(page.locator("#train-tokens")).to_have_value("0")
-        assert page.eval_on_selector("#train-form", "form => form.checkValidity()")
+        for method in methods:  # each method's defaults make a form the browser submits (input_mapping: 0 tokens)
+            page.select_option("#train-method", method["name"])
+            expect(page.locator("#train-tokens")).to_have_value(str(method["defaults"]["num_virtual_tokens"]))
+            assert page.eval_on_selector("#train-form", "form => form.checkValidity()"), method["name"]
         page.select_option("#train-method", "prompt")
         expect(page.locator("#train-method-fields input")).to_have_count(0)
         expect(page.locator("#train-lr")).to_have_value(str(methods[-1]["defaults"]["learning_rate"]))
