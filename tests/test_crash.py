@@ -56,6 +56,20 @@ def child_env(database_url: str, data_dir: Path, **settings: str) -> dict[str, s
     return env
 
 
+def worker_env(database_url: str, tmp_path: Path, model_dir: Path, **settings: str) -> dict[str, str]:
+    """A `python -m workers` child on the tiny model that polls and beats every 50 ms (progress is seen within
+    50 ms of a step), plus these settings."""
+    return child_env(
+        database_url,
+        tmp_path / "data",
+        model_path=str(model_dir),
+        device="cpu",
+        worker_poll_seconds="0.05",
+        heartbeat_seconds="0.05",
+        **settings,
+    )
+
+
 def log_tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
@@ -155,15 +169,7 @@ def test_a_job_outlives_workers_killed_after_the_claim_mid_training_and_after_th
     response = client.post("/v1/jobs", json={**body, "hyperparameters": hyper})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    env = child_env(
-        database_url,
-        tmp_path / "data",
-        model_path=str(tiny_model_dir),
-        device="cpu",
-        worker_poll_seconds="0.05",
-        heartbeat_seconds="0.05",  # progress is seen within 50 ms of a step
-        heartbeat_timeout_seconds=str(HEARTBEAT_TIMEOUT),
-    )
+    env = worker_env(database_url, tmp_path, tiny_model_dir, heartbeat_timeout_seconds=str(HEARTBEAT_TIMEOUT))
 
     for attempt, (moment, reached, proof) in enumerate(MOMENTS, start=1):
         log = tmp_path / "logs" / f"worker-{attempt}.log"
@@ -205,14 +211,7 @@ def test_sigterm_mid_outer_step_requeues_the_job_and_the_worker_exits_within_sec
 ) -> None:
     client = client_with(run_worker=False)
     job_id = slow_meta_init(client)["id"]
-    env = child_env(
-        database_url,
-        tmp_path / "data",
-        model_path=str(tiny_model_dir),
-        device="cpu",
-        worker_poll_seconds="0.05",
-        heartbeat_seconds="0.05",
-    )
+    env = worker_env(database_url, tmp_path, tiny_model_dir)
     log = tmp_path / "logs" / "worker.log"
     with child(["-m", "workers"], env, log) as worker:
         # Evaluated at step 0: the worker is inside outer step 1 (tests/workers/slow_jobs.py).

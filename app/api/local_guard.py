@@ -20,7 +20,6 @@ cookies), and neither check applies.
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -28,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.auth import is_loopback
 from app.api.openai_errors import is_openai_path, openai_error_body
 from app.config import Settings
 
@@ -39,12 +39,7 @@ def is_loopback_name(host: str) -> bool:
     """Whether a host name (without port or brackets) always means this machine: localhost, *.localhost (RFC 6761),
     an address in 127.0.0.0/8 or ::1."""
     host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host.endswith(".localhost") or is_loopback(host)
 
 
 def _split_host(value: str) -> tuple[str, int | None] | None:
