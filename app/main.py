@@ -22,8 +22,8 @@ from app.api.request_ids import RequestIds
 from app.api.routes import datasets, health, infer, jobs, keys, methods, openai, prompts, tasks, ui
 from app.config import Settings
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
-from app.engine.batcher import BatcherOptions
-from app.engine.runtime import ModelRuntime, ServingOptions
+from app.engine.serving.batcher import BatcherOptions
+from app.engine.serving.runtime import ModelRuntime, ServingOptions
 from app.logs import configure_logging
 from app.migrate import upgrade
 from app.model_loading import load_configured_model

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.config import Settings
-from app.engine.bundled import ensure_bundled_model
-from app.engine.model import FrozenModel, load_frozen_model
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.formats.bundled import ensure_bundled_model
 
 
 def load_configured_model(settings: Settings) -> FrozenModel:

@@ -2,7 +2,7 @@
 
     python -m bench.forward_cost [--repeats 3] [--rows 32]
 
-Part 1 times app.engine.forward.forward_rows on the bundled SmolLM2 for batches of B rows of Q tokens
+Part 1 times app.engine.core.forward.forward_rows on the bundled SmolLM2 for batches of B rows of Q tokens
 (B in 1..32, Q in 8..64, one 20-vector prompt) and fits time = c0 + c1 * B * Q by least squares: c0 / c1 is the
 fixed cost of a pass in query positions. Part 2 scores --rows Rotten Tomatoes snippets of mixed lengths (64
 tasks) with mixed.classify_rows under several values of that overhead, next to the model on the inputs alone
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from app.engine import mixed
-from app.engine.forward import Query, forward_rows
-from app.engine.mixed import Row, classify_rows
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments, resolve
+from app.engine.core import mixed
+from app.engine.core.forward import Query, forward_rows
+from app.engine.core.mixed import Row, classify_rows
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.segments import Segments, resolve
+from app.engine.serving.pool import PromptPool
 from bench.serving_runners import RawRunner
 from bench.serving_workload import SINGLE, make_requests, random_prompts, snippets
 

@@ -34,13 +34,13 @@ from typing import Any
 import httpx
 import torch
 
-from app.engine.batcher import Batcher, BatcherOptions
-from app.engine.bundled import ensure_bundled_model
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec, encode_example, output_text, render
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec, encode_example, output_text, render
+from app.engine.formats.bundled import ensure_bundled_model
+from app.engine.serving.batcher import Batcher, BatcherOptions
+from app.engine.serving.pool import PromptPool
 from bench.serving_http import HttpService
 from bench.serving_report import percentile
 from bench.serving_runners import closed_loop, lockstep

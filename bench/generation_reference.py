@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from app.engine.bundled import ensure_bundled_model
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import encode_example, output_text, render
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.text import encode_example, output_text, render
+from app.engine.formats.bundled import ensure_bundled_model
 from bench.generation import SPEC, Engine, Peft
 from bench.serving_workload import Request, random_prompts, snippets
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from app.engine.bundled import ensure_bundled_model
+from app.engine.core.model import load_frozen_model
+from app.engine.formats.bundled import ensure_bundled_model
 from app.engine.methods import parse_config
-from app.engine.model import load_frozen_model
 from bench.transfer_data import examples, spec, word_tasks
 from workers.interrupt import interruptible
 from workers.training import TrainJob, TrainResult, train_prompts

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from app.engine.bundled import ensure_bundled_model
-from app.engine.inference import classify
-from app.engine.mixed import Row, classify_rows
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec, encode_example, label_token_ids
+from app.engine.core.mixed import Row, classify_rows
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.one_prompt import classify
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec, encode_example, label_token_ids
+from app.engine.formats.bundled import ensure_bundled_model
+from app.engine.serving.pool import PromptPool
 from bench.data import balanced_splits
 from bench.serving_workload import uncached_hidden
 

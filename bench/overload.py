@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import torch
 
-from app.engine.bundled import ensure_bundled_model
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
+from app.engine.formats.bundled import ensure_bundled_model
 from bench.serving_http import HttpService, store_prompts
 
 SENTIMENT = TaskSpec("classification", "Review: {input}\nSentiment:", ("positive", "negative"))

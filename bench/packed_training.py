@@ -23,9 +23,9 @@ from typing import Any, cast
 
 import torch
 
-from app.engine.bundled import ensure_bundled_model
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.formats.bundled import ensure_bundled_model
 from app.engine.methods import parse_config
-from app.engine.model import FrozenModel, load_frozen_model
 from bench.quality_peft import train_peft
 from bench.transfer_data import examples, spec, word_tasks
 from workers.training import TrainJob, TrainResult, train_prompts

@@ -42,12 +42,12 @@ from typing import Any
 
 import torch
 
-from app.engine.artifact import Artifact
-from app.engine.bundled import ensure_bundled_model
-from app.engine.inference import Prompt, classify, generate
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.one_prompt import Prompt, classify, generate
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
+from app.engine.formats.bundled import ensure_bundled_model
 from app.engine.methods import load_segments, parse_config
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import TaskSpec
 from bench.quality_data import TASKS, Pair, QualityTask, Splits, few_shot_template
 from bench.quality_peft import peft_names, train_peft
 from bench.quality_report import serving_table, summarize, task_table

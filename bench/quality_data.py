@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.engine.text import TaskSpec
+from app.engine.core.text import TaskSpec
 from bench.data import load_snippets, rotten_tomatoes_path
 
 Pair = tuple[str, str]  # (input, output)

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from app.engine.decode import cut_at_stop
+from app.engine.core.decode import cut_at_stop
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import EncodedExample, TaskSpec, encode_example, label_token_ids, output_text, render
 from app.engine.methods import parse_config
 from app.engine.methods.init import initial_vectors
-from app.engine.model import FrozenModel
-from app.engine.text import EncodedExample, TaskSpec, encode_example, label_token_ids, output_text, render
 from bench.quality_data import Pair
 from workers.training import batches, get_lr, is_better
 

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from app.engine.artifact import Artifact
+from app.engine.core.mixed import Row, classify_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments
-from app.engine.mixed import Row, classify_rows
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.text import TaskSpec
+from app.engine.serving.pool import PromptPool
 
 MIXED = "all methods mixed"
 PROMPT_AS_MANY = "prompt only, as many rows as mixed"

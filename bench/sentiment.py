@@ -45,8 +45,8 @@ def zero_shot(test: list[dict[str, str]], data_dir: str) -> dict[str, float]:
     import torch
 
     from app.config import Settings
-    from app.engine.inference import classify, generate
-    from app.engine.text import TaskSpec
+    from app.engine.core.one_prompt import classify, generate
+    from app.engine.core.text import TaskSpec
     from app.model_loading import load_configured_model
 
     torch.manual_seed(0)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import TaskSpec
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.text import TaskSpec
 from bench.serving_http import HttpService
 from bench.serving_report import Cell, Measurement, agreement, peak_mb, ratios, reset_peak, table
 from bench.serving_runners import EngineRunner, PeftRunner, RawRunner, RoundResult

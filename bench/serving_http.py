@@ -20,9 +20,9 @@ import httpx
 import torch
 
 from app.db.session import make_engine, make_session_factory
-from app.engine.artifact import Artifact
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.services.prompts import store_prompt
 from bench.sentiment import free_port, wait_healthy
 from bench.serving_runners import RoundResult, closed_loop

@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from app.engine.artifact import Artifact
-from app.engine.batcher import Batcher, BatcherOptions
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel
-from app.engine.peft_format import peft_model_of, to_peft
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec, encode_example, label_token_ids
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec, encode_example, label_token_ids
+from app.engine.formats.artifact import Artifact
+from app.engine.formats.peft_adapter import peft_model_of, to_peft
+from app.engine.serving.batcher import Batcher, BatcherOptions
+from app.engine.serving.pool import PromptPool
 from bench.serving_workload import Request, Scores, raw_scores
 
 Answered = list[tuple[Request, Scores]]

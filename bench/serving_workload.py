@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec, encode_example, label_token_ids
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec, encode_example, label_token_ids
 from bench.data import balanced_splits
 
 TEMPLATE = "Review: {input}\nSentiment:"

@@ -51,9 +51,9 @@ from typing import Any
 import httpx
 import torch
 
-from app.engine.bundled import ensure_bundled_model
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import TaskSpec
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.text import TaskSpec
+from app.engine.formats.bundled import ensure_bundled_model
 from app.threads import cpu_count
 from bench.data import balanced_splits
 from bench.overload import percentile

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from app.engine.bundled import ensure_bundled_model
-from app.engine.model import load_frozen_model
+from app.engine.core.model import load_frozen_model
+from app.engine.formats.bundled import ensure_bundled_model
 from bench import transfer_distill, transfer_meta
 
 INITS = ["meta_first", "meta_second", "meta_reptile", "multitask", "random", "vocab", "text", "auto"]

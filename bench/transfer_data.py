@@ -34,7 +34,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine.text import TaskSpec
+from app.engine.core.text import TaskSpec
 
 Pair = tuple[str, str]  # (word, "yes" / "no")
 Lexicon = tuple[frozenset[str], dict[str, frozenset[str]]]  # (all words, words by category)

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments, parse_config
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from app.services.job_types import Distillation
 from bench.quality import held_out
 from bench.quality_data import TASKS, few_shot_template

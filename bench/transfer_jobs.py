@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
 from app.engine.methods import TrainConfig
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from workers.jobs.base import JobContext
 
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.base import FromPrompt
 from app.engine.methods.prompt import PromptConfig
-from app.engine.model import FrozenModel
 from bench.transfer_data import WordTask, examples, spec, split_family, test_set, word_tasks
 from bench.transfer_jobs import job_context
 from bench.transfer_multitask import train_multitask

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.prompt import PromptConfig
-from app.engine.model import FrozenModel
 from bench.transfer_data import spec
 from workers.inputs import Source
 from workers.jobs.meta_init import DEFAULT_META_INIT_TEXT

@@ -18,7 +18,7 @@ if torch.cuda.is_available():
 PY
 "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || { echo "no CUDA device"; exit 1; }
 
-"$PYTHON" -c 'from app.engine.bundled import ensure_bundled_model; ensure_bundled_model("data/models")' \
+"$PYTHON" -c 'from app.engine.formats.bundled import ensure_bundled_model; ensure_bundled_model("data/models")' \
   >"$OUT/convert.log" 2>&1 || { tail -20 "$OUT/convert.log"; exit 1; }
 
 # 1. Correctness: a row's logits and text do not depend on its batch, on the GPU (fp32, max abs diff < 1e-4).

@@ -43,5 +43,7 @@ echo "test: ruff"
 "$PYTHON" -m ruff check app workers tests bench migrations
 echo "test: mypy"
 "$PYTHON" -m mypy app workers
+echo "test: import contracts (pyproject [tool.importlinter])"
+"$PYTHON" -c "import sys; from importlinter.cli import lint_imports_command; sys.argv[0] = 'lint-imports'; lint_imports_command()" --no-cache
 echo "test: pytest"
 exec "$PYTHON" -m pytest "$@"

@@ -16,9 +16,9 @@ from sqlalchemy import Engine, make_url, text
 from app.config import Settings
 from app.db.base import Base
 from app.db.session import make_engine
-from app.engine.bundled import ensure_bundled_model
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.runtime import ModelRuntime
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.formats.bundled import ensure_bundled_model
+from app.engine.serving.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from app.migrate import upgrade
 from tests import live_server

@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from app.engine.model import FrozenModel
+from app.engine.core.model import FrozenModel
 
 EOS = "<|endoftext|>"
 

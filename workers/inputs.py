@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job
 from app.db.repositories import DatasetRepository, PromptRepository, TaskRepository, scope_session
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from app.services.tasks import task_spec
 
 Pair = tuple[str, str | None]  # (input, output); output None in a dataset of inputs only

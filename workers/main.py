@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.base import utcnow
 from app.db.models import JobStatus
 from app.db.repositories import JobRepository
+from app.engine.core.model import FrozenModel
 from app.engine.methods import parse_config
-from app.engine.model import FrozenModel
 from app.services.job_types import job_config
 from app.services.prompts import store_prompt
 from app.threads import Budget, enter

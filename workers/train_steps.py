@@ -11,14 +11,14 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from app.engine.forward import score_targets
+from app.engine.core.forward import score_targets
+from app.engine.core.mixed import Row, label_scores, target_scores
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompts import single
+from app.engine.core.segments import resolve
+from app.engine.core.text import EncodedExample, TaskSpec, encode_example
 from app.engine.methods import TrainConfig
 from app.engine.methods.base import PromptModule
-from app.engine.mixed import Row, label_scores, target_scores
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import resolve
-from app.engine.text import EncodedExample, TaskSpec, encode_example
 
 
 def get_lr(step: int, config: TrainConfig) -> float:
@@ -91,10 +91,10 @@ def evaluate(
 ) -> tuple[float, float | None]:
     """(mean loss per target token, accuracy or None) of the module's current prompt on the validation set.
 
-    Served as the engine serves a stored version: through a pool (its keys/values computed once) in batched
+    Served as the engine serves a stored version: through a prompt source (its keys/values computed once) in batched
     mixed passes. Classification reads every label's score in one pass and takes the gold one's as the loss.
     """
-    pool = PromptPool(frozen, capacity=1, loader=lambda _: module.segments())
+    pool = single(frozen, module.segments())
     rows = [Row(0, spec, text, input_ids=tuple(ex.input_ids)) for (text, _), ex in zip(val, examples, strict=True)]
     tokens = sum(len(example.target_ids) for example in examples)
     if spec.kind != "classification":

@@ -5,7 +5,7 @@ prompt) share one forward/backward pass, while each job keeps its own optimizer,
 validation, best checkpoint, cancel and progress. One job failing or cancelled never disturbs the others.
 `train_prompt` is the same loop for one job.
 
-Training, validation and serving share one forward (app/engine/forward.py): a step scores the gold targets of the
+Training, validation and serving share one forward (app/engine/core/forward.py): a step scores the gold targets of the
 batches over the modules' current prompts with gradients; validation serves a job's current prompt through the
 same batched path the inference engine uses (its keys/values computed once per evaluation).
 """
@@ -19,11 +19,11 @@ from typing import cast
 
 import torch
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method
 from app.engine.methods.base import PromptModule
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from workers.train_steps import (
     batch_loss,
     batch_losses,

@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from app.engine.artifact import Artifact
+from app.engine.core.mixed import Row, target_scores
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompts import Prompts
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec, encode_example
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method, load_segments
 from app.engine.methods.base import FromPrompt
-from app.engine.mixed import Row, target_scores
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec, encode_example
 from workers.inputs import Candidate
 
 SAMPLE_SIZE = 32
@@ -57,7 +57,7 @@ def choose_init(
     starts: list[tuple[str, Callable[[], Segments]]] = [(TEXT_INIT, text_module.segments)]
     for candidate in candidates:
         starts.append((candidate.label, partial(load_segments, frozen, candidate.artifact)))
-    pool = PromptPool(frozen, capacity=len(starts), loader=lambda index: starts[index][1]())
+    pool = Prompts(frozen, lambda index: starts[index][1]())
     encoded = [encode_example(frozen, spec, text, output) for text, output in sample]
     rows = [
         Row(index, spec, text, input_ids=tuple(example.input_ids))

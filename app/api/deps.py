@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db.base import MAX_ID
 from app.db.models import Task
 from app.db.repositories import scope_session
-from app.engine.runtime import ModelRuntime
+from app.engine.serving.runtime import ModelRuntime
 from app.errors import PayloadTooLarge
 from app.services.audit import act_as
 from app.services.inference import Budget

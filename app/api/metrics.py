@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.engine.runtime import ModelRuntime
+from app.engine.serving.runtime import ModelRuntime
 from app.services.operations import job_gauges
 
 log = logging.getLogger(__name__)

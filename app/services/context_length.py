@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from app.db.models import Task
-from app.engine.model import FrozenModel
-from app.engine.text import encode_example
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import encode_example
 from app.services.tasks import task_spec
 
 

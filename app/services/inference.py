@@ -13,15 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Prompt, Task
 from app.db.repositories import TaskRepository
-from app.engine.artifact import Artifact
-from app.engine.batcher import BatcherClosed, QueueFull, QueueTimeout, RequestCancelled
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.core.text import encode_example
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import get_method, load_segments
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptMissing
-from app.engine.runtime import ModelNotReady, ModelRuntime
-from app.engine.segments import Segments
-from app.engine.text import encode_example
+from app.engine.serving.batcher import BatcherClosed, QueueFull, QueueTimeout, RequestCancelled
+from app.engine.serving.pool import PromptMissing
+from app.engine.serving.runtime import ModelNotReady, ModelRuntime
 from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from app.services import ensembles
 from app.services.context_length import first_too_long

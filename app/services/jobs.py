@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobMetric, JobStatus, Task
 from app.db.repositories import JobRepository, PromptRepository
+from app.engine.core.model import FrozenModel
 from app.engine.methods import TrainConfig, get_method
-from app.engine.model import FrozenModel
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services import audit
 from app.services.context_length import first_overflow

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Task
 from app.db.repositories import TaskRepository
-from app.engine.runtime import ModelRuntime
+from app.engine.serving.runtime import ModelRuntime
 from app.errors import InvalidInput
 from app.services.inference import Budget, infer
 from app.services.tasks import resolve_task

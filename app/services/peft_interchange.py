@@ -16,9 +16,8 @@ from safetensors.torch import save as save_safetensors
 from sqlalchemy.orm import Session
 
 from app.db.models import Prompt, Task
-from app.engine.artifact import Artifact
-from app.engine.methods import get_method
-from app.engine.peft_format import (
+from app.engine.formats.artifact import Artifact
+from app.engine.formats.peft_adapter import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     OtherBaseModel,
@@ -27,7 +26,8 @@ from app.engine.peft_format import (
     from_peft,
     to_peft,
 )
-from app.engine.runtime import ModelRuntime
+from app.engine.methods import get_method
+from app.engine.serving.runtime import ModelRuntime
 from app.errors import Conflict, InvalidInput
 from app.services import audit
 from app.services.keys import Limits

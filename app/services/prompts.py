@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from app.db.models import Prompt, PromptKind, Task
 from app.db.repositories import PromptRepository, TaskRepository
-from app.engine.artifact import Artifact
-from app.engine.model import ModelIdentity
-from app.engine.runtime import ModelRuntime
+from app.engine.core.model import ModelIdentity
+from app.engine.formats.artifact import Artifact
 from app.errors import Conflict, NotFound
 from app.services import audit, quotas
 from app.services.keys import Limits
+
+if TYPE_CHECKING:  # a caller hands in its runtime; workers importing this file load no serving code
+    from app.engine.serving.runtime import ModelRuntime
 
 
 def get_prompt(session: Session, prompt_id: int, *, with_tensors: bool = False) -> Prompt:

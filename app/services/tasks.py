@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -11,11 +12,13 @@ from sqlalchemy.orm import Session
 from app.db.base import MAX_ID
 from app.db.models import Task
 from app.db.repositories import TaskRepository
-from app.engine.runtime import ModelRuntime
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services import audit, ensembles
 from app.text_checks import text_problem
+
+if TYPE_CHECKING:  # a caller hands in its runtime; workers importing this file load no serving code
+    from app.engine.serving.runtime import ModelRuntime
 
 PLACEHOLDER = "{input}"
 MAX_LABEL_CHARS = 100

@@ -8,9 +8,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobStatus, Prompt, Task
 from app.db.repositories import JobRepository, PromptRepository
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import context_template, render
 from app.engine.methods import TrainConfig, get_method
-from app.engine.model import FrozenModel
-from app.engine.text import context_template, render
 from app.errors import Conflict, InvalidInput
 from app.services.datasets import check_labels, get_dataset, require_labeled
 from app.services.job_types import Distillation, MetaLearning, split_options

@@ -9,13 +9,13 @@ from sqlalchemy import Engine
 
 from app.db.models import Prompt
 from app.db.session import make_session_factory
-from app.engine.inference import classify
+from app.engine.core.mixed import Row, state_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec
 from app.engine.methods import get_method, parse_config
-from app.engine.mixed import Row, state_rows
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec
+from app.engine.serving.pool import PromptPool
 from app.services.prompts import store_prompt
 from tests.api.helpers import create_task
 from tests.api.test_serving import store_random_prompt

@@ -12,11 +12,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Prompt
-from app.engine.artifact import Artifact
-from app.engine.inference import classify
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from tests.api.helpers import create_dataset, create_task, start_job, toy_examples, wait_for_job
 
 SPEC = TaskSpec("classification", "Review: {input}\nSentiment:", ("positive", "negative"))

@@ -23,12 +23,12 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 from sqlalchemy import Engine
 
-from app.engine.artifact import Artifact
-from app.engine.model import FrozenModel
-from app.engine.peft_format import to_peft
-from app.engine.prompt_cache import kv_shape
-from app.engine.runtime import ModelRuntime
-from app.engine.text import TaskSpec, encode_example, output_text, render
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import kv_shape
+from app.engine.core.text import TaskSpec, encode_example, output_text, render
+from app.engine.formats.artifact import Artifact
+from app.engine.formats.peft_adapter import to_peft
+from app.engine.serving.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from tests.api.helpers import create_task
 from tests.conftest import LOCAL_URL, make_settings

@@ -17,10 +17,10 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
-from app.engine.artifact import Artifact
-from app.engine.model import FrozenModel
-from app.engine.peft_format import peft_model_of, to_peft
-from app.engine.text import TaskSpec, encode_example, label_token_ids
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec, encode_example, label_token_ids
+from app.engine.formats.artifact import Artifact
+from app.engine.formats.peft_adapter import peft_model_of, to_peft
 from tests.api.helpers import create_task, train_task
 from tests.api.test_keys import ADMIN_KEY, as_key, new_key
 

@@ -12,12 +12,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Prompt
-from app.engine.artifact import Artifact
-from app.engine.inference import classify
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.prompt import PromptConfig
-from app.engine.model import FrozenModel
-from app.engine.runtime import ModelRuntime
-from app.engine.text import TaskSpec
+from app.engine.serving.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from tests.api.helpers import create_dataset, create_task, wait_for_job
 from tests.conftest import LOCAL_URL, make_settings

@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import Engine
 
 from app.config import Settings
-from app.engine.model import FrozenModel
-from app.engine.runtime import ModelRuntime
+from app.engine.core.model import FrozenModel
+from app.engine.serving.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from tests.api.helpers import create_dataset, create_task, start_job, toy_examples
 from tests.conftest import make_settings

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.db.session import make_session_factory
-from app.engine.artifact import Artifact
-from app.engine.inference import classify
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.services.prompts import store_prompt
 from tests.api.helpers import create_task
 

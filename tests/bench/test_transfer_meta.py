@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.engine.model import FrozenModel
+from app.engine.core.model import FrozenModel
 from bench import transfer_meta
 from bench.transfer_multitask import multitask_steps
 

@@ -17,11 +17,11 @@ from sqlalchemy import Engine, inspect
 
 from app.db.base import Base, utcnow
 from app.db.session import make_engine
-from app.engine.artifact import Artifact
-from app.engine.inference import classify
-from app.engine.model import FrozenModel
-from app.engine.runtime import ModelRuntime
-from app.engine.text import TaskSpec
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
+from app.engine.serving.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from app.migrate import alembic_config, upgrade
 from tests.conftest import LOCAL_URL, _drop_postgres_database, _fresh_postgres_database, make_settings

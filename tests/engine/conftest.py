@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
 from tests.conftest import TEST_DEVICE
 from tests.tiny_model import build_tiny_llama_dir
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec, encode_example
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec, encode_example
 
 
 @torch.no_grad()

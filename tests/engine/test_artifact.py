@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from app.engine.artifact import FORMAT_VERSION, Artifact, read_metadata
+from app.engine.formats.artifact import FORMAT_VERSION, Artifact, read_metadata
 
 
 def test_round_trip_keeps_method_tensors_config_and_names_the_shapes_in_the_header() -> None:

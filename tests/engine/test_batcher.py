@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from app.engine.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec
+from app.engine.serving.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
+from app.engine.serving.pool import PromptPool
 
 SPEC = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
 

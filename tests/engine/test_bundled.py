@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine import bundled
-from app.engine.bundled import BUNDLED_MODEL_NAME, BundledModelMissing, ensure_bundled_model
+from app.engine.formats import bundled
+from app.engine.formats.bundled import BUNDLED_MODEL_NAME, BundledModelMissing, ensure_bundled_model
 
 
 def _fake_convert(calls: list[str]) -> object:

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
-from app.engine.forward import score_targets
-from app.engine.inference import classify, generate
+from app.engine.core.forward import score_targets
+from app.engine.core.mixed import Row, logits_rows
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.one_prompt import classify, generate
+from app.engine.core.segments import Segments, resolve
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
+from app.engine.formats.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.engine.methods import load_segments, parse_config
-from app.engine.mixed import Row, logits_rows
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments, resolve
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
+from app.engine.serving.pool import PromptPool
 from tests.engine.reference import plain_label_logprob, plain_logits
 from workers.training import train_prompt
 

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from app.engine.batcher import QueueTimeout, RequestCancelled
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel
-from app.engine.runtime import ModelRuntime
-from app.engine.text import TaskSpec
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.serving.batcher import QueueTimeout, RequestCancelled
+from app.engine.serving.runtime import ModelRuntime
 from tests.engine.test_batcher import SPEC, GatedLoader, make_batcher
 
 ANSWER = TaskSpec("generation", "Q: {input}\nA:")

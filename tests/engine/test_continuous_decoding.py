@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from app.engine.decode import DecodeBatch, Decoding
-from app.engine.inference import generate
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel
-from app.engine.text import render
+from app.engine.core.decode import DecodeBatch, Decoding
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import generate
+from app.engine.core.text import render
 from tests.engine.test_mixed import ANSWER, QUESTION, TEXTS, load, pool_of
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.forward import Query, forward_rows, score_targets
-from app.engine.model import FrozenModel
-from app.engine.segments import Segments, ServedPrompt, resolve
-from app.engine.text import TaskSpec, encode_example
+from app.engine.core.forward import Query, forward_rows, score_targets
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments, ServedPrompt, resolve
+from app.engine.core.text import TaskSpec, encode_example
 from tests.engine.reference import plain_hidden, plain_label_logprob
 
 TEXTS = ["the movie was good", "hi", "what is the capital of france? tell me now please", "a"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.inference import classify, generate
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec, label_token_ids
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify, generate
+from app.engine.core.text import TaskSpec, label_token_ids
 from tests.engine.reference import greedy_without_cache
 
 INPUTS = ["the movie was good", "bad", "what is the capital of france? tell me now", "they hate that place"]

@@ -6,12 +6,12 @@ import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec, label_token_ids
 from app.engine.methods import REGISTRY, TrainConfigUnion, parse_config
 from app.engine.methods.base import TrainConfig
 from app.engine.methods.init import initial_vectors
 from app.engine.methods.prompt import PromptConfig, SoftPrompt
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec, label_token_ids
 
 
 def _embeddings(frozen: FrozenModel, ids: list[int]) -> torch.Tensor:

@@ -8,17 +8,17 @@ from typing import Any, get_args
 import pytest
 import torch
 
-from app.engine.artifact import Artifact
-from app.engine.layer_loop import overwrite_kvs
+from app.engine.core.layer_loop import overwrite_kvs
+from app.engine.core.mixed import Row, classify_rows, generate_rows, logits_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import compute_prompt_kvs
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec, encode_example
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import REGISTRY, get_method, load_segments, parse_config
 from app.engine.methods.base import PromptModule
 from app.engine.methods.input_mapping import InputMapping
-from app.engine.mixed import Row, classify_rows, generate_rows, logits_rows
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.prompt_cache import compute_prompt_kvs
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec, encode_example
+from app.engine.serving.pool import PromptPool
 from tests.engine.reference import plain_logits
 from workers.training import batch_loss
 

@@ -7,12 +7,12 @@ import random
 import pytest
 import torch
 
-from app.engine.inference import classify, generate
-from app.engine.mixed import Row, _partition, classify_rows, generate_rows, logits_rows
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec, encode_example, label_token_ids
+from app.engine.core.mixed import Row, _partition, classify_rows, generate_rows, logits_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify, generate
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec, encode_example, label_token_ids
+from app.engine.serving.pool import PromptPool
 from tests.engine.reference import plain_logits
 
 PROMPT_LENGTHS = (1, 3, 5, 8, 13, 20)  # prompt id i has PROMPT_LENGTHS[i] vectors

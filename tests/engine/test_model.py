@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.engine.model import FrozenModel, load_frozen_model, resolve_device, resolve_dtype
+from app.engine.core.model import FrozenModel, load_frozen_model, resolve_device, resolve_dtype
 
 
 def test_fingerprint_is_stable_across_loads(tiny_model_dir: Path, frozen: FrozenModel) -> None:

@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from app.engine.model import FrozenModel
-from app.engine.pool import PoolCapacityError, PromptMissing, PromptPool
-from app.engine.prompt_cache import compute_prompt_kv, compute_prompt_kvs
-from app.engine.segments import Segments
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import compute_prompt_kv, compute_prompt_kvs
+from app.engine.core.segments import Segments
+from app.engine.serving.pool import PoolCapacityError, PromptMissing, PromptPool
 
 
 def _prompt(length: int, seed: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.model import FrozenModel
-from app.engine.text import (
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import (
     TaskSpec,
     encode_example,
     label_token_ids,

@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from app.engine.methods import get_method
 from app.engine.methods.prompt import PromptConfig
-from app.engine.model import FrozenModel
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from workers.interrupt import interruptible
 from workers.jobs.meta_init import _flat, _Pack, _pack_loss_of, meta_gradient
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
 from app.engine.methods import TrainConfigUnion
 from app.engine.methods.base import TrainConfig
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
 from tests.tiny_model import build_tiny_llama_dir, build_tiny_model_dir, in_float64
 from workers.train_steps import batch_losses
 from workers.training import (

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.db.session import make_session_factory
-from app.engine.model import FrozenModel
+from app.engine.core.model import FrozenModel
 from tests.api.helpers import create_dataset, create_task, start_job, toy_examples, wait_for_step
 from workers.main import Worker, WorkerSettings
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.db.session import make_session_factory
-from app.engine.model import FrozenModel
-from app.engine.runtime import ModelRuntime
+from app.engine.core.model import FrozenModel
+from app.engine.serving.runtime import ModelRuntime
 from app.main import create_app, serving_options
 from tests.api.helpers import FAST, create_dataset, create_task, toy_examples
 from tests.conftest import LOCAL_URL, make_settings

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.inference import classify
+from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.one_prompt import classify
+from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
 from app.engine.methods import load_segments
 from app.engine.methods.prompt import PromptConfig
-from app.engine.model import FrozenModel, load_frozen_model
-from app.engine.text import DEFAULT_TEMPLATES, TaskSpec
 from tests.tiny_model import build_tiny_model_dir
 from workers.training import (
     Cancelled,

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, update
 from app.db.base import utcnow
 from app.db.models import Job
 from app.db.session import make_session_factory
-from app.engine.model import FrozenModel
+from app.engine.core.model import FrozenModel
 from tests.api.helpers import (
     create_dataset,
     create_task,

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from workers.inputs import Candidate, Pair, Source
 from workers.training import EvalReport, StepReport
 

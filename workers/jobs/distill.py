@@ -23,15 +23,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.engine.artifact import Artifact
-from app.engine.forward import score_targets, target_logits
+from app.engine.core.forward import score_targets, target_logits
+from app.engine.core.mixed import Row, generate_rows, label_scores, target_top_k
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompts import Prompts, single
+from app.engine.core.segments import Segments, resolve
+from app.engine.core.text import TaskSpec, context_template, encode_example, label_token_ids
+from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments
 from app.engine.methods.base import PromptModule
-from app.engine.mixed import Row, generate_rows, label_scores, target_top_k
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments, resolve
-from app.engine.text import TaskSpec, context_template, encode_example, label_token_ids
 from app.services.job_types import Distillation, split_options
 from workers.jobs.base import JobContext, Trained
 from workers.training import StepReport, TrainResult, is_better, train_prompt
@@ -47,13 +47,13 @@ class Teacher:
 
     name: str
     spec: TaskSpec
-    pool: PromptPool
+    pool: Prompts
     members: int
 
 
 def prompts_teacher(frozen: FrozenModel, spec: TaskSpec, name: str, artifacts: list[Artifact]) -> Teacher:
     loaders = [partial(load_segments, frozen, artifact) for artifact in artifacts]
-    pool = PromptPool(frozen, capacity=len(loaders), loader=lambda index: loaders[index]())
+    pool = Prompts(frozen, lambda index: loaders[index]())
     return Teacher(name, spec, pool, len(loaders))
 
 
@@ -61,7 +61,7 @@ def context_teacher(frozen: FrozenModel, spec: TaskSpec, teacher: dict[str, Any]
     """The frozen model with no soft prompt, reading the instruction and examples before each input."""
     shots = [(shot["input"], shot["output"]) for shot in teacher.get("examples", [])]
     template = context_template(spec, teacher["instruction"], shots)
-    pool = PromptPool(frozen, capacity=1, loader=lambda _: Segments())
+    pool = single(frozen, Segments())
     return Teacher("the instruction in context", TaskSpec(spec.kind, template, spec.labels), pool, 1)
 
 

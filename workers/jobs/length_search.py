@@ -8,9 +8,9 @@ loss per token for generation).
 
 from __future__ import annotations
 
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec
 from app.engine.methods.init import default_init_text
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec
 from app.services.job_types import LengthSearch
 from workers.jobs.base import JobContext, Trained
 from workers.training import StepReport, TrainResult, train_prompt

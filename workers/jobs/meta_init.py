@@ -28,10 +28,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import EncodedExample
 from app.engine.methods import get_method
 from app.engine.methods.base import PromptModule
-from app.engine.model import FrozenModel
-from app.engine.text import EncodedExample
 from app.services.job_types import MetaLearning, MetaOrder, split_options
 from workers.inputs import Source
 from workers.jobs.base import JobContext, Trained

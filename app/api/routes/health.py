@@ -16,7 +16,7 @@ from sqlalchemy import text
 from app.api.auth import identify
 from app.api.deps import OPERATOR
 from app.api.schemas import Health, ModelHealth
-from app.engine.runtime import ModelRuntime
+from app.engine.serving.runtime import ModelRuntime
 from app.errors import AppError
 
 router = APIRouter(tags=["health"])

@@ -41,7 +41,7 @@ from app.api.schemas import (
 from app.db.base import MAX_ID
 from app.db.models import Job, JobMetric, JobStatus
 from app.db.repositories import scope_session
-from app.engine.model import FrozenModel
+from app.engine.core.model import FrozenModel
 from app.errors import InvalidInput, NotFound
 from app.services import jobs as service
 from app.services import quotas

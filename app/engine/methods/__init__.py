@@ -12,10 +12,10 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Discriminator, Tag, create_model
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.base import REGISTRY, Method, PromptModule, TrainConfig
-from app.engine.model import FrozenModel
-from app.engine.segments import Segments
 
 _SHARED = {"base", "init"}
 for _module in pkgutil.iter_modules(__path__):

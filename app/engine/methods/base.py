@@ -4,7 +4,7 @@ A method is one file in this package: a config (a pydantic model with `method: L
 the discriminated union of job hyperparameters), a PromptModule (what training optimises and what is stored),
 and a Method that builds the module for training, rebuilds it from a stored Artifact for serving, and checks a
 config against the frozen model. The one forward never sees method names: a module only describes its prompt as
-Segments (app/engine/segments.py).
+Segments (app/engine/core/segments.py).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from app.engine.artifact import Artifact
-from app.engine.model import FrozenModel
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.text_checks import refuse_unstorable
 
 InitKind = Literal["text", "vocab", "random", "labels", "auto"]

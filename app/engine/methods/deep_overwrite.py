@@ -2,7 +2,7 @@
 
 Layer 0's input is the prompt itself (as for `prompt`); `layers` picks which later layers get their own vectors:
 "all", {"every": k} (k, 2k, ...), or a list of indices. The replaced positions are the prompt's, which never see
-the input, so the result is computed once per version with an explicit layer loop (app/engine/layer_loop.py)
+the input, so the result is computed once per version with an explicit layer loop (app/engine/core/layer_loop.py)
 and served from the pool like a plain prompt's keys/values. Gradient still reaches a layer's vectors sideways:
 later input positions attend over the keys/values computed from them.
 """
@@ -15,13 +15,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from app.engine.artifact import Artifact
-from app.engine.layer_loop import decoder_layers, layer_inputs
+from app.engine.core.layer_loop import decoder_layers, layer_inputs
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Overwrite, Segments
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
-from app.engine.model import FrozenModel
-from app.engine.segments import Overwrite, Segments
-from app.engine.text import TaskSpec
 
 
 class EveryK(BaseModel):

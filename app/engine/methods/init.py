@@ -6,9 +6,9 @@ import math
 
 import torch
 
+from app.engine.core.model import FrozenModel
+from app.engine.core.text import TaskSpec, label_token_ids
 from app.engine.methods.base import TrainConfig
-from app.engine.model import FrozenModel
-from app.engine.text import TaskSpec, label_token_ids
 
 
 def default_init_text(spec: TaskSpec) -> str:

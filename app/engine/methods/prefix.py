@@ -13,13 +13,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import PromptKV, compute_prompt_kvs, kv_shape
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
-from app.engine.model import FrozenModel
-from app.engine.prompt_cache import PromptKV, compute_prompt_kvs, kv_shape
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec
 
 
 class PrefixConfig(TrainConfig):

@@ -8,12 +8,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from app.engine.artifact import Artifact
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec
+from app.engine.formats.artifact import Artifact
 from app.engine.methods.base import Method, PromptModule, TrainConfig, register
 from app.engine.methods.init import initial_vectors
-from app.engine.model import FrozenModel
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec
 
 
 class PromptConfig(TrainConfig):

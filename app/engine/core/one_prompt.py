@@ -1,4 +1,4 @@
-"""One prompt over many inputs: conveniences on the engine's one path (a private one-prompt pool, mixed passes).
+"""One prompt over many inputs: conveniences on the engine's one path (a one-prompt source, mixed passes).
 
 Used where a single prompt serves a list of inputs outside the batcher: zero-shot baselines, benchmarks, tests.
 """
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from app.engine.mixed import Row, classify_rows, generate_rows
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptPool
-from app.engine.segments import Segments
-from app.engine.text import TaskSpec
+from app.engine.core.mixed import Row, classify_rows, generate_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompts import Prompts, single
+from app.engine.core.segments import Segments
+from app.engine.core.text import TaskSpec
 
 Prompt = Segments | torch.Tensor | None  # a tensor [n, H] is a plain prompt; None is the bare model
 
@@ -25,9 +25,8 @@ def as_segments(prompt: Prompt) -> Segments:
     return prompt
 
 
-def _pool(frozen: FrozenModel, prompt: Prompt) -> PromptPool:
-    segments = as_segments(prompt)
-    return PromptPool(frozen, capacity=1, loader=lambda _: segments)
+def _pool(frozen: FrozenModel, prompt: Prompt) -> Prompts:
+    return single(frozen, as_segments(prompt))
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

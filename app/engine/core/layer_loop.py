@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from app.engine.model import FrozenModel
-from app.engine.prompt_cache import PromptKV, split_cache
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import PromptKV, split_cache
 
 
 def decoder_layers(frozen: FrozenModel) -> int:

@@ -11,11 +11,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.batcher import Batcher, BatcherOptions, QueueTimeout, RequestCancelled, Result
-from app.engine.mixed import Row
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptMissing, PromptPool
-from app.engine.segments import Segments
+from app.engine.core.mixed import Row
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.serving.batcher import Batcher, BatcherOptions, QueueTimeout, RequestCancelled, Result
+from app.engine.serving.pool import PromptMissing, PromptPool
 
 log = logging.getLogger(__name__)
 

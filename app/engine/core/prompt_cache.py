@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from app.engine.model import FrozenModel
+from app.engine.core.model import FrozenModel
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.batch_stats import BatchCounters
-from app.engine.decode import DecodeBatch, Decoding
-from app.engine.mixed import Row, classify_rows, state_rows
-from app.engine.model import FrozenModel
-from app.engine.pool import PromptMissing, PromptPool
-from app.engine.segments import Segments, ServedPrompt
-from app.engine.text import render
+from app.engine.core.decode import DecodeBatch, Decoding
+from app.engine.core.mixed import Row, classify_rows, state_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments, ServedPrompt
+from app.engine.core.text import render
+from app.engine.serving.pool import PromptMissing, PromptPool
+from app.engine.serving.stats import BatchCounters
 from app.threads import Budget, enter
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Batcher:
     """Queue of inference requests served by one engine thread in mixed-task batches.
 
     Classification and embedding rows are computed in a round's mixed pass. Generation rows join one running
-    decode batch (continuous batching, app/engine/decode.DecodeBatch): between any two decode steps the engine
+    decode batch (continuous batching, app/engine/core/decode.DecodeBatch): between any two decode steps the engine
     takes what has arrived, computes its classification rows and lets its generation rows join, so a short
     request never waits for a long generation to end; a finished row leaves at once.
 

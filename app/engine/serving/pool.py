@@ -6,8 +6,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
-from app.engine.model import FrozenModel
-from app.engine.segments import Segments, ServedPrompt, resolve
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments, ServedPrompt, resolve
 
 SegmentsLoader = Callable[[int], Segments]
 

@@ -1,4 +1,4 @@
-"""Rows of different tasks and methods in one forward pass, each over its own prompt version from the pool."""
+"""Rows of different tasks and methods in one forward pass, each over its own prompt version from a source."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from typing import Literal, Protocol
 
 import torch
 
-from app.engine.decode import Decoding, decode
-from app.engine.forward import Query, forward_rows, score_targets, target_logits
-from app.engine.model import FrozenModel
-from app.engine.segments import ServedPrompt
-from app.engine.text import TaskSpec, encode_example, label_token_ids, render
+from app.engine.core.decode import Decoding, decode
+from app.engine.core.forward import Query, forward_rows, score_targets, target_logits
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import ServedPrompt
+from app.engine.core.text import TaskSpec, encode_example, label_token_ids, render
 
 
 class PromptSource(Protocol):
-    """Where rows' prompts come from (the prompt pool): served prompts by id, at most capacity at once."""
+    """Where rows' prompts come from (the serving pool, or a plain `core.prompts.Prompts`): served prompts by id,
+    at most capacity at once."""
 
     capacity: int
 

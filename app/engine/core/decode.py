@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from app.engine.forward import Query, forward_rows
-from app.engine.model import FrozenModel
-from app.engine.prompt_cache import full_attention_layers
-from app.engine.segments import ServedPrompt
-from app.engine.text import output_text
+from app.engine.core.forward import Query, forward_rows
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import full_attention_layers
+from app.engine.core.segments import ServedPrompt
+from app.engine.core.text import output_text
 
 log = logging.getLogger(__name__)
 

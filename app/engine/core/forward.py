@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from app.engine.model import FrozenModel
-from app.engine.prompt_cache import batch_cache
-from app.engine.segments import ServedPrompt
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import batch_cache
+from app.engine.core.segments import ServedPrompt
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from app.engine.layer_loop import overwrite_kvs
-from app.engine.model import FrozenModel
-from app.engine.prompt_cache import PromptKV, compute_prompt_kvs
+from app.engine.core.layer_loop import overwrite_kvs
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import PromptKV, compute_prompt_kvs
 
 RowModule = Callable[[torch.Tensor], torch.Tensor]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from app.engine.artifact import Artifact
-from app.engine.model import FrozenModel
-from app.engine.prompt_cache import kv_shape
+from app.engine.core.model import FrozenModel
+from app.engine.core.prompt_cache import kv_shape
+from app.engine.formats.artifact import Artifact
 
 WEIGHTS_KEY = "prompt_embeddings"
 CONFIG_FILE = "adapter_config.json"

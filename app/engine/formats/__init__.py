@@ -1,0 +1,1 @@
+"""Stored forms: the prompt artifact, PEFT adapters, the bundled default model."""
