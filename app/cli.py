@@ -1,5 +1,5 @@
 """The `promptbank` command (Typer): serve the API, run a worker, migrate, manage keys without a running server,
-and talk to a running service (app/cli_client.py: datasets, tasks, train --follow, infer, jobs, prompts).
+and talk to a running service (app/cli_client/: datasets, tasks, train --follow, infer, jobs, prompts).
 
 promptbank serve [--host 127.0.0.1] [--port 8000] [--allow-unauthenticated]
 promptbank keys create (--admin | --tenant T --scopes read,infer) [--name N]
