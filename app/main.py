@@ -27,7 +27,6 @@ from app.engine.serving.runtime import ModelRuntime, ServingOptions
 from app.logs import configure_logging
 from app.migrate import upgrade
 from app.model_loading import load_configured_model
-from app.services.inference import make_prompt_loader
 from app.threads import process_budget
 from workers.cli import worker_settings
 from workers.main import Worker
@@ -72,7 +71,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         limiter.total_tokens = max(limiter.total_tokens, settings.max_inflight_requests + 32)
         app.state.session_factory = make_session_factory(engine)
         app.state.read_session_factory = make_read_session_factory(engine)
-        model_runtime.start(make_prompt_loader(app.state.read_session_factory, lambda: model_runtime.wait(0)))
+        model_runtime.start()
         app.state.runtime = model_runtime
         worker: Worker | None = None
         thread: threading.Thread | None = None

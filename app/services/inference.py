@@ -1,4 +1,5 @@
-"""Inference use case: look up each task's active prompt version, queue the rows, wait for the batcher."""
+"""Inference use case: choose each task's serving prompt versions, hand the engine the ones its pool lacks with
+the rows, and wait for the batcher; a prompt evicted before its round is read again and the rows resubmitted."""
 
 from __future__ import annotations
 
@@ -9,24 +10,24 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.db.models import Prompt, Task
 from app.db.repositories import TaskRepository
 from app.engine.core.mixed import Row
 from app.engine.core.model import FrozenModel
-from app.engine.core.segments import Segments
-from app.engine.core.text import encode_example
-from app.engine.formats.artifact import Artifact
-from app.engine.methods import get_method, load_segments
 from app.engine.serving.batcher import BatcherClosed, QueueFull, QueueTimeout, RequestCancelled
 from app.engine.serving.pool import PromptMissing
 from app.engine.serving.runtime import ModelNotReady, ModelRuntime
-from app.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.services import ensembles
-from app.services.context_length import first_too_long
-from app.services.prompts import get_prompt
+from app.services.request_checks import check_input_lengths, check_work, encode_checked
+from app.services.serving_prompts import Stale, active_prompt, read_segments, reread_segments, serving_prompts
 from app.services.tasks import task_spec
+
+__all__ = ["Budget", "InferResult", "check_input_lengths", "embed", "infer"]
+
+TRIES = 3  # submissions of one request whose prompts the pool keeps evicting, before it is refused as overloaded
 
 
 @dataclass(frozen=True)
@@ -49,122 +50,6 @@ class InferResult:
     input_tokens: list[int] | None = None  # each input's rendered token count (the prompt's virtual tokens aside)
 
 
-def make_prompt_loader(
-    sessions: sessionmaker[Session], get_model: Callable[[], FrozenModel]
-) -> Callable[[int], Segments]:
-    """What a request calls for a prompt the pool lacks (on its own thread): the stored version's segments."""
-
-    def load(prompt_id: int) -> Segments:
-        with sessions() as session:
-            data = get_prompt(session, prompt_id, with_tensors=True).tensors
-        try:
-            return load_segments(get_model(), Artifact.from_bytes(data))
-        except ValueError as exc:
-            raise Conflict(f"prompt {prompt_id} is unreadable: {exc}", code="prompt_corrupt") from exc
-
-    return load
-
-
-def _check_base_model(prompt: Prompt, model: FrozenModel) -> Prompt:
-    if prompt.base_model_fingerprint != model.identity.fingerprint:
-        raise Conflict(
-            f"prompt {prompt.id} was trained on base model {prompt.base_model_name!r} "
-            f"({prompt.base_model_fingerprint[:12]}), but this service runs {model.identity.name!r} "
-            f"({model.identity.fingerprint[:12]}); retrain the task on this model",
-            code="base_model_mismatch",
-        )
-    return prompt
-
-
-def _active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
-    # Read on every request: a new active version or a deleted prompt is seen by the very next request, on
-    # every replica sharing the database (the pool is keyed by immutable prompt ids, so it is never stale).
-    if task.active_prompt_id is None:
-        raise Conflict(
-            f"task {task.name!r} has no trained prompt yet; POST /v1/jobs to train one", code="task_not_trained"
-        )
-    try:
-        prompt = get_prompt(session, task.active_prompt_id)
-    except NotFound:  # deleted between reading the task and the prompt: the task may have fallen back
-        raise _Stale() from None
-    return _check_base_model(prompt, model)
-
-
-def _serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble: Any) -> tuple[list[Prompt], bool]:
-    """The versions that serve a request, and whether they form an ensemble (asked for, or the task's default)."""
-    if ensemble is not None:
-        if task.kind != "classification":
-            raise InvalidInput(
-                "ensembles average label probabilities: only classification tasks take one", code="ensemble_invalid"
-            )
-        chosen = ensembles.members(session, task, ensembles.validate_spec(ensemble))
-        return [_check_base_model(prompt, model) for prompt in chosen], True
-    if task.ensemble is not None:
-        chosen = ensembles.members(session, task, task.ensemble, strict=False)
-        if chosen:
-            return [_check_base_model(prompt, model) for prompt in chosen], True
-    return [_active_prompt(session, task, model)], False
-
-
-def check_input_lengths(inputs: list[str], max_chars: int) -> None:
-    """Refuse an input longer than max_chars characters before any tokenising (tokenising costs with length)."""
-    if not max_chars:
-        return
-    index = next((i for i, text in enumerate(inputs) if len(text) > max_chars), None)
-    if index is not None:
-        raise InvalidInput(
-            f"inputs[{index}] is {len(inputs[index])} characters; at most {max_chars} are accepted "
-            "(PROMPTBANK_MAX_INPUT_CHARS); shorten it",
-            code="input_too_long",
-            details={"index": index, "characters": len(inputs[index]), "limit": max_chars},
-        )
-
-
-def _check_work(ids: list[tuple[int, ...]], prompts: list[Prompt], reserve: int, limit: int) -> None:
-    """Refuse a request whose rows would compute more positions than `limit` in all."""
-    if not limit:
-        return
-    virtual = max(p.num_virtual_tokens for p in prompts)
-    work = sum(len(row) + virtual + reserve for row in ids) * len(prompts)
-    if work > limit:
-        raise InvalidInput(
-            f"this request asks for {work} token positions (inputs x (prompt + input + new tokens) x ensemble "
-            f"members); at most {limit} are served per request (PROMPTBANK_MAX_REQUEST_TOKENS): split it, or ask "
-            "for fewer new tokens",
-            code="request_too_large",
-            details={"tokens": work, "limit": limit},
-        )
-
-
-def _encode_checked(
-    model: FrozenModel, task: Task, inputs: list[str], prompts: list[Prompt], reserve: int
-) -> list[tuple[int, ...]]:
-    """Each input's token ids (the one tokenisation of a request), refusing one past the context, or one that
-    renders to nothing for a prompt that has no state of its own to predict from."""
-    spec = task_spec(task)
-    ids = [tuple(encode_example(model, spec, text, None).input_ids) for text in inputs]
-    empty = next((index for index, row in enumerate(ids) if not row), None)
-    needy = next((p for p in prompts if get_method(p.method).needs_input), None)
-    if empty is not None and needy is not None:
-        raise InvalidInput(
-            f"inputs[{empty}] renders to no tokens with template {task.template!r}, and a {needy.method} prompt "
-            "needs at least one; give some text",
-            code="input_empty",
-        )
-    virtual_tokens = max(p.num_virtual_tokens for p in prompts)
-    longest_label = max((len(model.encode(" " + label)) for label in task.labels), default=0)
-    overflow = first_too_long(model, map(len, ids), virtual_tokens, max(reserve, longest_label))
-    if overflow is not None:
-        index, needed = overflow
-        raise InvalidInput(
-            f"inputs[{index}] needs {needed} tokens with the prompt and output, more than the model's context "
-            f"of {model.max_positions}; shorten it",
-            code="input_too_long",
-            details={"index": index, "tokens": needed, "context": model.max_positions},
-        )
-    return ids
-
-
 def _model(runtime: ModelRuntime) -> FrozenModel:
     try:
         return runtime.wait(timeout=0)
@@ -182,13 +67,8 @@ def _left(budget: Budget) -> float | None:
     return left
 
 
-class _Stale(Exception):
-    """A prompt the request chose was deleted before it was served (the task was deleted, or fell back to an
-    older version): the request is served again from a fresh read of its task."""
-
-
 def _fresh(session: Session, task: Task) -> Task:
-    """The task read again after a _Stale: deleted meanwhile is a 404 like any unknown task."""
+    """The task read again after a Stale: deleted meanwhile is a 404 like any unknown task."""
     task_id, name = task.id, task.name
     # A new read transaction (a snapshot taken now), and no loaded row kept: both may hold the old version.
     session.rollback()
@@ -202,35 +82,52 @@ def _retrying(session: Session, task: Task, serve: Callable[[Task], InferResult]
     name = task.name
     try:
         return serve(task)
-    except _Stale:
+    except Stale:
         pass
     try:
         return serve(_fresh(session, task))
-    except _Stale:
+    except Stale:
         raise Conflict(
             f"task {name!r} changed its prompt twice while this request was served; retry",
             code="task_not_trained",
         ) from None
 
 
-def _run(runtime: ModelRuntime, rows: list[Row], priority: int, budget: Budget) -> list[Any]:
-    """Queue rows with other requests' and wait; engine refusals become 503s."""
-    try:
-        return runtime.run(rows, priority=priority, timeout=_left(budget), cancel=budget.cancel)
-    except NotFound as exc:  # the pool read a prompt deleted since the request chose it
-        if exc.code == "prompt_not_found":
-            raise _Stale() from exc
-        raise
-    except PromptMissing as exc:
-        raise ServiceUnavailable(f"{exc}: the prompt pool is thrashing; retry shortly", code="overloaded") from exc
-    except QueueFull as exc:
-        raise ServiceUnavailable(f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
-    except QueueTimeout as exc:
-        raise ServiceUnavailable(f"{exc}; retry, or raise timeout_ms", code="queue_timeout") from exc
-    except BatcherClosed as exc:
-        raise ServiceUnavailable(str(exc), code="shutting_down") from exc
-    except RequestCancelled as exc:  # nobody reads this answer: the client is gone
-        raise ServiceUnavailable(str(exc), code="cancelled") from exc
+def _run(
+    session: Session,
+    runtime: ModelRuntime,
+    model: FrozenModel,
+    prompts: list[Prompt],
+    rows: list[Row],
+    priority: int,
+    budget: Budget,
+) -> list[Any]:
+    """Queue rows with other requests' and wait; engine refusals become 503s.
+
+    The engine reads nothing: the versions its pool lacks are read here (their tensors only, once each) and go
+    with the rows. One evicted between the check and the request's round comes back as PromptMissing: it is
+    read again and the rows resubmitted, TRIES submissions in all. The session is closed before each wait, so
+    that no connection is held while queued behind other requests.
+    """
+    lacking = runtime.missing(p.id for p in prompts)
+    given = read_segments(model, {p.id: p for p in prompts if p.id in lacking}.values())
+    session.close()
+    for _ in range(TRIES):
+        try:
+            return runtime.run(rows, prompts=given, priority=priority, timeout=_left(budget), cancel=budget.cancel)
+        except PromptMissing as exc:
+            missing = exc
+        except QueueFull as exc:
+            raise ServiceUnavailable(f"the server is overloaded ({exc}); retry shortly", code="overloaded") from exc
+        except QueueTimeout as exc:
+            raise ServiceUnavailable(f"{exc}; retry, or raise timeout_ms", code="queue_timeout") from exc
+        except BatcherClosed as exc:
+            raise ServiceUnavailable(str(exc), code="shutting_down") from exc
+        except RequestCancelled as exc:  # nobody reads this answer: the client is gone
+            raise ServiceUnavailable(str(exc), code="cancelled") from exc
+        given = {**given, **reread_segments(session, model, missing.prompt_ids)}
+        session.close()
+    raise ServiceUnavailable(f"{missing}: the prompt pool is thrashing; retry shortly", code="overloaded") from missing
 
 
 def infer(
@@ -276,13 +173,12 @@ def _infer(
     ensemble: Any,
     on_progress: Callable[[int, str, int], None] | None,
 ) -> InferResult:
-    prompts, is_ensemble = _serving_prompts(session, task, model, ensemble)
+    prompts, is_ensemble = serving_prompts(session, task, model, ensemble)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
-    ids = _encode_checked(model, task, inputs, prompts, reserve)
-    _check_work(ids, prompts, reserve, budget.max_tokens)
+    ids = encode_checked(model, task, inputs, prompts, reserve)
+    check_work(ids, prompts, reserve, budget.max_tokens)
     _left(budget)
-    session.close()  # nothing more to read: do not hold a connection while queued behind other requests
     rows = [
         Row(
             prompt.id,
@@ -297,7 +193,7 @@ def _infer(
         for prompt in prompts
         for index, (text, row_ids) in enumerate(zip(inputs, ids, strict=True))
     ]
-    results = _run(runtime, rows, priority, budget)
+    results = _run(session, runtime, model, prompts, rows, priority, budget)
     if task.kind == "classification":
         per_member = [results[i * len(inputs) : (i + 1) * len(inputs)] for i in range(len(prompts))]
         scored = ensembles.average(per_member) if len(prompts) > 1 else per_member[0]
@@ -340,15 +236,14 @@ def _embed(
     priority: int,
     budget: Budget,
 ) -> InferResult:
-    prompt = _active_prompt(session, task, model)
-    ids = _encode_checked(model, task, inputs, [prompt], 0)
-    _check_work(ids, [prompt], 0, budget.max_tokens)
+    prompt = active_prompt(session, task, model)
+    ids = encode_checked(model, task, inputs, [prompt], 0)
+    check_work(ids, [prompt], 0, budget.max_tokens)
     _left(budget)
-    session.close()
     spec = task_spec(task)
     rows = [
         Row(prompt.id, spec, text, input_ids=row_ids, pooling=pooling, cancel=budget.cancel)
         for text, row_ids in zip(inputs, ids, strict=True)
     ]
-    vectors = _run(runtime, rows, priority, budget)
+    vectors = _run(session, runtime, model, [prompt], rows, priority, budget)
     return InferResult(task=task, prompt_id=prompt.id, outputs=vectors)

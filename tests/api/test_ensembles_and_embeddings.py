@@ -12,10 +12,10 @@ from app.db.session import make_session_factory
 from app.engine.core.mixed import Row, state_rows
 from app.engine.core.model import FrozenModel
 from app.engine.core.one_prompt import classify
+from app.engine.core.prompts import single
 from app.engine.core.segments import Segments
 from app.engine.core.text import TaskSpec
 from app.engine.methods import get_method, parse_config
-from app.engine.serving.pool import PromptPool
 from app.services.prompts import store_prompt
 from tests.api.helpers import create_task
 from tests.api.test_serving import store_random_prompt
@@ -115,12 +115,12 @@ def test_embeddings_are_the_hidden_states_under_the_tasks_prompt(
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["prompt_id"], body["pooling"], body["dimensions"]) == (prompt_id, pooling, frozen.hidden_size)
-    pool = PromptPool(frozen, 1, loader=lambda _: Segments(prefix=prompt))
+    pool = single(frozen, Segments(prefix=prompt))
     expected = state_rows(frozen, pool, [Row(0, SPEC, text, pooling=pooling) for text in INPUTS])  # type: ignore[arg-type]
     for got, want in zip(body["embeddings"], expected, strict=True):
         assert (torch.tensor(got) - want).abs().max() < 1e-4
     # The prompt matters: the bare model gives other vectors.
-    bare_pool = PromptPool(frozen, 1, loader=lambda _: Segments())
+    bare_pool = single(frozen, Segments())
     bare = state_rows(frozen, bare_pool, [Row(0, SPEC, INPUTS[0], pooling=pooling)])[0]  # type: ignore[arg-type]
     assert (torch.tensor(body["embeddings"][0]) - bare).abs().max() > 1e-3
     bad = client.post("/v1/embed", json={"task": "features", "inputs": INPUTS, "pooling": "max"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -13,14 +14,14 @@ from app.engine.core.mixed import Row
 from app.engine.core.model import FrozenModel
 from app.engine.core.segments import Segments
 from app.engine.core.text import TaskSpec
-from app.engine.serving.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout
-from app.engine.serving.pool import PromptPool
+from app.engine.serving.batcher import Batcher, BatcherOptions, QueueFull, QueueTimeout, Result
+from app.engine.serving.pool import PromptMissing, PromptPool
 
 SPEC = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
 
 
 class GatedLoader:
-    """Prompt loader (run by submit, on the caller's thread) whose prompt 0 holds the engine thread on demand.
+    """Prompt reader (run by the caller before it submits) whose prompt 0 holds the engine thread on demand.
 
     Prompt 0 is made from each row's input (a per-row prefix), computed inside the round's forward pass on the
     engine thread: it blocks there until the gate opens.
@@ -46,9 +47,22 @@ class GatedLoader:
         return Segments(prefix=torch.full((3, self.hidden), 0.01 * prompt_id))
 
 
-def make_batcher(frozen: FrozenModel, **options: float) -> tuple[Batcher, GatedLoader]:
+class ReadingBatcher(Batcher):
+    """The batcher as the inference service drives it: the caller reads the prompts the pool lacks (on its own
+    thread) and submits them with its rows."""
+
+    def __init__(self, frozen: FrozenModel, pool: PromptPool, read: GatedLoader, options: BatcherOptions) -> None:
+        super().__init__(frozen, pool, options)
+        self.read = read
+
+    def submit(self, rows: list[Row], **options: Any) -> Future[Result]:  # type: ignore[override]
+        prompts = {prompt_id: self.read(prompt_id) for prompt_id in self.missing(row.prompt_id for row in rows)}
+        return super().submit(rows, prompts=prompts, **options)
+
+
+def make_batcher(frozen: FrozenModel, capacity: int = 8, **options: float) -> tuple[Batcher, GatedLoader]:
     loader = GatedLoader(frozen.hidden_size)
-    batcher = Batcher(frozen, PromptPool(frozen, capacity=8), loader, BatcherOptions(**options))  # type: ignore[arg-type]
+    batcher = ReadingBatcher(frozen, PromptPool(frozen, capacity=capacity), loader, BatcherOptions(**options))  # type: ignore[arg-type]
     batcher.start()
     return batcher, loader
 
@@ -123,12 +137,53 @@ def test_prompts_are_read_on_the_callers_thread_never_on_the_engine_thread(froze
         futures = [batcher.submit([Row(p, SPEC, "good"), Row(p + 1, SPEC, "bad")]) for p in (1, 3, 5)]
         for future in futures:
             future.result(10)
-        # Six prompts loaded, by the test's thread only; the pool resolved them without a loader of its own.
+        # Six prompts read, by the test's thread only: the engine thread resolved what the requests carried.
         assert loader.threads == {threading.current_thread().name}
-        assert batcher.pool.loader is None and batcher.pool.stats()["entries"] == 6
+        assert batcher.pool.stats()["entries"] == 6
         assert batcher.submit([Row(3, SPEC, "again")]).result(10)  # pooled: nothing to load
         assert batcher.pool.stats()["hits"] >= 1
     finally:
+        batcher.close()
+
+
+def test_a_prompt_neither_pooled_nor_given_is_refused_at_submit_not_served_without_it(frozen: FrozenModel) -> None:
+    loader = GatedLoader(frozen.hidden_size)
+    batcher = Batcher(frozen, PromptPool(frozen, capacity=8))
+    batcher.start()
+    try:
+        with pytest.raises(PromptMissing, match=r"prompts \[5\] are neither in the prompt pool nor given") as refused:
+            batcher.submit([Row(5, SPEC, "no prompt"), Row(5, SPEC, "still none")])
+        assert refused.value.prompt_ids == [5]
+        assert batcher.stats()["queued_requests"] == 0  # nothing was queued
+        given = batcher.submit([Row(5, SPEC, "given")], prompts={5: loader(5)}).result(10)[0]
+        pooled = batcher.submit([Row(5, SPEC, "given")]).result(10)[0]  # pooled now: nothing to give
+        assert pooled == given and set(given) == {"positive", "negative"}
+        assert batcher.missing([5, 6]) == {6}
+    finally:
+        batcher.close()
+
+
+def test_a_prompt_evicted_before_its_round_sends_its_request_back_to_its_caller(frozen: FrozenModel) -> None:
+    batcher, loader = make_batcher(frozen, capacity=2)
+    loader.gate.set()
+    try:
+        batcher.submit([Row(1, SPEC, "pool 1")]).result(10)
+        loader.gate.clear()
+        blocker = batcher.submit([Row(0, SPEC, "hold")])  # its round pools 0 beside 1, then waits for the gate
+        assert loader.entered.wait(10)
+        late = batcher.submit([Row(1, SPEC, "1 is pooled, so nothing is given")])
+        # First, at a higher priority: prompts 2 and 3 fill the pool (the late request cannot share their round:
+        # three prompts would not fit), evicting 1.
+        first = batcher.submit([Row(2, SPEC, "a"), Row(3, SPEC, "b")], priority=5)
+        loader.gate.set()
+        blocker.result(10), first.result(10)
+        with pytest.raises(PromptMissing) as missing:
+            late.result(10)
+        assert missing.value.prompt_ids == [1]
+        again = batcher.submit([Row(1, SPEC, "1 is pooled, so nothing is given")]).result(10)[0]
+        assert set(again) == {"positive", "negative"}
+    finally:
+        loader.gate.set()
         batcher.close()
 
 

@@ -11,11 +11,11 @@ from app.engine.core.forward import score_targets
 from app.engine.core.mixed import Row, logits_rows
 from app.engine.core.model import FrozenModel, load_frozen_model
 from app.engine.core.one_prompt import classify, generate
+from app.engine.core.prompts import Prompts
 from app.engine.core.segments import Segments, resolve
 from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from app.engine.formats.bundled import BUNDLED_MODEL_NAME, ensure_bundled_model
 from app.engine.methods import load_segments, parse_config
-from app.engine.serving.pool import PromptPool
 from tests.engine.reference import plain_label_logprob, plain_logits
 from workers.training import train_prompt
 
@@ -73,7 +73,7 @@ def test_pooled_prompts_serve_rows_of_many_tasks_as_the_uncached_model(smollm: F
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randn(n, 576, generator=generator) * 0.05 for n in (1, 5, 20)]
     rows = [Row(i % 3, SENTIMENT, text) for i, (text, _) in enumerate(REVIEWS)]
-    pool = PromptPool(smollm, capacity=4, loader=lambda prompt_id: Segments(prefix=prompts[prompt_id]))
+    pool = Prompts(smollm, lambda prompt_id: Segments(prefix=prompts[prompt_id]))
     logits = logits_rows(smollm, pool, rows)
     for row, got in zip(rows, logits, strict=True):
         example = encode_example(smollm, SENTIMENT, row.text, None)

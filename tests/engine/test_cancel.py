@@ -64,8 +64,8 @@ def test_a_request_cancelled_while_queued_is_dropped_before_its_round(frozen: Fr
 def _held_runtime(frozen: FrozenModel) -> tuple[ModelRuntime, GatedLoader]:
     runtime = ModelRuntime.from_model(frozen)
     loader = GatedLoader(frozen.hidden_size)
-    runtime.start(loader)
-    runtime.submit([Row(0, SPEC, "hold")])
+    runtime.start()
+    runtime.submit([Row(0, SPEC, "hold")], prompts={0: loader(0)})
     assert loader.entered.wait(10)
     return runtime, loader
 
@@ -78,7 +78,7 @@ def test_a_caller_whose_client_left_is_let_go_while_the_engine_is_still_busy(fro
 
         def call() -> None:
             try:
-                runtime.run([Row(1, SPEC, "x", cancel=cancel)], cancel=cancel)
+                runtime.run([Row(1, SPEC, "x", cancel=cancel)], prompts={1: loader(1)}, cancel=cancel)
             except BaseException as exc:
                 outcome.append(exc)
 
@@ -98,7 +98,8 @@ def test_a_request_past_its_timeout_is_answered_and_its_rows_are_stopped(frozen:
     try:
         cancel = threading.Event()
         with pytest.raises(QueueTimeout):
-            runtime.run([Row(1, ANSWER, "q", max_new_tokens=50, cancel=cancel)], timeout=0.1, cancel=cancel)
+            rows = [Row(1, ANSWER, "q", max_new_tokens=50, cancel=cancel)]
+            runtime.run(rows, prompts={1: loader(1)}, timeout=0.1, cancel=cancel)
         assert cancel.is_set() and not loader.gate.is_set()
     finally:
         loader.gate.set()

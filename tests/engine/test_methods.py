@@ -12,13 +12,13 @@ from app.engine.core.layer_loop import overwrite_kvs
 from app.engine.core.mixed import Row, classify_rows, generate_rows, logits_rows
 from app.engine.core.model import FrozenModel
 from app.engine.core.prompt_cache import compute_prompt_kvs
+from app.engine.core.prompts import Prompts, single
 from app.engine.core.segments import Segments
 from app.engine.core.text import TaskSpec, encode_example
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import REGISTRY, get_method, load_segments, parse_config
 from app.engine.methods.base import PromptModule
 from app.engine.methods.input_mapping import InputMapping
-from app.engine.serving.pool import PromptPool
 from tests.engine.reference import plain_logits
 from workers.training import batch_loss
 
@@ -108,10 +108,10 @@ def test_a_stored_prompt_serves_what_the_trained_module_serves(frozen: FrozenMod
         for parameter in module.parameters():
             parameter.add_(0.03)
     rows = [Row(0, SENTIMENT, text) for text in TEXTS]
-    live = logits_rows(frozen, PromptPool(frozen, 1, loader=lambda _: module.segments()), rows)
+    live = logits_rows(frozen, single(frozen, module.segments()), rows)
     stored = Artifact.from_bytes(module.artifact().to_bytes({"base_model": "abc"}))
     assert stored.method == method
-    served = logits_rows(frozen, PromptPool(frozen, 1, loader=lambda _: load_segments(frozen, stored)), rows)
+    served = logits_rows(frozen, single(frozen, load_segments(frozen, stored)), rows)
     for a, b in zip(live, served, strict=True):
         assert (a - b).abs().max() < 1e-5
 
@@ -127,20 +127,20 @@ def test_every_method_in_one_mixed_batch_serves_each_row_as_alone(model: FrozenM
 
     rows = [Row(p, spec, text, max_new_tokens=6) for p in ids for spec in (SENTIMENT, WORDY, ANSWER) for text in TEXTS]
     random.Random(0).shuffle(rows)
-    pool = PromptPool(model, capacity=len(ids), loader=loader)
+    pool = Prompts(model, loader)
     logits = logits_rows(model, pool, rows, max_batch_tokens=700)  # several sub-batches
     classified = [r for r in rows if r.spec.kind == "classification"]
     probabilities = classify_rows(model, pool, classified, max_batch_tokens=700)
     generating = [r for r in rows if r.spec.kind == "generation"]
     texts = generate_rows(model, pool, generating, max_batch_tokens=700)
     for row, got in zip(rows, logits, strict=True):
-        alone = logits_rows(model, PromptPool(model, 1, loader=loader), [row])[0]
+        alone = logits_rows(model, Prompts(model, loader), [row])[0]
         assert (got - alone).abs().max().item() < 1e-4, (row.prompt_id, row.text)
     for row, got_probabilities in zip(classified, probabilities, strict=True):
-        alone_probabilities = classify_rows(model, PromptPool(model, 1, loader=loader), [row])[0]
+        alone_probabilities = classify_rows(model, Prompts(model, loader), [row])[0]
         assert got_probabilities == pytest.approx(alone_probabilities, abs=1e-4)
     for row, text in zip(generating, texts, strict=True):
-        assert [text] == generate_rows(model, PromptPool(model, 1, loader=loader), [row])
+        assert [text] == generate_rows(model, Prompts(model, loader), [row])
     assert any(len(text) > 3 for text in texts)
 
 
@@ -161,8 +161,8 @@ def test_deep_methods_start_as_the_plain_prompt_of_their_init(model: FrozenModel
     deep = build(model, method, seed=0, init="text")
     plain = build(model, "prompt", seed=0, init="text")
     rows = [Row(0, SENTIMENT, text) for text in TEXTS]
-    ours = logits_rows(model, PromptPool(model, 1, loader=lambda _: deep.segments()), rows)
-    reference = logits_rows(model, PromptPool(model, 1, loader=lambda _: plain.segments()), rows)
+    ours = logits_rows(model, single(model, deep.segments()), rows)
+    reference = logits_rows(model, single(model, plain.segments()), rows)
     for a, b in zip(ours, reference, strict=True):
         assert (a - b).abs().max() < 1e-4
 
@@ -170,11 +170,11 @@ def test_deep_methods_start_as_the_plain_prompt_of_their_init(model: FrozenModel
 def test_replaced_states_change_what_later_layers_see(model: FrozenModel) -> None:
     module = build(model, "deep_overwrite", seed=0)
     row = [Row(0, SENTIMENT, "good")]
-    before = logits_rows(model, PromptPool(model, 1, loader=lambda _: module.segments()), row)[0]
+    before = logits_rows(model, single(model, module.segments()), row)[0]
     with torch.no_grad():
         # Random, not a constant shift: GPT-2's layer norm cancels a shift shared by every dimension.
         module.states.add_(torch.randn(module.states.shape, generator=torch.Generator().manual_seed(0)))  # type: ignore[operator,union-attr,arg-type]
-    after = logits_rows(model, PromptPool(model, 1, loader=lambda _: module.segments()), row)[0]
+    after = logits_rows(model, single(model, module.segments()), row)[0]
     assert (before - after).abs().max() > 1e-3
 
 
@@ -191,11 +191,11 @@ def test_the_input_mapping_starts_as_identity_and_decodes_through_itself(frozen:
     prompt = module.prompt.detach()
     ids = encode_example(frozen, ANSWER, "good", None).input_ids
     rows = [Row(0, ANSWER, "good", max_new_tokens=6)]
-    pool = PromptPool(frozen, 1, loader=lambda _: module.segments())
+    pool = single(frozen, module.segments())
     assert (logits_rows(frozen, pool, rows)[0] - plain_logits(frozen, prompt, ids)).abs().max() < 1e-4
     with torch.no_grad():
         module.mapping.up.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-    text = generate_rows(frozen, PromptPool(frozen, 1, loader=lambda _: module.segments()), rows)[0]
+    text = generate_rows(frozen, single(frozen, module.segments()), rows)[0]
     # Reference: re-run the whole row for each new token, every token embedding mapped.
     generated: list[int] = []
     with torch.no_grad():
@@ -213,7 +213,7 @@ def test_an_input_dependent_prompt_differs_per_input_and_is_not_cached(frozen: F
     module = build(frozen, "input_dependent", seed=0)
     with torch.no_grad():
         module.generator.w2.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))  # type: ignore[union-attr]
-    pool = PromptPool(frozen, 1, loader=lambda _: module.segments())
+    pool = single(frozen, module.segments())
     pool.get(0)
     assert pool.get(0).kv is None and pool.get(0).row_prefix_length == 4
     embeds = [frozen.embed(torch.tensor(frozen.encode(text))) for text in ("good", "bad awful")]

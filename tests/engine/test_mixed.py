@@ -13,6 +13,7 @@ from app.engine.core.one_prompt import classify, generate
 from app.engine.core.segments import Segments
 from app.engine.core.text import TaskSpec, encode_example, label_token_ids
 from app.engine.serving.pool import PromptPool
+from tests.engine.reading_pool import ReadingPool
 from tests.engine.reference import plain_logits
 
 PROMPT_LENGTHS = (1, 3, 5, 8, 13, 20)  # prompt id i has PROMPT_LENGTHS[i] vectors
@@ -43,7 +44,7 @@ def segments(prompt_id: int) -> Segments:
 
 
 def pool_of(frozen: FrozenModel, capacity: int = 8) -> PromptPool:
-    return PromptPool(frozen, capacity=capacity, loader=segments)
+    return ReadingPool(frozen, capacity, segments)
 
 
 def _uncached_logits(frozen: FrozenModel, row: Row) -> torch.Tensor:

@@ -11,6 +11,7 @@ from app.engine.core.model import FrozenModel
 from app.engine.core.prompt_cache import compute_prompt_kv, compute_prompt_kvs
 from app.engine.core.segments import Segments
 from app.engine.serving.pool import PoolCapacityError, PromptMissing, PromptPool
+from tests.engine.reading_pool import ReadingPool
 
 
 def _prompt(length: int, seed: int) -> torch.Tensor:
@@ -18,7 +19,7 @@ def _prompt(length: int, seed: int) -> torch.Tensor:
 
 
 class CountingLoader:
-    """Serves prompt id -> a seeded prompt of id+1 vectors and remembers which ids were loaded."""
+    """Reads prompt id -> a seeded prompt of id+1 vectors and remembers which ids were read (for the pool to stage)."""
 
     def __init__(self) -> None:
         self.loaded: list[int] = []
@@ -29,8 +30,9 @@ class CountingLoader:
 
 
 def _pool(frozen: FrozenModel, capacity: int, **options: int) -> tuple[PromptPool, CountingLoader]:
+    """A pool whose misses are read and staged as a caller of the engine does (ReadingPool)."""
     load = CountingLoader()
-    return PromptPool(frozen, capacity=capacity, loader=load, **options), load
+    return ReadingPool(frozen, capacity, load, **options), load
 
 
 def test_prompt_kv_holds_every_layer_at_the_prompt_length(frozen: FrozenModel) -> None:
@@ -89,7 +91,7 @@ def test_six_missing_prompts_cost_one_prompt_pass(frozen: FrozenModel) -> None:
     assert calls == [1]
 
 
-def test_staged_prompts_are_resolved_without_a_loader_and_a_miss_is_reported(frozen: FrozenModel) -> None:
+def test_staged_prompts_are_resolved_and_a_miss_is_reported(frozen: FrozenModel) -> None:
     pool = PromptPool(frozen, capacity=4)
     pool.stage({1: Segments(prefix=_prompt(2, seed=1)), 2: Segments(prefix=_prompt(3, seed=2))})
     assert [s.length for s in pool.get_many([1, 2]).values()] == [2, 3]
@@ -134,7 +136,7 @@ def test_least_recently_used_prompt_is_evicted_first(frozen: FrozenModel) -> Non
 
 def test_discarded_prompt_is_recomputed_from_a_fresh_load(frozen: FrozenModel) -> None:
     stored = {7: _prompt(3, seed=1)}
-    pool = PromptPool(frozen, capacity=2, loader=lambda prompt_id: Segments(prefix=stored[prompt_id]))
+    pool = ReadingPool(frozen, 2, lambda prompt_id: Segments(prefix=stored[prompt_id]))
     old = pool.get(7)
     assert pool.discard(7)
     assert not pool.discard(7)

@@ -7,24 +7,22 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
-from app.engine.core.decode import DecodeBatch, Decoding
 from app.engine.core.mixed import Row, classify_rows, state_rows
 from app.engine.core.model import FrozenModel
-from app.engine.core.segments import Segments, ServedPrompt
-from app.engine.core.text import render
+from app.engine.core.segments import Segments
+from app.engine.serving.lane import GenerationLane
+from app.engine.serving.planning import BatcherOptions, Company, Pending, Result, take_round
 from app.engine.serving.pool import PromptMissing, PromptPool
 from app.engine.serving.stats import BatchCounters
 from app.threads import Budget, enter
 
 log = logging.getLogger(__name__)
 
-Result = list[Any]  # per row: dict label -> probability (classification), str (generation), list[float] (embedding)
+__all__ = ["Batcher", "BatcherClosed", "BatcherOptions", "QueueFull", "QueueTimeout", "RequestCancelled", "Result"]
 
 
 class QueueFull(RuntimeError):
@@ -43,40 +41,11 @@ class RequestCancelled(RuntimeError):
     """The request's cancel event was set (its client went away) before its rows were computed."""
 
 
-@dataclass(frozen=True)
-class BatcherOptions:
-    max_batch_tokens: int = 4096  # padded positions (rows x longest row) per forward pass
-    # A round starts once no request has arrived for max_wait_ms (or its rows fill max_batch_tokens), and waits
-    # at most max(max_wait_ms, wait_share x the previous round's compute time) in all: see Batcher._take.
-    max_wait_ms: float = 2.0
-    # At most this share of throughput goes to waiting for the clients a round answered, so that they get into
-    # the next round instead of making the engine alternate small and large rounds; 0: wait max_wait_ms at most.
-    wait_share: float = 0.1
-    max_queue_rows: int = 4096  # beyond this, submit() refuses (bounded memory under overload)
-    max_batch_rows: int = 256  # rows gathered per round (the engine splits them further by token budget)
-    threads: int | None = None  # the engine thread's PyTorch threads (app/threads.py); None: leave as it is
-
-
-@dataclass(order=True)
-class _Pending:
-    sort_key: tuple[int, int]  # (-priority, arrival number): higher priority first, then first come
-    rows: list[Row] = field(compare=False)
-    tokens: int = field(compare=False)
-    enqueued: float = field(compare=False)
-    deadline: float | None = field(compare=False)
-    future: Future[Result] = field(compare=False)
-    loaded: dict[int, Segments] = field(compare=False, default_factory=dict)  # prompts missing from the pool
-    cancel: threading.Event | None = field(compare=False, default=None)
-    # Filled as rows finish (generation rows finish at different decode steps); the future is set when none is left.
-    results: list[Any] = field(compare=False, default_factory=list)
-    outstanding: int = field(compare=False, default=0)
-
-
 class Batcher:
     """Queue of inference requests served by one engine thread in mixed-task batches.
 
     Classification and embedding rows are computed in a round's mixed pass. Generation rows join one running
-    decode batch (continuous batching, app/engine/core/decode.DecodeBatch): between any two decode steps the engine
+    decode batch (continuous batching, lane.GenerationLane): between any two decode steps the engine
     takes what has arrived, computes its classification rows and lets its generation rows join, so a short
     request never waits for a long generation to end; a finished row leaves at once.
 
@@ -85,17 +54,11 @@ class Batcher:
     so submit() never waits for a forward pass.
     """
 
-    def __init__(
-        self,
-        frozen: FrozenModel,
-        pool: PromptPool,
-        load: Callable[[int], Segments],
-        options: BatcherOptions | None = None,
-    ) -> None:
-        self.frozen, self.pool, self.load = frozen, pool, load
+    def __init__(self, frozen: FrozenModel, pool: PromptPool, options: BatcherOptions | None = None) -> None:
+        self.frozen, self.pool = frozen, pool
         self.options = options or BatcherOptions()
         self._cond = threading.Condition()
-        self._heap: list[_Pending] = []
+        self._heap: list[Pending] = []
         self._queued_rows = 0
         self._arrivals = itertools.count()
         self._closed = False
@@ -107,10 +70,12 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="promptbank-batcher", daemon=True)
         self._counters = BatchCounters()
         # Engine thread only: the running decode batch, and generation rows waiting for room in it.
-        self._decoding = DecodeBatch(frozen)
-        self._joining: deque[tuple[ServedPrompt, Decoding, tuple[_Pending, int]]] = deque()
+        self._lane = GenerationLane(
+            frozen, max_batch_rows=self.options.max_batch_rows, max_batch_tokens=self.options.max_batch_tokens
+        )
 
     def start(self) -> None:
+        """Start the engine thread."""
         self._thread.start()
 
     def close(self) -> None:
@@ -132,10 +97,16 @@ class Batcher:
             self._discards.add(prompt_id)
             self._cond.notify()
 
+    def missing(self, prompt_ids: Iterable[int]) -> set[int]:
+        """The prompts among these the pool lacks now: a caller reads their segments and submits them with its rows.
+        (One pooled now may still be evicted before its round: the request then fails with PromptMissing.)"""
+        return {prompt_id for prompt_id in prompt_ids if prompt_id not in self.pool}
+
     def submit(
         self,
         rows: list[Row],
         *,
+        prompts: Mapping[int, Segments] | None = None,
         priority: int = 0,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
@@ -144,29 +115,29 @@ class Batcher:
         cancel event is set before its round is dropped (RequestCancelled); rows carrying the event stop
         decoding at their next step.
 
-        Runs on the caller's thread: tokenises each row once, and reads the prompts the pool lacks (load may read
-        the database and raise for an unreadable prompt), so the engine thread only computes.
+        prompts: the segments of the rows' prompts that the pool lacks (see missing()), read by the caller. A
+        prompt neither pooled nor given is refused here with PromptMissing, never served without its prompt.
+        Runs on the caller's thread and tokenises each row once, so the engine thread only computes.
         """
         future: Future[Result] = Future()
         if not rows:
             future.set_result([])
             return future
+        given = prompts or {}
+        lacking = self.missing(dict.fromkeys(row.prompt_id for row in rows))
+        absent = sorted(lacking - given.keys())
+        if absent:
+            raise PromptMissing(absent)
         rows = [row.tokenized(self.frozen) for row in rows]
-        tokens = sum(len(row.ids) for row in rows)
-        loaded = {
-            prompt_id: self.load(prompt_id)
-            for prompt_id in dict.fromkeys(row.prompt_id for row in rows)
-            if prompt_id not in self.pool
-        }
         now = time.monotonic()
-        item = _Pending(
+        item = Pending(
             sort_key=(-priority, next(self._arrivals)),
             rows=rows,
-            tokens=tokens,
+            tokens=sum(len(row.ids) for row in rows),
             enqueued=now,
             deadline=None if timeout is None else now + timeout,
             future=future,
-            loaded=loaded,
+            loaded={prompt_id: given[prompt_id] for prompt_id in lacking},
             cancel=cancel,
         )
         with self._cond:
@@ -183,18 +154,9 @@ class Batcher:
 
     # -- the engine thread -----------------------------------------------------------------------------------
 
-    def _take(self, wait: bool = True) -> list[_Pending] | None:
-        """Wait for work and for company, then pop a batch's worth by priority; None once closed. wait False
-        (generation rows are decoding): take what is queued now, [] when nothing is, without waiting.
-
-        Company: the round starts once no request has arrived for max_wait_ms, counted from the later of the last
-        arrival and the end of the previous round, and as many rows are queued as the previous round served (its
-        clients are likely to send again: closed-loop clients over HTTP come back spread over tens of ms); or
-        when the queued rows fill max_batch_tokens; and at the latest max(max_wait_ms, wait_share x the previous
-        round's compute time) after the later of the first queued arrival and the end of the previous round.
-        An engine idle for longer than that expects no one. Measured under 32 closed-loop clients in-process: a
-        fixed 2 ms window from the first arrival gave alternating rounds of 5 and 27 rows instead of 32.
-        """
+    def _take(self, wait: bool = True) -> list[Pending] | None:
+        """Wait for work and for company (planning.Company), then pop a round's worth by priority; None once
+        closed. wait False (generation rows are decoding): take what is queued now, [] when nothing is."""
         with self._cond:
             while wait and not self._heap and not self._closed:
                 self._apply_discards()
@@ -205,40 +167,21 @@ class Batcher:
             if not self._heap:
                 return []
             ready = time.monotonic()  # the engine is free and has work: from here on it waits for company
-            quiet = self.options.max_wait_ms / 1000
             first = min(item.enqueued for item in self._heap)
-            longest = max(quiet, self.options.wait_share * self._round_seconds)
-            cap = max(first, self._free_since) + longest
-            expected = self._round_rows if first <= self._free_since + longest else 1
-            expected = min(expected, self.options.max_batch_rows)
+            company = Company.plan(self.options, first, self._free_since, self._round_seconds, self._round_rows)
             while wait and not self._closed and sum(i.tokens for i in self._heap) < self.options.max_batch_tokens:
-                now = time.monotonic()
-                if self._queued_rows >= expected:
-                    left = min(cap, max(self._last_arrival, self._free_since) + quiet) - now
-                else:
-                    left = cap - now
+                left = company.left(
+                    time.monotonic(),
+                    queued_rows=self._queued_rows,
+                    last_arrival=self._last_arrival,
+                    free_since=self._free_since,
+                )
                 if left <= 0:
                     break
                 self._cond.wait(left)
             self._counters.company_ms.append((time.monotonic() - ready) * 1000)
-            taken: list[_Pending] = []
-            rows = tokens = 0
-            prompts: set[int] = set()
-            while self._heap:
-                head = self._heap[0]
-                more_prompts = prompts | {row.prompt_id for row in head.rows}
-                over = rows + len(head.rows) > self.options.max_batch_rows
-                over = over or tokens + head.tokens > self.options.max_batch_tokens * 4
-                # every prompt of a round must fit in the pool at once
-                over = over or len(more_prompts) > self.pool.capacity
-                if taken and over:
-                    break
-                prompts = more_prompts
-                heapq.heappop(self._heap)
-                taken.append(head)
-                rows += len(head.rows)
-                tokens += head.tokens
-            self._queued_rows -= rows
+            taken = take_round(self._heap, self.options, self.pool.capacity)
+            self._queued_rows -= sum(len(item.rows) for item in taken)
             return taken
 
     def _apply_discards(self) -> None:
@@ -251,7 +194,7 @@ class Batcher:
         if self.options.threads is not None:
             enter(Budget(self.options.threads))
         while True:
-            taken = self._take(wait=not (self._decoding.active or self._joining))
+            taken = self._take(wait=not self._lane.busy)
             if taken is None:
                 self._fail_decoding(BatcherClosed("the service is shutting down"))
                 return
@@ -275,14 +218,14 @@ class Batcher:
                     live.append(item)
             if live:
                 self._serve(live, started)
-            if self._decoding.active or self._joining:
+            if self._lane.busy:
                 self._decode_step()
             if taken:
                 self._round_seconds = time.monotonic() - started
                 self._round_rows = sum(len(item.rows) for item in taken)
             self._free_since = time.monotonic()
 
-    def _serve(self, items: list[_Pending], started: float) -> None:
+    def _serve(self, items: list[Pending], started: float) -> None:
         """Compute a round's classification and embedding rows; queue its generation rows to join the decode."""
         self.pool.stage({prompt_id: prompt for item in items for prompt_id, prompt in item.loaded.items()})
         rows = [row for item in items for row in item.rows]
@@ -315,15 +258,7 @@ class Batcher:
             item.results = results[offset : offset + len(item.rows)]
             for index, row in enumerate(item.rows):
                 if self._generates(row):
-                    decoding = Decoding(
-                        render(row.spec.template, row.text),
-                        row.ids,
-                        row.max_new_tokens,
-                        row.stop,
-                        row.cancel,
-                        row.on_progress,
-                    )
-                    self._joining.append((served[row.prompt_id], decoding, (item, index)))
+                    self._lane.queue(served[row.prompt_id], row, (item, index))
                     item.outstanding += 1
             offset += len(item.rows)
             if item.outstanding == 0:
@@ -336,22 +271,9 @@ class Batcher:
     def _decode_step(self) -> None:
         """Let waiting generation rows join (as many as fit), then advance every decoding row by one token."""
         try:
-            finished = self._decoding.cancel_finished()
-            room = self.options.max_batch_rows - self._decoding.active
-            joining: list[tuple[ServedPrompt, Decoding, tuple[_Pending, int]]] = []
-            tokens = 0
-            while self._joining and len(joining) < room:
-                served, decoding, tag = self._joining[0]
-                cost = served.length + served.extra_width + len(decoding.input_ids)
-                if joining and tokens + cost > self.options.max_batch_tokens:
-                    break  # the rest join at the next step: one prefill stays within the token budget
-                joining.append(self._joining.popleft())
-                tokens += cost
-            if joining:
-                finished += self._decoding.admit(*(list(part) for part in zip(*joining, strict=True)))
-            finished += self._decoding.step()
+            finished = self._lane.step()
         except Exception as exc:  # a failed step fails the requests decoding, never the engine thread
-            log.exception("decode step of %d rows failed", self._decoding.active)
+            log.exception("decode step of %d rows failed", self._lane.decoding_rows)
             self._fail_decoding(exc)
             return
         for (item, index), text in finished:
@@ -362,10 +284,7 @@ class Batcher:
 
     def _fail_decoding(self, error: Exception) -> None:
         """Fail every request with a row decoding or waiting to join, and start an empty decode batch."""
-        items = {id(item): item for *_, (item, _) in self._joining}
-        items.update({id(entry.tag[0]): entry.tag[0] for entry in self._decoding.rows})
-        self._joining.clear()
-        self._decoding = DecodeBatch(self.frozen)
+        items = {id(item): item for item, _ in self._lane.clear()}
         with self._cond:
             self._counters.failed += len(items)
         for item in items.values():
@@ -400,7 +319,7 @@ class Batcher:
                 **self._counters.snapshot(),
             }
         # Read off the engine thread without its lock: a count of a moment ago, enough for a gauge.
-        stats["decoding_rows"] = self._decoding.active
-        stats["joining_rows"] = len(self._joining)
+        stats["decoding_rows"] = self._lane.decoding_rows
+        stats["joining_rows"] = self._lane.joining_rows
         stats["pool"] = self.pool.stats()
         return stats

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from app.engine.core.model import FrozenModel
 from app.engine.core.segments import Segments, ServedPrompt, resolve
-
-SegmentsLoader = Callable[[int], Segments]
 
 
 class PoolCapacityError(ValueError):
@@ -17,21 +15,21 @@ class PoolCapacityError(ValueError):
 
 
 class PromptMissing(LookupError):
-    """A prompt is neither pooled nor staged and the pool has no loader (it was evicted after its request was
-    queued): the request must be submitted again, which reads it off the engine thread."""
+    """Prompts a request needs are neither pooled nor given (staged): submitted without their segments, or
+    evicted after the request was queued. The caller reads them and submits again; the engine never reads."""
 
     def __init__(self, prompt_ids: list[int]) -> None:
-        super().__init__(f"prompts {prompt_ids} are not loaded")
+        super().__init__(f"prompts {prompt_ids} are neither in the prompt pool nor given with the request")
         self.prompt_ids = prompt_ids
 
 
 class PromptPool:
     """LRU map prompt id -> ServedPrompt (cached keys/values + per-row parts), bounded in entries and bytes.
 
-    Callers pass prompt ids and never touch the storage. A miss is resolved from segments staged for it (the
-    batcher stages what requests loaded before the round, so the engine thread never reads the database) or, in
-    tests, benchmarks and training evaluation, from a loader. Only the engine thread calls stage/get_many/discard/
-    clear; the lock exists so that stats() may be read from any thread while the engine works. Resolving runs
+    Callers pass prompt ids and never touch the storage. A miss is resolved from segments staged for it: the
+    batcher stages what requests carried (read by their callers before submitting), so the engine thread never
+    reads the database; a miss with nothing staged is PromptMissing. Only the engine thread calls stage/get_many/
+    discard/clear; the lock exists so that stats() may be read from any thread while the engine works. Resolving runs
     outside the lock so a stats() reader never waits on a forward pass.
     """
 
@@ -41,7 +39,6 @@ class PromptPool:
         capacity: int,
         *,
         max_bytes: int | None = None,
-        loader: SegmentsLoader | None = None,
         max_batch_tokens: int = 4096,
     ) -> None:
         if capacity < 1:
@@ -51,7 +48,6 @@ class PromptPool:
         self.frozen = frozen
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self.loader = loader
         self.max_batch_tokens = max_batch_tokens
         self._entries: OrderedDict[int, ServedPrompt] = OrderedDict()  # least recently used first
         self._staged: dict[int, Segments] = {}
@@ -62,7 +58,7 @@ class PromptPool:
         self._lock = threading.Lock()
 
     def stage(self, segments: Mapping[int, Segments]) -> None:
-        """Segments to resolve at the next get_many that misses them (loaded off the engine thread)."""
+        """Segments to resolve at the next get_many that misses them (read off the engine thread)."""
         with self._lock:
             for prompt_id, prompt in segments.items():
                 if prompt_id not in self._entries:
@@ -76,7 +72,7 @@ class PromptPool:
         """Every distinct prompt one batch needs; misses resolved together (one pass per chunk of prompts).
 
         Raises PoolCapacityError when the prompts cannot all be pooled at once (the caller must split the batch),
-        PromptMissing when a miss is neither staged nor loadable here.
+        PromptMissing when a miss has no staged segments.
         """
         wanted = list(dict.fromkeys(prompt_ids))
         if len(wanted) > self.capacity:
@@ -94,12 +90,10 @@ class PromptPool:
             missing = [prompt_id for prompt_id in wanted if prompt_id not in found]
             sources = {prompt_id: self._staged.pop(prompt_id) for prompt_id in missing if prompt_id in self._staged}
         unknown = [prompt_id for prompt_id in missing if prompt_id not in sources]
-        if unknown and self.loader is None:
+        if unknown:
             with self._lock:
                 self._staged.update(sources)  # keep them for the retry
             raise PromptMissing(unknown)
-        for prompt_id in unknown:
-            sources[prompt_id] = self.loader(prompt_id)  # type: ignore[misc]
         if missing:
             # One pass for many prompts rather than one each: on a GPU a lone 20-vector prompt is all launch latency.
             ids = list(sources)

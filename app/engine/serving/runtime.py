@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -15,11 +15,9 @@ from app.engine.core.mixed import Row
 from app.engine.core.model import FrozenModel
 from app.engine.core.segments import Segments
 from app.engine.serving.batcher import Batcher, BatcherOptions, QueueTimeout, RequestCancelled, Result
-from app.engine.serving.pool import PromptMissing, PromptPool
+from app.engine.serving.pool import PromptPool
 
 log = logging.getLogger(__name__)
-
-PromptLoader = Callable[[int], Segments]  # prompt id -> how it enters a pass (reads the database)
 
 
 class ModelNotReady(RuntimeError):
@@ -38,7 +36,7 @@ class ModelRuntime:
 
     Inference runs only on the batcher's thread, so concurrent HTTP requests never oversubscribe the cores or
     race on the device; training workers use the same FrozenModel from their own thread (the model holds no
-    per-request state, so that is safe).
+    per-request state, so that is safe). It reads nothing: callers hand it the prompts its pool lacks (missing()).
     """
 
     def __init__(self, load: Callable[[], FrozenModel] | None, options: ServingOptions | None = None) -> None:
@@ -46,10 +44,9 @@ class ModelRuntime:
         self.options = options or ServingOptions()
         self._model: FrozenModel | None = None
         self._batcher: Batcher | None = None
-        self._prompt_loader: PromptLoader | None = None
         self._error: BaseException | None = None
         self._ready = threading.Event()
-        self._loader: threading.Thread | None = None
+        self._load_thread: threading.Thread | None = None
 
     @classmethod
     def from_model(cls, model: FrozenModel, options: ServingOptions | None = None) -> ModelRuntime:
@@ -57,24 +54,22 @@ class ModelRuntime:
         runtime._model = model
         return runtime
 
-    def start(self, prompt_loader: PromptLoader) -> None:
-        """Serve prompts read by prompt_loader; load the model in the background if it is not loaded yet."""
-        self._prompt_loader = prompt_loader
+    def start(self) -> None:
+        """Start serving; load the model in the background if it is not loaded yet."""
         if self._model is not None:
             self._start_batcher(self._model)
-        elif self._load is not None and self._loader is None:
-            self._loader = threading.Thread(target=self._run_load, name="promptbank-model-load", daemon=True)
-            self._loader.start()
+        elif self._load is not None and self._load_thread is None:
+            self._load_thread = threading.Thread(target=self._run_load, name="promptbank-model-load", daemon=True)
+            self._load_thread.start()
 
     def _start_batcher(self, model: FrozenModel) -> None:
-        assert self._prompt_loader is not None
         pool = PromptPool(
             model,
             self.options.pool_capacity,
             max_bytes=self.options.pool_max_bytes,
             max_batch_tokens=self.options.batcher.max_batch_tokens,
         )
-        self._batcher = Batcher(model, pool, self._prompt_loader, self.options.batcher)
+        self._batcher = Batcher(model, pool, self.options.batcher)
         self._batcher.start()
         self._ready.set()
 
@@ -112,42 +107,45 @@ class ModelRuntime:
             raise ModelNotReady(f"the frozen model failed to load: {self._error}")
         return self._model
 
+    def missing(self, prompt_ids: Iterable[int]) -> set[int]:
+        """The prompts among these the pool lacks now: the caller reads them and hands them to submit/run."""
+        self.wait(timeout=0)
+        assert self._batcher is not None
+        return self._batcher.missing(prompt_ids)
+
     def submit(
         self,
         rows: list[Row],
         *,
+        prompts: Mapping[int, Segments] | None = None,
         priority: int = 0,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
     ) -> Future[Result]:
-        """Queue rows for the batcher (see Batcher.submit)."""
+        """Queue rows for the batcher, with the segments of their prompts the pool lacks (see Batcher.submit)."""
         self.wait(timeout=0)
         assert self._batcher is not None
-        return self._batcher.submit(rows, priority=priority, timeout=timeout, cancel=cancel)
+        return self._batcher.submit(rows, prompts=prompts, priority=priority, timeout=timeout, cancel=cancel)
 
     def run(
         self,
         rows: list[Row],
         *,
+        prompts: Mapping[int, Segments] | None = None,
         priority: int = 0,
         timeout: float | None = None,
         cancel: threading.Event | None = None,
     ) -> Result:
-        """Submit rows and wait for their results; a prompt evicted before its round is read again and retried.
+        """Submit rows and wait for their results.
 
         timeout bounds the whole request, queue and compute: past it, or once `cancel` is set (the client went
         away), the rows are cancelled (a decoding row stops at its next step) and QueueTimeout or RequestCancelled
-        is raised.
+        is raised. PromptMissing: a prompt was neither pooled nor given, or was evicted before the request's
+        round; the caller reads it and runs the request again.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(3):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            future = self.submit(rows, priority=priority, timeout=left, cancel=cancel)
-            try:
-                return _wait(future, deadline, cancel)
-            except PromptMissing:
-                continue
-        raise PromptMissing(sorted({row.prompt_id for row in rows}))
+        future = self.submit(rows, prompts=prompts, priority=priority, timeout=timeout, cancel=cancel)
+        return _wait(future, deadline, cancel)
 
     def discard_prompt(self, prompt_id: int) -> None:
         """Drop a deleted prompt's cached keys/values."""

@@ -1,0 +1,95 @@
+"""Which stored prompt versions serve a request, and how those the engine's pool lacks are read for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import ObjectDeletedError
+
+from app.db.models import Prompt, Task
+from app.engine.core.model import FrozenModel
+from app.engine.core.segments import Segments
+from app.engine.formats.artifact import Artifact
+from app.engine.methods import load_segments
+from app.errors import Conflict, InvalidInput, NotFound
+from app.services import ensembles
+from app.services.prompts import get_prompt
+
+
+class Stale(Exception):
+    """A prompt the request chose was deleted before it was served (the task was deleted, or fell back to an
+    older version): the request is served again from a fresh read of its task."""
+
+
+def check_base_model(prompt: Prompt, model: FrozenModel) -> Prompt:
+    """The prompt, if it was trained on the model this process serves; Conflict base_model_mismatch otherwise."""
+    if prompt.base_model_fingerprint != model.identity.fingerprint:
+        raise Conflict(
+            f"prompt {prompt.id} was trained on base model {prompt.base_model_name!r} "
+            f"({prompt.base_model_fingerprint[:12]}), but this service runs {model.identity.name!r} "
+            f"({model.identity.fingerprint[:12]}); retrain the task on this model",
+            code="base_model_mismatch",
+        )
+    return prompt
+
+
+def active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
+    """The task's active version (its tensors not read)."""
+    # Read on every request: a new active version or a deleted prompt is seen by the very next request, on
+    # every replica sharing the database (the pool is keyed by immutable prompt ids, so it is never stale).
+    if task.active_prompt_id is None:
+        raise Conflict(
+            f"task {task.name!r} has no trained prompt yet; POST /v1/jobs to train one", code="task_not_trained"
+        )
+    try:
+        prompt = get_prompt(session, task.active_prompt_id)
+    except NotFound:  # deleted between reading the task and the prompt: the task may have fallen back
+        raise Stale() from None
+    return check_base_model(prompt, model)
+
+
+def serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble: Any) -> tuple[list[Prompt], bool]:
+    """The versions that serve a request, and whether they form an ensemble (asked for, or the task's default)."""
+    if ensemble is not None:
+        if task.kind != "classification":
+            raise InvalidInput(
+                "ensembles average label probabilities: only classification tasks take one", code="ensemble_invalid"
+            )
+        chosen = ensembles.members(session, task, ensembles.validate_spec(ensemble))
+        return [check_base_model(prompt, model) for prompt in chosen], True
+    if task.ensemble is not None:
+        chosen = ensembles.members(session, task, task.ensemble, strict=False)
+        if chosen:
+            return [check_base_model(prompt, model) for prompt in chosen], True
+    return [active_prompt(session, task, model)], False
+
+
+def read_segments(model: FrozenModel, prompts: Iterable[Prompt]) -> dict[int, Segments]:
+    """How each version enters a pass, from its stored artifact: what the request hands the engine for the
+    versions its pool lacks. The rows were read without their tensors (and are still in their session), so this
+    reads each one's artifact bytes alone, once. Deleted since it was chosen: Stale; unreadable: prompt_corrupt."""
+    found: dict[int, Segments] = {}
+    for prompt in prompts:
+        try:
+            data = prompt.tensors
+        except ObjectDeletedError:  # the row went between reading it and its tensors (another transaction)
+            raise Stale() from None
+        try:
+            found[prompt.id] = load_segments(model, Artifact.from_bytes(data))
+        except ValueError as exc:
+            raise Conflict(f"prompt {prompt.id} is unreadable: {exc}", code="prompt_corrupt") from exc
+    return found
+
+
+def reread_segments(session: Session, model: FrozenModel, prompt_ids: Iterable[int]) -> dict[int, Segments]:
+    """read_segments for versions the pool evicted after the request chose them, read again by id (the request
+    let its rows go while it queued). Deleted meanwhile: Stale."""
+    prompts: list[Prompt] = []
+    for prompt_id in prompt_ids:
+        try:
+            prompts.append(get_prompt(session, prompt_id, with_tensors=True))
+        except NotFound:
+            raise Stale() from None
+    return read_segments(model, prompts)
