@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from app.api.routes.openai import _Deltas
+from app.api.openai_stream import Deltas
 from tests.api.helpers import create_dataset, create_task, start_job, toy_examples, wait_for_job
 from tests.live_server import ADMIN_KEY
 
@@ -175,7 +175,7 @@ def test_a_fresh_service_answers_api_key_empty_until_keys_exist(live_server_with
 def test_deltas_hold_back_partial_characters_and_stop_prefixes() -> None:
     loop = asyncio.new_event_loop()
     try:
-        deltas = _Deltas(loop, ["\n\n"])
+        deltas = Deltas(loop, ["\n\n"])
         assert deltas.delta(0, "Hello\n") == "Hello"  # "\n" may begin the stop string
         assert deltas.delta(0, "Hello\nthere\ufffd") == "\nthere"  # "\ufffd": a character still incomplete
         assert deltas.delta(0, "Hello\nthere é") == " é"
