@@ -1,7 +1,7 @@
 """Distillation on Rotten Tomatoes sentiment (the `distill` part of `python -m bench.transfer`).
 
 Per seed (split s of bench/quality_data.py's sentiment task, training seeded s), through the distill job's own
-code (workers/jobs/distill.run) and the trainer (workers/training.train_prompt), all for --steps steps:
+code (workers/jobs/distill) and the trainer (workers/training.train_prompt), all for --steps steps:
 - teachers: a deep `prefix` prompt and a plain 20-token `prompt`, trained on gold labels;
 - deep -> plain: a 20-token `prompt` student of the prefix teacher; long -> short: a 5-token student of the
   20-token teacher; each against the same student trained on gold labels only;
@@ -23,12 +23,12 @@ from app.engine.core.model import FrozenModel
 from app.engine.core.text import TaskSpec
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments, parse_config
-from app.services.job_types import Distillation
 from bench.quality import held_out
 from bench.quality_data import TASKS, few_shot_template
 from bench.quality_serving import served_rates
 from bench.transfer_jobs import job_context
-from workers.jobs import distill
+from workers.jobs import KINDS
+from workers.jobs.distill.options import Distillation, DistillOptions
 from workers.training import train_prompt
 
 Log = Callable[[str], None]
@@ -81,10 +81,15 @@ def one_seed(
         hyper = _config(args, seed, **values)
         method_part = {k: v for k, v in hyper.items() if k not in Distillation.model_fields}
         names = teacher.get("prompts", [])
-        options = {"teacher": {"prompts": list(range(len(names)))} if names else teacher}
-        ctx = job_context(frozen, task.spec, parse_config(method_part), hyper, options, train, val)
-        ctx.teachers = [(index, artifacts[key]) for index, key in enumerate(names)]
-        result = distill.run(ctx)
+        options = DistillOptions.model_validate(
+            {
+                "teacher": {"prompts": list(range(1, len(names) + 1))} if names else teacher,
+                "distillation": {k: v for k, v in hyper.items() if k in Distillation.model_fields},
+            }
+        )
+        ctx = job_context(frozen, task.spec, parse_config(method_part), options, train, val)
+        ctx.teachers = [(index + 1, artifacts[key]) for index, key in enumerate(names)]
+        result = KINDS["distill"].run(ctx)
         score(name, result.artifact, started, generations=result.metrics["generations"])
 
     labeled: list[tuple[str, str | None]] = list(splits.train)

@@ -14,12 +14,11 @@ def job_context(
     frozen: FrozenModel,
     spec: TaskSpec | None,
     config: TrainConfig,
-    hyperparameters: dict[str, Any],
-    options: dict[str, Any],
+    options: Any,
     train: list[tuple[str, str | None]] | None = None,
     val: list[tuple[str, str | None]] | None = None,
 ) -> JobContext:
-    """What the worker would hand a job kind (callbacks do nothing; events are printed)."""
+    """What the worker would hand a job kind, `options` its Options (callbacks do nothing; events are printed)."""
     return JobContext(
         model=frozen,
         spec=spec,
@@ -32,5 +31,4 @@ def job_context(
         on_eval=lambda report: None,
         should_stop=lambda: False,
         event=lambda kind, message, data: print(f"  [{kind}] {message}", flush=True),
-        hyperparameters=hyperparameters,
     )

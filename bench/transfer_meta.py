@@ -2,7 +2,7 @@
 
 1. Split the word-task family (bench/transfer_data.py) into meta-training tasks and held-out tasks (seeded); take
    --meta-tasks of the former, each with --meta-examples examples.
-2. Meta-learn one initialisation per --orders through the job code itself (workers/jobs/meta_init.run).
+2. Meta-learn one initialisation per --orders through the job code itself (workers/jobs/meta_init).
 3. Train a few single-task prompts on meta-training tasks (--donors): the stored prompts `auto` may also pick.
 4. With `multitask` in --inits, train the multi-task start (bench/transfer_multitask.py): one prompt on the union of
    the meta-training tasks' examples. It is not in `auto`'s bank (the bank the stored run's `auto` chose from).
@@ -37,7 +37,8 @@ from bench.transfer_data import WordTask, examples, spec, split_family, test_set
 from bench.transfer_jobs import job_context
 from bench.transfer_multitask import train_multitask
 from workers.inputs import Candidate, Source
-from workers.jobs import meta_init
+from workers.jobs import KINDS
+from workers.jobs.meta_init.options import MetaInitOptions, MetaLearning
 from workers.training import EvalReport, TrainJob, train_prompts
 from workers.transfer import choose_init
 
@@ -72,9 +73,14 @@ def learn_inits(
         started = time.perf_counter()
         options = meta_options(args, order)
         method_part = {k: v for k, v in options.items() if k in PromptConfig.model_fields}
-        ctx = job_context(frozen, None, PromptConfig.model_validate(method_part), options, {"name": order})
+        stored = MetaInitOptions(
+            name=order,
+            tasks=[],
+            meta=MetaLearning.model_validate({k: v for k, v in options.items() if k in MetaLearning.model_fields}),
+        )
+        ctx = job_context(frozen, None, PromptConfig.model_validate(method_part), stored)
         ctx.sources = sources
-        result = meta_init.run(ctx)
+        result = KINDS["meta_init"].run(ctx)
         inits[f"meta_{order}"] = result.artifact
         seconds = time.perf_counter() - started
         record = {

@@ -24,7 +24,7 @@ from app.engine.formats.artifact import Artifact
 from app.engine.methods.prompt import PromptConfig
 from bench.transfer_data import spec
 from workers.inputs import Source
-from workers.jobs.meta_init import DEFAULT_META_INIT_TEXT
+from workers.jobs.meta_init.algorithm import DEFAULT_META_INIT_TEXT
 from workers.training import EvalReport, train_prompt
 
 BATCH_SIZE = 8

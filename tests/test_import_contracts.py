@@ -47,6 +47,7 @@ def test_the_tree_keeps_every_import_contract(tree: Path) -> None:
         ("app/engine/core/text.py", "from app.engine.serving import pool", "The engine's wings"),
         ("app/db/models.py", "import torch", "The database layer never imports torch"),
         ("app/services/audit.py", "from app.api import errors", "Layers"),
+        ("app/api/routes/jobs.py", "from workers import runner", "The API knows the workers only through"),
         ("workers/inputs.py", "from app.engine.serving import batcher", "Workers never import serving code"),
     ],
 )

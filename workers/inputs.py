@@ -1,10 +1,10 @@
-"""What a job reads from the database before it runs: its examples, init prompt, teachers, source tasks and
-prompt-transfer candidates. Read in one session, handed to the job kind as plain data (no rows, no session)."""
+"""What a job reads from the database before it runs: its examples, init prompt and init `auto` candidates (every
+kind), and the pieces some kinds add (teachers: distill; source tasks: meta_init). Read in one session, handed to
+the job kind as plain data (no rows, no session)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -63,20 +63,12 @@ def load_inputs(session: Session, job: Job, config: TrainConfig, model: FrozenMo
         task = TaskRepository(session).get(job.task_id)
         assert task is not None  # jobs are deleted with their task
         spec = task_spec(task)
-    options: dict[str, Any] = job.options or {}
     inputs = JobInputs(
         spec=spec,
         train=_pairs(session, job.dataset_id) if job.dataset_id is not None or job.task_id is not None else [],
         val=_pairs(session, job.validation_dataset_id) if job.validation_dataset_id is not None else None,
         init=_artifact(session, config.init_prompt_id, "init prompt"),
     )
-    teacher = options.get("teacher") or {}
-    for prompt_id in teacher.get("prompts", []):
-        artifact = _artifact(session, prompt_id, "teacher prompt")
-        assert artifact is not None
-        inputs.teachers.append((prompt_id, artifact))
-    for entry in options.get("tasks", []):
-        inputs.sources.append(_source(session, entry))
     if config.init == "auto":
         inputs.candidates = _candidates(session, config, model)
     return inputs
@@ -89,6 +81,16 @@ def _pairs(session: Session, dataset_id: int | None) -> list[Pair]:
     return [(example["input"], example.get("output")) for example in dataset.examples]
 
 
+def read_teachers(session: Session, prompt_ids: list[int]) -> list[tuple[int, Artifact]]:
+    """Stored versions a job learns from, by id."""
+    found = []
+    for prompt_id in prompt_ids:
+        artifact = _artifact(session, prompt_id, "teacher prompt")
+        assert artifact is not None
+        found.append((prompt_id, artifact))
+    return found
+
+
 def _artifact(session: Session, prompt_id: int | None, role: str) -> Artifact | None:
     if prompt_id is None:
         return None
@@ -98,13 +100,14 @@ def _artifact(session: Session, prompt_id: int | None, role: str) -> Artifact | 
     return Artifact.from_bytes(prompt.tensors)
 
 
-def _source(session: Session, entry: dict[str, Any]) -> Source:
-    task = TaskRepository(session).get(entry["task_id"])
+def read_source(session: Session, task_id: int, task_name: str, dataset_id: int) -> Source:
+    """A task a job learns from, with its labeled examples."""
+    task = TaskRepository(session).get(task_id)
     if task is None:
-        raise ValueError(f"source task {entry['task_name']!r} (id {entry['task_id']}) of this job was deleted")
-    pairs = _pairs(session, entry["dataset_id"])
+        raise ValueError(f"source task {task_name!r} (id {task_id}) of this job was deleted")
+    pairs = _pairs(session, dataset_id)
     labeled = [(text, output) for text, output in pairs if output is not None]
-    return Source(task.id, task.name, entry["dataset_id"], task_spec(task), labeled)
+    return Source(task.id, task.name, dataset_id, task_spec(task), labeled)
 
 
 def _candidates(session: Session, config: TrainConfig, model: FrozenModel) -> list[Candidate]:

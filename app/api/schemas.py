@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.db.base import MAX_ID
-from app.engine.methods import TrainConfigUnion, config_union
-from app.engine.methods.prompt import PromptConfig
-from app.services.job_types import JOB_TYPES, Distillation, LengthSearch, MetaLearning
-from app.text_checks import refuse_unstorable
-
-DistillConfigUnion = config_union(Distillation)
-MetaConfigUnion = config_union(MetaLearning)
-
+import workers.jobs
+from app.bodies import PromptIds, Strict
 
 MAX_LABELS = 1000  # every label is scored for every input: a bound on a request's work
-RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
-
-
-class Strict(BaseModel):
-    """A request body: unknown fields are refused, and so is text no store or tokenizer can hold."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable_text(cls, data: Any) -> Any:
-        return refuse_unstorable(data)
 
 
 class ErrorBody(BaseModel):
@@ -69,9 +50,6 @@ class DatasetDetail(DatasetOut):
 
 class EnsembleTop(Strict):
     top: int = Field(ge=1, le=16, description="The task's k best versions by validation score.")
-
-
-PromptIds = Annotated[list[RowId], Field(min_length=1, max_length=16)]
 
 
 def ensemble_spec(value: PromptIds | EnsembleTop | None) -> list[int] | dict[str, int] | None:
@@ -126,106 +104,8 @@ class TaskUpdate(Strict):
 # --- jobs -----------------------------------------------------------------------------------------------
 
 
-class _JobCreateBase(Strict):
-    priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
-
-
-class TrainJobCreate(_JobCreateBase):
-    type: Literal["train"] = Field(default="train", description="Train the task's prompt on a dataset.")
-    task: str | int = Field(description="Task id or name.")
-    dataset_id: RowId
-    validation_dataset_id: RowId | None = None
-    hyperparameters: TrainConfigUnion = Field(  # type: ignore[valid-type]
-        default_factory=PromptConfig,
-        description='The method (`method`, default "prompt") and its hyperparameters.',
-    )
-
-
-class LengthSearchJobCreate(TrainJobCreate):
-    type: Literal["length_search"] = Field(description="Train several prompt lengths; keep the shortest good one.")  # type: ignore[assignment]
-    search: LengthSearch | None = Field(default=None, description="The lengths to try and the tolerance.")
-
-
-class PromptTeacher(Strict):
-    prompts: PromptIds = Field(description="Stored versions of the task; several are averaged (an ensemble).")
-
-
-class ShotExample(Strict):
-    input: str = Field(min_length=1, max_length=4000)
-    output: str = Field(min_length=1, max_length=4000)
-
-
-class ContextTeacher(Strict):
-    instruction: str = Field(
-        min_length=1, max_length=4000, description="The frozen model reads this English instruction before each input."
-    )
-    examples: list[ShotExample] = Field(
-        default_factory=list, max_length=32, description="Solved examples placed after the instruction (few-shot)."
-    )
-
-    @model_validator(mode="after")
-    def _no_placeholder(self) -> ContextTeacher:
-        texts = [self.instruction, *(text for example in self.examples for text in (example.input, example.output))]
-        if any("{input}" in text for text in texts):
-            raise ValueError('the instruction and examples must not contain "{input}"; it marks where the input goes.')
-        return self
-
-
-class DistillJobCreate(_JobCreateBase):
-    type: Literal["distill"] = Field(description="Train a student prompt on a teacher's soft outputs.")
-    task: str | int = Field(description="Task id or name.")
-    dataset_id: RowId = Field(description="Inputs (with outputs, or without when alpha is 0).")
-    validation_dataset_id: RowId | None = None
-    teacher: PromptTeacher | ContextTeacher = Field(
-        description='{"prompts": [ids]}: stored versions of the task; or {"instruction", "examples"?}: the frozen '
-        "model reading them in its context (context distillation)."
-    )
-    hyperparameters: DistillConfigUnion = Field(  # type: ignore[valid-type]
-        default_factory=lambda: TypeAdapter(DistillConfigUnion).validate_python({}),
-        description="The student's method and training loop, with alpha, temperature, generations and top_k.",
-    )
-
-
-class MetaTask(Strict):
-    task: str | int = Field(description="Task id or name.")
-    dataset_id: RowId = Field(description="A labeled dataset of the task.")
-
-
-class MetaInitJobCreate(_JobCreateBase):
-    type: Literal["meta_init"] = Field(description="Meta-learn a prompt initialisation across tasks (MAML).")
-    name: str = Field(min_length=1, max_length=200, description="Names the meta-initialisation.")
-    tasks: list[MetaTask] = Field(min_length=3, max_length=256, description="The tasks to meta-learn from (3+).")
-    hyperparameters: MetaConfigUnion = Field(  # type: ignore[valid-type]
-        default_factory=lambda: TypeAdapter(MetaConfigUnion).validate_python({}),
-        description="The prompt's method and length, with order, inner_steps, inner_lr, outer_lr, outer_steps, "
-        "meta_batch, support_size, query_size.",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.strip() or "\x00" in value:
-            raise ValueError("give a name with visible characters (no NUL).")
-        return value
-
-
-def _job_type(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("type", "train"))
-    return str(getattr(value, "type", "train"))
-
-
-JobCreate = Annotated[
-    Annotated[TrainJobCreate, Tag("train")]
-    | Annotated[LengthSearchJobCreate, Tag("length_search")]
-    | Annotated[DistillJobCreate, Tag("distill")]
-    | Annotated[MetaInitJobCreate, Tag("meta_init")],
-    Discriminator(
-        _job_type,
-        custom_error_type="unknown_job_type",
-        custom_error_message="unknown job type; use one of: " + ", ".join(JOB_TYPES),
-    ),
-]
+# POST /v1/jobs: each job kind declares its body (workers/jobs/); the union is built from the registry.
+JobCreate = workers.jobs.JobCreate
 
 
 class JobProgress(BaseModel):

@@ -130,8 +130,10 @@ class Job(Base):
     validation_dataset_id: Mapped[int | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
     )
+    # the method's config (app/engine/methods), validated when the job was queued
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # what a job type needs besides the method's hyperparameters (e.g. a length search's lengths)
+    # the job kind's own (its Options model in workers/jobs/): a length search's lengths, a distillation's teacher
+    # and alpha, a meta_init job's tasks and loops (revision 0008 moved the last two out of hyperparameters)
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, name="job_status", native_enum=False, length=16), default=JobStatus.queued

@@ -80,37 +80,22 @@ def check_init_for_task(config: TrainConfig, task: Task) -> None:
         )
 
 
-def enqueue_training(
+def check_training_data(
     session: Session,
-    *,
     task: Task,
     dataset_id: int,
     validation_dataset_id: int | None,
-    config: TrainConfig,
-    priority: int,
-    max_attempts: int,
+    positions: int,
     model: FrozenModel | None,
-    job_type: str = "train",
-    options: dict[str, Any] | None = None,
-) -> Job:
-    """Validate a training request (any job type, any method) against its task, data and model, then queue it."""
-    if job_type == "length_search" and (config.init_prompt_id is not None or config.init == "auto"):
-        raise InvalidInput(
-            "a length search trains prompts of several lengths, so no one stored prompt fits them all; start it "
-            'from "text", "vocab", "random" or "labels"',
-            code="init_prompt_invalid",
-        )
-    check_method(session, config, model)
-    check_init_for_task(config, task)
+    purpose: str,
+) -> None:
+    """Refuse datasets a training job cannot learn from: missing, without outputs, of other labels, too small to
+    hold one example out, or with an example past the model's context once `positions` are added."""
     datasets = [get_dataset(session, dataset_id, with_examples=True, lock="share")]
     if validation_dataset_id is not None:
         datasets.append(get_dataset(session, validation_dataset_id, with_examples=True, lock="share"))
     for dataset in datasets:
-        require_labeled(
-            dataset,
-            f"to {'train' if job_type == 'train' else 'search lengths'}; a distill job with "
-            '"alpha": 0 learns from inputs alone',
-        )
+        require_labeled(dataset, f'{purpose}; a distill job with "alpha": 0 learns from inputs alone')
     if validation_dataset_id is None and datasets[0].num_examples < 2:
         raise InvalidInput(
             f"dataset {dataset_id} has {datasets[0].num_examples} example; training needs at least 2 "
@@ -121,33 +106,42 @@ def enqueue_training(
         if task.kind == "classification":
             check_labels(dataset, task.labels)
         if model is not None:  # an API-only replica has no tokenizer; the worker repeats this check
-            positions = get_method(config.method).positions(config)
-            if job_type == "length_search":
-                lengths = (options or {}).get("search", {}).get("lengths")
-                if isinstance(lengths, list):
-                    positions += max(lengths) - config.num_virtual_tokens
             check_fits_context(model, task, dataset.examples, positions)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A checked POST /v1/jobs request, as a job kind's check returns it: what enqueue stores."""
+
+    job_type: str
+    config: dict[str, Any]  # Job.hyperparameters: the method's config, validated at the edge
+    options: dict[str, Any]  # Job.options: the kind's own, validated at the edge
+    total_steps: int
+    message: str  # the "queued" event's
+    task: Task | None = None
+    dataset_id: int | None = None
+    validation_dataset_id: int | None = None
+
+
+def enqueue(session: Session, planned: Planned, *, priority: int, max_attempts: int) -> Job:
+    """Queue a checked job of any kind: one row, one "queued" event."""
     repo = JobRepository(session)
     job = repo.add(
         Job(
-            type=job_type,
-            task_id=task.id,
-            dataset_id=dataset_id,
-            validation_dataset_id=validation_dataset_id,
-            hyperparameters=config.model_dump(mode="json"),
-            options=options or {},
+            type=planned.job_type,
+            task_id=planned.task.id if planned.task is not None else None,
+            dataset_id=planned.dataset_id,
+            validation_dataset_id=planned.validation_dataset_id,
+            hyperparameters=planned.config,
+            options=planned.options,
             status=JobStatus.queued,
             priority=priority,
-            progress={"step": 0, "total_steps": config.steps},
+            progress={"step": 0, "total_steps": planned.total_steps},
             max_attempts=max_attempts,
         )
     )
-    repo.add_event(
-        job.id,
-        "queued",
-        f"{job_type} job ({config.method}) queued for task {task.name!r}",
-        {"priority": priority, "method": config.method},
-    )
+    method = planned.config.get("method")
+    repo.add_event(job.id, "queued", planned.message, {"priority": priority, "method": method})
     return job
 
 

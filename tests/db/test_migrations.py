@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from safetensors.torch import save
 from sqlalchemy import Engine, inspect
 
 from app.db.base import Base, utcnow
+from app.db.models import Job
 from app.db.session import make_engine
 from app.engine.core.model import FrozenModel
 from app.engine.core.one_prompt import classify
@@ -260,3 +262,56 @@ def test_keys_the_command_line_made_with_every_scope_become_operator_keys(empty_
         assert "operator" not in {c["name"] for c in inspect(engine).get_columns("api_keys")}
     finally:
         engine.dispose()
+
+
+def test_a_kind_s_own_hyperparameters_move_to_the_job_s_options_and_show_as_before(empty_database_url: str) -> None:
+    from workers.jobs import KINDS
+
+    url = empty_database_url
+    upgrade(url, "0007")
+    engine = make_engine(url)
+    distill_hp = {"method": "prompt", "steps": 5, "alpha": 0.3, "temperature": 2.0, "generations": 2}
+    meta_hp = {"method": "prompt", "num_virtual_tokens": 4, "order": "second", "inner_steps": 2, "outer_steps": 7}
+    try:
+        with engine.begin() as conn:
+            for job_id, job_type, hyperparameters, options in [
+                (1, "distill", distill_hp, {"teacher": {"prompts": [3]}}),
+                (2, "meta_init", meta_hp, {"name": "family", "tasks": []}),
+                (3, "train", {"method": "prompt", "steps": 9}, {}),
+            ]:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO jobs (id, tenant, type, hyperparameters, options, status, priority, progress, "
+                        "attempts, max_attempts, cancel_requested, created_at) VALUES (:id, 'default', :type, :hp, "
+                        ":options, 'queued', 0, '{}', 0, 3, false, CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": job_id, "type": job_type, "hp": json.dumps(hyperparameters), "options": json.dumps(options)},
+                )
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = {
+                row.id: row
+                for row in conn.execute(sa.select(sa.table("jobs", *(sa.column(c, sa.JSON()) for c in COLS)))).all()
+            }
+        assert rows[1].hyperparameters == {"method": "prompt", "steps": 5}
+        assert rows[1].options == {
+            "teacher": {"prompts": [3]},
+            "distillation": {"alpha": 0.3, "temperature": 2.0, "generations": 2},
+        }
+        assert rows[2].options["meta"] == {"order": "second", "inner_steps": 2, "outer_steps": 7}
+        assert rows[3].hyperparameters == {"method": "prompt", "steps": 9} and rows[3].options == {}
+        # The worker reads them as the kind's options; GET /v1/jobs shows the hyperparameters the body gave.
+        for job_id, job_type, given in [(1, "distill", distill_hp), (2, "meta_init", meta_hp)]:
+            job = Job(type=job_type, hyperparameters=rows[job_id].hyperparameters, options=rows[job_id].options)
+            options = KINDS[job_type].options(job)
+            assert options is not None
+            assert KINDS[job_type].shown(job)[0] == given
+        command.downgrade(alembic_config(url), "0007")
+        with engine.connect() as conn:
+            back = conn.execute(sa.text("SELECT hyperparameters FROM jobs WHERE id = 1")).scalar_one()
+        assert (json.loads(back) if isinstance(back, str) else back) == distill_hp
+    finally:
+        engine.dispose()
+
+
+COLS = ("id", "hyperparameters", "options")

@@ -13,7 +13,7 @@ from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from app.engine.methods import get_method
 from app.engine.methods.prompt import PromptConfig
 from workers.interrupt import interruptible
-from workers.jobs.meta_init import _flat, _Pack, _pack_loss_of, meta_gradient
+from workers.jobs.meta_init.algorithm import _flat, _Pack, _pack_loss_of, meta_gradient
 
 SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
 ROWS = [("the film was good", "positive"), ("a bad day", "negative"), ("good music", "positive"), ("bad", "negative")]

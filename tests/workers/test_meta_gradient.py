@@ -13,9 +13,9 @@ from app.engine.core.model import FrozenModel, load_frozen_model
 from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec, encode_example
 from app.engine.methods import get_method
 from app.engine.methods.prompt import PromptConfig
-from app.services.job_types import MetaOrder
 from tests.tiny_model import build_tiny_model_dir, in_float64
-from workers.jobs.meta_init import _flat, _Pack, _pack_loss_of, _per_task_mean, adapt, meta_gradient
+from workers.jobs.meta_init.algorithm import _flat, _Pack, _pack_loss_of, _per_task_mean, adapt, meta_gradient
+from workers.jobs.meta_init.options import MetaOrder
 
 SENTIMENT = TaskSpec("classification", DEFAULT_TEMPLATES["classification"], ("positive", "negative"))
 TOPIC = TaskSpec("classification", "Text: {input}\nTopic:", ("arts", "other"))

@@ -1,16 +1,23 @@
-"""What a job kind gets from the worker (the task, its data, callbacks) and gives back (a prompt to store)."""
+"""A job kind, declared in one file (or package) of workers/jobs/: its POST /v1/jobs body, its options, the checks
+at enqueue, the inputs it reads, how it runs, and whether it packs with others. The API builds the body union and
+the one enqueue path from the registry (workers/jobs/__init__.py); the worker dispatches on it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from app.db.models import Job
 from app.engine.core.model import FrozenModel
 from app.engine.core.text import TaskSpec
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig
-from workers.inputs import Candidate, Pair, Source
+from app.services.jobs import Planned
+from workers.inputs import Candidate, JobInputs, Pair, Source, load_inputs
 from workers.training import EvalReport, StepReport
 
 
@@ -23,14 +30,13 @@ class JobContext:
     train: list[Pair]
     val: list[Pair] | None
     config: TrainConfig
-    options: dict[str, Any]
+    options: Any  # the kind's Options instance (None for a kind without options)
     init: Artifact | None
     on_step: Callable[[StepReport], None]
     on_eval: Callable[[EvalReport], None]
     should_stop: Callable[[], bool]
     event: Callable[[str, str, dict[str, Any]], None]
     set_total_steps: Callable[[int], None] = field(default=lambda total: None)
-    hyperparameters: dict[str, Any] = field(default_factory=dict)  # the job row's, job-type options included
     teachers: list[tuple[int, Artifact]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -63,3 +69,43 @@ class Trained:
     hyperparameters: dict[str, Any]
     lineage: dict[str, Any] = field(default_factory=dict)
     name: str | None = None  # a meta-initialisation's
+
+
+class JobKind:
+    """One job type. Subclasses set the class variables and implement check and run."""
+
+    name: ClassVar[str]
+    Body: ClassVar[type[BaseModel]]  # the POST /v1/jobs variant, with `type: Literal[name]`
+    Options: ClassVar[type[BaseModel] | None] = None  # stored in Job.options
+    packable: ClassVar[bool] = False  # may train in shared passes with other claimed jobs of its kind
+
+    def check(self, session: Session, body: Any, model: FrozenModel | None) -> Planned:
+        """Every refusal at enqueue (InvalidInput, NotFound, Conflict), read in the tenant's scope; what to store.
+        model is None on an API-only replica: checks that need a tokenizer are the worker's then."""
+        raise NotImplementedError
+
+    def options(self, job: Job) -> Any:
+        """The job row's options as the kind's Options (validated once more: the row may predate a change)."""
+        return None if self.Options is None else self.Options.model_validate(job.options or {})
+
+    def inputs(self, session: Session, job: Job, config: TrainConfig, options: Any, model: FrozenModel) -> JobInputs:
+        """What the job reads before any compute; ValueError (the job fails, saying what) for a deleted input."""
+        return load_inputs(session, job, config, model)
+
+    def shown(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The job's hyperparameters and options as GET /v1/jobs shows them (the shape the body took)."""
+        return dict(job.hyperparameters), dict(job.options or {})
+
+    def run(self, ctx: JobContext) -> Trained:
+        """Train and return the prompt to store (raising ends the job: Cancelled, or failed with the reason)."""
+        raise NotImplementedError
+
+    def run_many(self, contexts: list[JobContext]) -> list[Trained | Exception]:
+        """Several claimed jobs of this kind (packable kinds train them in shared passes); one outcome each."""
+        outcomes: list[Trained | Exception] = []
+        for ctx in contexts:
+            try:
+                outcomes.append(self.run(ctx))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes

@@ -6,13 +6,44 @@ each exactly as it would train alone (its own optimizer, schedule, validation, b
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, ClassVar, Literal, cast
 
-from workers.jobs.base import JobContext, Trained
+from pydantic import Field
+from sqlalchemy.orm import Session
+
+from app.bodies import JobCreateBase, RowId
+from app.engine.core.model import FrozenModel
+from app.engine.methods import TrainConfig, TrainConfigUnion, get_method
+from app.engine.methods.prompt import PromptConfig
+from app.services.jobs import Planned, check_init_for_task, check_method, check_training_data
+from app.services.tasks import resolve_task
+from workers.jobs.base import JobContext, JobKind, Trained
 from workers.training import TrainJob, TrainResult, train_prompts
 from workers.transfer import resolve_auto
 
-TYPE = "train"
+
+class TrainJobCreate(JobCreateBase):
+    type: Literal["train"] = Field(default="train", description="Train the task's prompt on a dataset.")
+    task: str | int = Field(description="Task id or name.")
+    dataset_id: RowId
+    validation_dataset_id: RowId | None = None
+    hyperparameters: TrainConfigUnion = Field(  # type: ignore[valid-type]
+        default_factory=PromptConfig,
+        description='The method (`method`, default "prompt") and its hyperparameters.',
+    )
+
+
+def check_training(
+    session: Session, body: TrainJobCreate, model: FrozenModel | None, purpose: str, positions: int | None = None
+) -> tuple[Any, TrainConfig]:
+    """The checks of a job that trains one task's prompt on a dataset (train, length_search): its task and config."""
+    task = resolve_task(session, body.task)
+    config: TrainConfig = body.hyperparameters
+    check_method(session, config, model)
+    check_init_for_task(config, task)
+    needed = get_method(config.method).positions(config) if positions is None else positions
+    check_training_data(session, task, body.dataset_id, body.validation_dataset_id, needed, model, purpose)
+    return task, config
 
 
 def _plan(ctx: JobContext) -> tuple[TrainJob, dict[str, Any]]:
@@ -45,34 +76,51 @@ def _trained(ctx: JobContext, result: TrainResult, lineage: dict[str, Any]) -> T
     )
 
 
-def run_many(contexts: list[JobContext]) -> list[Trained | Exception]:
-    """Train every job packed with the others (all on one frozen model); for each, its prompt or the exception
-    that ended it. One job's failure, cancel or loss ends that job alone."""
-    outcomes: list[Trained | Exception | None] = [None] * len(contexts)
-    planned: list[tuple[int, TrainJob, dict[str, Any]]] = []
-    for number, ctx in enumerate(contexts):
-        try:
-            job, lineage = _plan(ctx)
-        except Exception as error:
-            outcomes[number] = error
-            continue
-        planned.append((number, job, lineage))
-    if planned:
-        results = train_prompts(contexts[0].model, [job for _, job, _ in planned])
-        for (number, _, lineage), result in zip(planned, results, strict=True):
-            if isinstance(result, TrainResult):
-                outcomes[number] = _trained(contexts[number], result, lineage)
-            elif isinstance(result, Exception):
-                outcomes[number] = result
-            else:  # KeyboardInterrupt and the like end the call, not one job
-                raise result
-    assert all(outcome is not None for outcome in outcomes)
-    return cast(list[Trained | Exception], outcomes)
+class Train(JobKind):
+    name: ClassVar[str] = "train"
+    Body = TrainJobCreate
+    packable = True
 
+    def check(self, session: Session, body: TrainJobCreate, model: FrozenModel | None) -> Planned:
+        task, config = check_training(session, body, model, "to train")
+        return Planned(
+            self.name,
+            config.model_dump(mode="json"),
+            {},
+            config.steps,
+            f"train job ({config.method}) queued for task {task.name!r}",
+            task=task,
+            dataset_id=body.dataset_id,
+            validation_dataset_id=body.validation_dataset_id,
+        )
 
-def run(ctx: JobContext) -> Trained:
-    """One training run; the best prompt by validation is the one stored."""
-    (outcome,) = run_many([ctx])
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+    def run(self, ctx: JobContext) -> Trained:
+        """One training run; the best prompt by validation is the one stored."""
+        (outcome,) = self.run_many([ctx])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def run_many(self, contexts: list[JobContext]) -> list[Trained | Exception]:
+        """Train every job packed with the others (all on one frozen model); for each, its prompt or the exception
+        that ended it. One job's failure, cancel or loss ends that job alone."""
+        outcomes: list[Trained | Exception | None] = [None] * len(contexts)
+        planned: list[tuple[int, TrainJob, dict[str, Any]]] = []
+        for number, ctx in enumerate(contexts):
+            try:
+                job, lineage = _plan(ctx)
+            except Exception as error:
+                outcomes[number] = error
+                continue
+            planned.append((number, job, lineage))
+        if planned:
+            results = train_prompts(contexts[0].model, [job for _, job, _ in planned])
+            for (number, _, lineage), result in zip(planned, results, strict=True):
+                if isinstance(result, TrainResult):
+                    outcomes[number] = _trained(contexts[number], result, lineage)
+                elif isinstance(result, Exception):
+                    outcomes[number] = result
+                else:  # KeyboardInterrupt and the like end the call, not one job
+                    raise result
+        assert all(outcome is not None for outcome in outcomes)
+        return cast(list[Trained | Exception], outcomes)

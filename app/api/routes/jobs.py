@@ -27,32 +27,21 @@ from app.api.deps import (
     SettingsDep,
     Trainer,
 )
-from app.api.schemas import (
-    DistillJobCreate,
-    ErrorResponse,
-    JobCreate,
-    JobEventOut,
-    JobMetricOut,
-    JobOut,
-    JobProgress,
-    LengthSearchJobCreate,
-    MetaInitJobCreate,
-)
+from app.api.schemas import ErrorResponse, JobCreate, JobEventOut, JobMetricOut, JobOut, JobProgress
 from app.db.base import MAX_ID
 from app.db.models import Job, JobMetric, JobStatus
 from app.db.repositories import scope_session
-from app.engine.core.model import FrozenModel
 from app.errors import InvalidInput, NotFound
 from app.services import jobs as service
 from app.services import quotas
-from app.services import transfer_jobs as transfer
-from app.services.job_types import LengthSearch
 from app.services.tasks import resolve_task
+from workers.jobs import job_kind
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 
 def job_out(session: Session, job: Job) -> JobOut:
+    hyperparameters, options = job_kind(job.type).shown(job)
     return JobOut(
         id=job.id,
         type=job.type,
@@ -62,50 +51,14 @@ def job_out(session: Session, job: Job) -> JobOut:
         validation_dataset_id=job.validation_dataset_id,
         status=job.status.value,
         progress=JobProgress.model_validate(job.progress or {}),
-        hyperparameters=job.hyperparameters,
-        options=job.options or {},
+        hyperparameters=hyperparameters,
+        options=options,
         result_prompt_id=job.result_prompt_id,
         error=job.error,
         attempts=job.attempts,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-    )
-
-
-def _enqueue(body: JobCreate, session: Session, model: FrozenModel | None, max_attempts: int) -> Job:
-    """Hand the body to the service of its job type."""
-    common: dict[str, Any] = {"priority": body.priority, "max_attempts": max_attempts, "model": model}
-    if isinstance(body, DistillJobCreate):
-        return transfer.enqueue_distill(
-            session,
-            task=resolve_task(session, body.task),
-            dataset_id=body.dataset_id,
-            validation_dataset_id=body.validation_dataset_id,
-            teacher=body.teacher.model_dump(mode="json"),
-            hyperparameters=body.hyperparameters,
-            **common,
-        )
-    if isinstance(body, MetaInitJobCreate):
-        return transfer.enqueue_meta_init(
-            session,
-            name=body.name,
-            tasks=[entry.model_dump() for entry in body.tasks],
-            hyperparameters=body.hyperparameters,
-            **common,
-        )
-    options = {}
-    if isinstance(body, LengthSearchJobCreate):
-        options = {"search": (body.search or LengthSearch()).model_dump(mode="json")}
-    return service.enqueue_training(
-        session,
-        task=resolve_task(session, body.task),
-        dataset_id=body.dataset_id,
-        validation_dataset_id=body.validation_dataset_id,
-        config=body.hyperparameters,
-        job_type=body.type,
-        options=options,
-        **common,
     )
 
 
@@ -128,7 +81,10 @@ def create_job(
 ) -> JobOut:
     """Queue a job: train (any method), length_search, distill (from a teacher) or meta_init (MAML over tasks)."""
     quotas.check_new_job(session, principal.limits)
-    return job_out(session, _enqueue(body, session, runtime.model, settings.max_job_attempts))
+    planned = job_kind(body.type).check(session, body, runtime.model)
+    return job_out(
+        session, service.enqueue(session, planned, priority=body.priority, max_attempts=settings.max_job_attempts)
+    )
 
 
 @router.get("", dependencies=[READ], responses={404: {"model": ErrorResponse, "description": "?task= names no task"}})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import BaseModel, Discriminator, Tag, create_model
 
@@ -23,6 +23,7 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 DEFAULT_METHOD = "prompt"
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 def _method_of(value: Any) -> str:
@@ -68,6 +69,18 @@ def parse_config(data: dict[str, Any]) -> TrainConfig:
     return method.config_type.model_validate({"method": method.name, **data})
 
 
+def split_config(
+    combined: BaseModel, options: type[OptionsT], *, exclude: frozenset[str] = frozenset()
+) -> tuple[TrainConfig, OptionsT]:
+    """A body's hyperparameters validated by `config_union(options)` as its two parts, the method's config and the
+    job kind's options (done once, at the edge; each part is stored on its own). Fields in `exclude` (those a
+    kind replaces with its own) are left to the method's defaults."""
+    data = combined.model_dump(mode="json", exclude=set(exclude))
+    config_type = get_method(_method_of(data)).config_type
+    config = config_type.model_validate({k: v for k, v in data.items() if k in config_type.model_fields})
+    return config, options.model_validate({k: v for k, v in data.items() if k in options.model_fields})
+
+
 def load_segments(frozen: FrozenModel, artifact: Artifact) -> Segments:
     """How a stored prompt version enters a pass (what the pool resolves on a miss)."""
     return get_method(artifact.method).load(frozen, artifact).segments()
@@ -84,4 +97,5 @@ __all__ = [
     "get_method",
     "load_segments",
     "parse_config",
+    "split_config",
 ]

@@ -32,12 +32,11 @@ from app.engine.core.text import TaskSpec, context_template, encode_example, lab
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments
 from app.engine.methods.base import PromptModule
-from app.services.job_types import Distillation, split_options
 from workers.jobs.base import JobContext, Trained
+from workers.jobs.distill.options import ContextTeacher, Distillation, DistillOptions, PromptTeacher
 from workers.training import StepReport, TrainResult, is_better, train_prompt
 from workers.transfer import resolve_auto
 
-TYPE = "distill"
 STOP = ("\n\n",)  # a context teacher's examples are separated by blank lines: its answer ends at one
 
 
@@ -57,10 +56,10 @@ def prompts_teacher(frozen: FrozenModel, spec: TaskSpec, name: str, artifacts: l
     return Teacher(name, spec, pool, len(loaders))
 
 
-def context_teacher(frozen: FrozenModel, spec: TaskSpec, teacher: dict[str, Any]) -> Teacher:
+def context_teacher(frozen: FrozenModel, spec: TaskSpec, teacher: ContextTeacher) -> Teacher:
     """The frozen model with no soft prompt, reading the instruction and examples before each input."""
-    shots = [(shot["input"], shot["output"]) for shot in teacher.get("examples", [])]
-    template = context_template(spec, teacher["instruction"], shots)
+    shots = [(shot.input, shot.output) for shot in teacher.examples]
+    template = context_template(spec, teacher.instruction, shots)
     pool = single(frozen, Segments())
     return Teacher("the instruction in context", TaskSpec(spec.kind, template, spec.labels), pool, 1)
 
@@ -158,11 +157,11 @@ def _score(result: TrainResult) -> tuple[float, float | None]:
     return float(result.metrics["best_val_loss"]), result.metrics["best_val_accuracy"]  # type: ignore[arg-type,return-value]
 
 
-def run(ctx: JobContext) -> Trained:
+def distill(ctx: JobContext, stored: DistillOptions) -> Trained:
+    """Train the student (generation after generation); the best student by validation is the one stored."""
     spec, frozen = ctx.task_spec, ctx.model
-    _, options = split_options(ctx.hyperparameters, Distillation)
-    teacher_spec = ctx.options["teacher"]
-    if "prompts" in teacher_spec:
+    options, teacher_spec = stored.distillation, stored.teacher
+    if isinstance(teacher_spec, PromptTeacher):
         ids = [prompt_id for prompt_id, _ in ctx.teachers]
         name = "prompt" + ("s " if len(ids) > 1 else " ") + ", ".join(map(str, ids))
         teacher = prompts_teacher(frozen, spec, name, [artifact for _, artifact in ctx.teachers])
@@ -229,6 +228,6 @@ def run(ctx: JobContext) -> Trained:
         result.positions,
         result.best_step,
         {**result.metrics, "generation": generation, "generations": scores},
-        ctx.hyperparameters,
+        {**ctx.config.model_dump(mode="json"), **options.model_dump(mode="json")},
         lineage=lineage,
     )

@@ -32,13 +32,12 @@ from app.engine.core.model import FrozenModel
 from app.engine.core.text import EncodedExample
 from app.engine.methods import get_method
 from app.engine.methods.base import PromptModule
-from app.services.job_types import MetaLearning, MetaOrder, split_options
 from workers.inputs import Source
 from workers.jobs.base import JobContext, Trained
+from workers.jobs.meta_init.options import NOT_STORED, MetaInitOptions, MetaLearning, MetaOrder
 from workers.train_steps import batch_losses, encode_all
 from workers.training import Cancelled, EvalReport, StepReport
 
-TYPE = "meta_init"
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
 DEFAULT_META_INIT_TEXT = "Read the input and answer the question."
@@ -131,9 +130,10 @@ def _task_cycle(count: int, rng: random.Random) -> Iterator[int]:
         yield from rng.sample(range(count), count)
 
 
-def run(ctx: JobContext) -> Trained:
+def meta_learn(ctx: JobContext, options: MetaInitOptions) -> Trained:
+    """Meta-learn the initialisation over ctx.sources; the best by post-adaptation query loss is stored."""
     frozen = ctx.model
-    _, meta = split_options(ctx.hyperparameters, MetaLearning)
+    meta = options.meta
     config = ctx.config
     if config.init == "text" and config.init_text is None:
         config = config.model_copy(update={"init_text": DEFAULT_META_INIT_TEXT})
@@ -254,7 +254,7 @@ def run(ctx: JobContext) -> Trained:
         module.positions,
         best_step,
         metrics,
-        ctx.hyperparameters,
+        {**ctx.config.model_dump(mode="json", exclude=set(NOT_STORED)), **meta.model_dump(mode="json")},
         lineage=lineage,
-        name=ctx.options["name"],
+        name=options.name,
     )
