@@ -24,8 +24,8 @@ from app.engine.core import mixed
 from app.engine.core.forward import Query, forward_rows
 from app.engine.core.mixed import Row, classify_rows
 from app.engine.core.model import FrozenModel, load_frozen_model
+from app.engine.core.prompts import Prompts
 from app.engine.core.segments import Segments, resolve
-from app.engine.serving.pool import PromptPool
 from bench.serving_runners import RawRunner
 from bench.serving_workload import SINGLE, make_requests, random_prompts, snippets
 
@@ -61,7 +61,7 @@ def sweep_overhead(frozen: FrozenModel, rows: int, repeats: int) -> None:
     prompts = random_prompts(frozen, 64, 20)
     requests = make_requests(frozen, SINGLE, snippets(frozen, rows, 48), rows, 64)
     batch = [Row(request.task, SINGLE, request.text) for request in requests]
-    pool = PromptPool(frozen, 1024, loader=lambda prompt_id: Segments(prefix=prompts[prompt_id]))
+    pool = Prompts(frozen, lambda prompt_id: Segments(prefix=prompts[prompt_id]))
     raw = RawRunner(frozen, None, SINGLE, 16)
     default = mixed.forward_overhead
     cuts: dict[int, list[int]] = {}

@@ -68,17 +68,15 @@ def _requests(frozen: FrozenModel, texts: list[str], count: int, tasks: int) -> 
 class Engine:
     def __init__(self, frozen: FrozenModel, prompts: list[torch.Tensor]) -> None:
         self.pool = PromptPool(frozen, 1024)
-        self.batcher = Batcher(
-            frozen,
-            self.pool,
-            lambda prompt_id: Segments(prefix=prompts[prompt_id]),
-            BatcherOptions(max_queue_rows=10**5),
-        )
+        self.batcher = Batcher(frozen, self.pool, BatcherOptions(max_queue_rows=10**5))
         self.batcher.start()
+        self.prompts = prompts
 
     def answer(self, request: Request, new_tokens: int) -> str:
         row = Row(request.task, SPEC, request.text, max_new_tokens=new_tokens)
-        return str(self.batcher.submit([row]).result()[0])
+        # As the server does: the caller hands over the prompt the pool lacks (a plain prompt enters as its prefix).
+        given = {task: Segments(prefix=self.prompts[task]) for task in self.batcher.missing([request.task])}
+        return str(self.batcher.submit([row], prompts=given).result()[0])
 
 
 class Peft:

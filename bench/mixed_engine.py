@@ -23,10 +23,10 @@ import torch
 from app.engine.core.mixed import Row, classify_rows
 from app.engine.core.model import FrozenModel, load_frozen_model
 from app.engine.core.one_prompt import classify
+from app.engine.core.prompts import Prompts
 from app.engine.core.segments import Segments
 from app.engine.core.text import TaskSpec, encode_example, label_token_ids
 from app.engine.formats.bundled import ensure_bundled_model
-from app.engine.serving.pool import PromptPool
 from bench.data import balanced_splits
 from bench.serving_workload import uncached_hidden
 
@@ -94,7 +94,7 @@ def main() -> None:
 
     single_rows = [Row(i, SINGLE, text) for i, text in enumerate(texts)]
     multi_rows = [Row(i, MULTI, text) for i, text in enumerate(texts)]
-    warm = PromptPool(frozen, capacity=len(texts), loader=load)
+    warm = Prompts(frozen, load)
     n = len(texts)
     print(
         f"{n} rows of 20-40 tokens, {n} distinct prompts of {args.prompt_length} vectors, {args.device}, "
@@ -116,7 +116,7 @@ def main() -> None:
         ),
         "3c": (
             "classify_rows, cold pool (prompt KV included)",
-            lambda: classify_rows(frozen, PromptPool(frozen, capacity=n, loader=load), single_rows),
+            lambda: classify_rows(frozen, Prompts(frozen, load), single_rows),
         ),
         "4": ("classify_rows, multi-token labels, warm", lambda: classify_rows(frozen, warm, multi_rows)),
     }

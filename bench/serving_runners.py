@@ -203,15 +203,19 @@ class EngineRunner:
     ) -> None:
         self.pool = PromptPool(frozen, pool_capacity)
         options = BatcherOptions(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue_rows=100_000)
-        # Prompt ids are task numbers; a plain prompt enters a pass as its prefix.
-        self.batcher = Batcher(frozen, self.pool, lambda prompt_id: Segments(prefix=prompts[prompt_id]), options)
+        self.batcher = Batcher(frozen, self.pool, options)
         self.batcher.start()
+        self.prompts = prompts
 
     def run(self, requests: list[Request], concurrency: int, *, spec: TaskSpec) -> RoundResult:
         """Prompt ids are task numbers; each client thread waits for its request's future."""
 
         def call(request: Request) -> Scores:
-            return self.batcher.submit([Row(prompt_id=request.task, spec=spec, text=request.text)]).result()[0]
+            # As the server does: the caller hands over the prompt the pool lacks (a plain prompt enters as its
+            # prefix); prompt ids are task numbers.
+            given = {task: Segments(prefix=self.prompts[task]) for task in self.batcher.missing([request.task])}
+            row = Row(prompt_id=request.task, spec=spec, text=request.text)
+            return self.batcher.submit([row], prompts=given).result()[0]
 
         before = self.batcher.stats()
         result = closed_loop(requests, concurrency, call)
