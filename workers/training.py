@@ -24,6 +24,7 @@ from app.engine.core.text import TaskSpec
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method
 from app.engine.methods.base import PromptModule
+from workers.loop import Cancelled, EvalReport, Loop, StepReport
 from workers.train_steps import (
     batch_loss,
     batch_losses,
@@ -31,7 +32,6 @@ from workers.train_steps import (
     encode_all,
     evaluate,
     get_lr,
-    is_better,
     split_validation,
     validation_indices,
 )
@@ -52,25 +52,6 @@ __all__ = [
 
 
 @dataclass
-class StepReport:
-    """Reported after every optimizer step."""
-
-    step: int
-    total_steps: int
-    loss: float
-    lr: float
-
-
-@dataclass
-class EvalReport:
-    """Reported after every evaluation; val_accuracy is None for generation tasks."""
-
-    step: int
-    val_loss: float
-    val_accuracy: float | None
-
-
-@dataclass
 class TrainResult:
     """The best prompt seen (a detached CPU artifact), the step it came from, and summary metrics."""
 
@@ -81,10 +62,6 @@ class TrainResult:
 
 
 Objective = Callable[[PromptModule, list[int]], torch.Tensor]
-
-
-class Cancelled(Exception):
-    """should_stop() asked the job to end; nothing is returned."""
 
 
 @dataclass
@@ -133,26 +110,26 @@ class _Run:
             self.module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.sampler = batches(len(self.train_examples), min(config.batch_size, len(self.train_examples)), generator)
-        self.step, self.train_loss, self.train_seconds, self.most_packed = 0, float("nan"), 0.0, 1
-        self.best = self.init_eval = self.evaluate()
-        self.best_step, self.best_artifact = 0, self.module.artifact()
+        self.most_packed = 1
+        self.loop = Loop(
+            self.module,
+            config.steps,
+            config.eval_every,
+            lambda: evaluate(frozen, job.spec, self.module, self.val, self.val_examples),
+            on_step=job.on_step,
+            on_eval=job.on_eval,
+            should_stop=job.should_stop,
+        )
 
     @property
     def done(self) -> bool:
-        return self.step >= self.job.config.steps
-
-    def evaluate(self) -> tuple[float, float | None]:
-        loss, accuracy = evaluate(self.frozen, self.job.spec, self.module, self.val, self.val_examples)
-        if self.job.on_eval is not None:
-            self.job.on_eval(EvalReport(step=self.step, val_loss=loss, val_accuracy=accuracy))
-        return loss, accuracy
+        return self.loop.done
 
     def begin_step(self) -> list[int]:
         """Check for a cancel, set this step's learning rate, and draw its batch (indices into the examples)."""
-        if self.job.should_stop is not None and self.job.should_stop():
-            raise Cancelled(f"stopped at step {self.step + 1} of {self.job.config.steps}")
+        self.loop.check_stop()
         for group in self.optimizer.param_groups:
-            group["lr"] = get_lr(self.step, self.job.config)
+            group["lr"] = get_lr(self.loop.step, self.job.config)
         self.optimizer.zero_grad(set_to_none=True)
         return next(self.sampler)
 
@@ -162,42 +139,25 @@ class _Run:
         return self.job.objective(self.module, [self.index[i] for i in batch])
 
     def end_step(self, loss: float, seconds: float, packed: int) -> None:
-        """After backward: clip, step the optimizer, report, and evaluate when due (keeping the best)."""
-        config = self.job.config
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.max_grad_norm)
+        """After backward: clip, step the optimizer, then report and evaluate when due (workers/loop.py). seconds:
+        wall time of the pass this job took part in (shared with the jobs packed beside it)."""
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.job.config.max_grad_norm)
         self.optimizer.step()
-        self.step += 1
-        self.train_loss, self.train_seconds = loss, self.train_seconds + seconds
         self.most_packed = max(self.most_packed, packed)
-        if self.job.on_step is not None:
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.job.on_step(StepReport(step=self.step, total_steps=config.steps, loss=loss, lr=lr))
-        if self.step % config.eval_every == 0 or self.step == config.steps:
-            current = self.evaluate()
-            if is_better(*current, self.best):
-                self.best, self.best_step = current, self.step
-                self.best_artifact = self.module.artifact()
+        self.loop.stepped(loss, self.optimizer.param_groups[0]["lr"], seconds)
 
     def result(self) -> TrainResult:
-        config = self.job.config
+        artifact, best_step = self.loop.best_result()
         return TrainResult(
-            artifact=self.best_artifact,
+            artifact=artifact,
             positions=self.module.positions,
-            best_step=self.best_step,
+            best_step=best_step,
             metrics={
-                "best_step": self.best_step,
-                "best_val_loss": self.best[0],
-                "best_val_accuracy": self.best[1],
-                "init_val_loss": self.init_eval[0],
-                "init_val_accuracy": self.init_eval[1],
-                "final_train_loss": self.train_loss,
-                # Wall time of the passes this job took part in (shared with the jobs packed beside it).
-                "seconds_per_step": self.train_seconds / config.steps,
+                **self.loop.metrics(),
+                "final_train_loss": self.loop.train_loss,
                 "packed_with": self.most_packed - 1,
                 "train_size": len(self.train_examples),
                 "val_size": len(self.val_examples),
-                "steps": config.steps,
-                "trainable_parameters": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
             },
         )
 

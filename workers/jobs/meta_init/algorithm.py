@@ -35,8 +35,8 @@ from app.engine.methods.base import PromptModule
 from workers.inputs import Source
 from workers.jobs.base import JobContext, Trained
 from workers.jobs.meta_init.options import NOT_STORED, MetaInitOptions, MetaLearning, MetaOrder
+from workers.loop import Loop
 from workers.train_steps import batch_losses, encode_all
-from workers.training import Cancelled, EvalReport, StepReport
 
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
@@ -169,7 +169,7 @@ def meta_learn(ctx: JobContext, options: MetaInitOptions) -> Trained:
     def params() -> Params:
         return {name: p for name, p in module.named_parameters() if name in names}
 
-    def evaluate(step: int) -> float:
+    def evaluate() -> tuple[float, None]:
         """Mean query loss after K first-order SGD steps from the current theta, on the fixed episodes (and, for
         comparison, before them)."""
         n = len(episodes)
@@ -179,20 +179,32 @@ def meta_learn(ctx: JobContext, options: MetaInitOptions) -> Trained:
         with torch.no_grad():
             unadapted = float(_pack_loss_of(pack(n), queries)(start)) / n
             loss = float(_pack_loss_of(pack(n), queries)(adapted)) / n
-        evaluations.append({"step": step, "query_loss_before": unadapted, "query_loss_after": loss})
-        ctx.on_eval(EvalReport(step=step, val_loss=loss, val_accuracy=None))
-        return loss
+        evaluations.append({"step": loop_step(), "query_loss_before": unadapted, "query_loss_after": loss})
+        return loss, None
 
     evaluations: list[dict[str, float]] = []
-    best_loss = first_loss = evaluate(0)
-    best_step, best_artifact = 0, module.artifact()
+    loop: Loop | None = None
+
+    def loop_step() -> int:
+        return 0 if loop is None else loop.step
+
+    # The shared skeleton (workers/loop.py): cancel check, reports, evaluation every eval_every, the best theta.
+    loop = Loop(
+        module,
+        meta.outer_steps,
+        config.eval_every,
+        evaluate,
+        on_step=ctx.on_step,
+        on_eval=ctx.on_eval,
+        should_stop=ctx.should_stop,
+        unit="outer step",
+    )
     samples = [0] * len(sources)
     norms: list[float] = []
     skipped = 0
-    started = time.perf_counter()
     for step in range(1, meta.outer_steps + 1):
-        if ctx.should_stop():
-            raise Cancelled(f"stopped at outer step {step} of {meta.outer_steps}")
+        loop.check_stop()
+        started = time.perf_counter()
         supports, queries = [], []
         for _ in range(meta.meta_batch):
             index = next(cycle)
@@ -224,31 +236,21 @@ def meta_learn(ctx: JobContext, options: MetaInitOptions) -> Trained:
             torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        ctx.on_step(StepReport(step, meta.outer_steps, query_loss, meta.outer_lr))
-        if step % config.eval_every == 0 or step == meta.outer_steps:
-            loss = evaluate(step)
-            if loss < best_loss:
-                best_loss, best_step, best_artifact = loss, step, module.artifact()
-    seconds = time.perf_counter() - started
+        loop.stepped(query_loss, meta.outer_lr, time.perf_counter() - started)
     clipped = sum(norm > config.max_grad_norm for norm in norms if math.isfinite(norm))
     metrics: dict[str, Any] = {
-        "best_step": best_step,
-        "best_val_loss": best_loss,
-        "init_val_loss": first_loss,
-        "best_val_accuracy": None,
-        "seconds_per_step": seconds / meta.outer_steps,
-        "steps": meta.outer_steps,
+        **loop.metrics(),
         "mean_meta_gradient_norm": sum(n for n in norms if math.isfinite(n)) / max(1, len(norms) - skipped),
         "clipped_steps": clipped,
         "skipped_steps": skipped,
         "task_samples": {source.name: count for source, count in zip(sources, samples, strict=True)},
-        "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "evaluations": evaluations,
     }
     lineage = {
         "source_tasks": [{"task_id": s.task_id, "task_name": s.name, "dataset_id": s.dataset_id} for s in sources],
         "order": meta.order,
     }
+    best_artifact, best_step = loop.best_result()
     return Trained(
         best_artifact,
         module.positions,
