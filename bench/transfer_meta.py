@@ -36,11 +36,11 @@ from app.engine.methods.prompt import PromptConfig
 from bench.transfer_data import WordTask, examples, spec, split_family, test_set, word_tasks
 from bench.transfer_jobs import job_context
 from bench.transfer_multitask import train_multitask
+from workers.auto_init import choose_init
 from workers.inputs import Candidate, Source
 from workers.jobs import KINDS
 from workers.jobs.meta_init.options import MetaInitOptions, MetaLearning
 from workers.training import EvalReport, TrainJob, train_prompts
-from workers.transfer import choose_init
 
 Log = Callable[[str], None]
 

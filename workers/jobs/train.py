@@ -17,9 +17,9 @@ from app.engine.methods import TrainConfig, TrainConfigUnion, get_method
 from app.engine.methods.prompt import PromptConfig
 from app.services.jobs import Planned, check_init_for_task, check_method, check_training_data
 from app.services.tasks import resolve_task
+from workers.auto_init import resolve_auto
 from workers.jobs.base import JobContext, JobKind, Trained
 from workers.training import TrainJob, TrainResult, train_prompts
-from workers.transfer import resolve_auto
 
 
 class TrainJobCreate(JobCreateBase):

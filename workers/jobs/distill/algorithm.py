@@ -32,11 +32,11 @@ from app.engine.core.text import TaskSpec, context_template, encode_example, lab
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments
 from app.engine.methods.base import PromptModule
+from workers.auto_init import resolve_auto
 from workers.jobs.base import JobContext, Trained
 from workers.jobs.distill.options import ContextTeacher, Distillation, DistillOptions, PromptTeacher
 from workers.train_steps import is_better
 from workers.training import StepReport, TrainResult, train_prompt
-from workers.transfer import resolve_auto
 
 STOP = ("\n\n",)  # a context teacher's examples are separated by blank lines: its answer ends at one
 

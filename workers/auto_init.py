@@ -1,4 +1,4 @@
-"""Prompt transfer (`"init": "auto"`): start a new task's prompt from the stored prompt that already fits it best.
+"""Init `"auto"` (prompt transfer): start a new task's prompt from the stored prompt that already fits it best.
 
 Before any step, every candidate (the newest stored versions and meta-initialisations of the job's method and
 shapes, and the job's own text initialisation) is scored on a seeded sample of the training set: the mean
