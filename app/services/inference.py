@@ -22,7 +22,7 @@ from app.engine.serving.runtime import ModelNotReady, ModelRuntime
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.services import ensembles
 from app.services.request_checks import check_input_lengths, check_work, encode_checked
-from app.services.serving_prompts import Stale, active_prompt, read_segments, reread_segments, serving_prompts
+from app.services.serving_prompts import Stale, active_prompt, read_segments, serving_prompts
 from app.services.tasks import task_spec
 
 __all__ = ["Budget", "InferResult", "check_input_lengths", "embed", "infer"]
@@ -104,14 +104,11 @@ def _run(
 ) -> list[Any]:
     """Queue rows with other requests' and wait; engine refusals become 503s.
 
-    The engine reads nothing: the versions its pool lacks are read here (their tensors only, once each) and go
-    with the rows. One evicted between the check and the request's round comes back as PromptMissing: it is
-    read again and the rows resubmitted, TRIES submissions in all. The session is closed before each wait, so
-    that no connection is held while queued behind other requests.
+    The engine reads nothing: the versions its pool lacks are read here (read_segments, once each; it also ends
+    the request's database transaction) and go with the rows. One evicted between that check and the request's
+    round comes back as PromptMissing: it is read again and the rows resubmitted, TRIES submissions in all.
     """
-    lacking = runtime.missing(p.id for p in prompts)
-    given = read_segments(model, {p.id: p for p in prompts if p.id in lacking}.values())
-    session.close()
+    given = read_segments(session, model, runtime.missing(p.id for p in prompts))
     for _ in range(TRIES):
         try:
             return runtime.run(rows, prompts=given, priority=priority, timeout=_left(budget), cancel=budget.cancel)
@@ -125,8 +122,7 @@ def _run(
             raise ServiceUnavailable(str(exc), code="shutting_down") from exc
         except RequestCancelled as exc:  # nobody reads this answer: the client is gone
             raise ServiceUnavailable(str(exc), code="cancelled") from exc
-        given = {**given, **reread_segments(session, model, missing.prompt_ids)}
-        session.close()
+        given = {**given, **read_segments(session, model, missing.prompt_ids)}
     raise ServiceUnavailable(f"{missing}: the prompt pool is thrashing; retry shortly", code="overloaded") from missing
 
 

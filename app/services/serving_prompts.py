@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import ObjectDeletedError
 
 from app.db.models import Prompt, Task
 from app.engine.core.model import FrozenModel
@@ -66,30 +65,27 @@ def serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble: 
     return [active_prompt(session, task, model)], False
 
 
-def read_segments(model: FrozenModel, prompts: Iterable[Prompt]) -> dict[int, Segments]:
-    """How each version enters a pass, from its stored artifact: what the request hands the engine for the
-    versions its pool lacks. The rows were read without their tensors (and are still in their session), so this
-    reads each one's artifact bytes alone, once. Deleted since it was chosen: Stale; unreadable: prompt_corrupt."""
+def read_segments(session: Session, model: FrozenModel, prompt_ids: Iterable[int]) -> dict[int, Segments]:
+    """How each of these versions enters a pass, from its stored artifact: what a request hands the engine for the
+    versions its pool lacks, each read once.
+
+    Ends the request's read transaction first and reads in one of its own, closed before returning: the request's
+    snapshot may predate a delete, and a version deleted since the request chose it must never be served (Stale:
+    the request is served again from its task); and no connection is held while the request queues.
+    Unreadable: Conflict prompt_corrupt.
+    """
+    session.close()
     found: dict[int, Segments] = {}
-    for prompt in prompts:
-        try:
-            data = prompt.tensors
-        except ObjectDeletedError:  # the row went between reading it and its tensors (another transaction)
-            raise Stale() from None
-        try:
-            found[prompt.id] = load_segments(model, Artifact.from_bytes(data))
-        except ValueError as exc:
-            raise Conflict(f"prompt {prompt.id} is unreadable: {exc}", code="prompt_corrupt") from exc
+    try:
+        for prompt_id in sorted(set(prompt_ids)):
+            try:
+                data = get_prompt(session, prompt_id, with_tensors=True).tensors
+            except NotFound:
+                raise Stale() from None
+            try:
+                found[prompt_id] = load_segments(model, Artifact.from_bytes(data))
+            except ValueError as exc:
+                raise Conflict(f"prompt {prompt_id} is unreadable: {exc}", code="prompt_corrupt") from exc
+    finally:
+        session.close()
     return found
-
-
-def reread_segments(session: Session, model: FrozenModel, prompt_ids: Iterable[int]) -> dict[int, Segments]:
-    """read_segments for versions the pool evicted after the request chose them, read again by id (the request
-    let its rows go while it queued). Deleted meanwhile: Stale."""
-    prompts: list[Prompt] = []
-    for prompt_id in prompt_ids:
-        try:
-            prompts.append(get_prompt(session, prompt_id, with_tensors=True))
-        except NotFound:
-            raise Stale() from None
-    return read_segments(model, prompts)
