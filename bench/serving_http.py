@@ -41,7 +41,7 @@ def store_prompts(database_url: str, frozen: FrozenModel, prompts: dict[int, tor
                     task_id=task_id,
                     artifact=Artifact("prompt", {"prompt": prompt}),
                     positions=int(prompt.shape[0]),
-                    hidden_size=int(prompt.shape[1]),
+                    width=int(prompt.shape[1]),
                     identity=frozen.identity,
                     metrics={},
                     hyperparameters={},

@@ -191,7 +191,7 @@ def _store(worker: Worker, prepared: Prepared, beat: Heartbeat, result: Trained)
             task_id=prepared.task_id,
             artifact=result.artifact,
             positions=result.positions,
-            hidden_size=model.hidden_size,
+            width=model.hidden_size,
             identity=model.identity,
             metrics=result.metrics,
             hyperparameters=result.hyperparameters,

@@ -204,8 +204,10 @@ class Prompt(Base):
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     version: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String(64))
-    num_virtual_tokens: Mapped[int] = mapped_column(Integer)
-    hidden_size: Mapped[int] = mapped_column(Integer)
+    # positions the prompt adds to each row (before and after the input; 0 for input_mapping), and the width of
+    # its vectors (the base model's hidden size); named num_virtual_tokens and hidden_size before revision 0009
+    positions: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
     base_model_name: Mapped[str] = mapped_column(String(200))
     base_model_fingerprint: Mapped[str] = mapped_column(String(64))
     tensors: Mapped[bytes] = mapped_column(LargeBinary)

@@ -163,7 +163,7 @@ def import_adapter(
         task_id=task.id,
         artifact=artifact,
         positions=module.positions,
-        hidden_size=frozen.hidden_size,
+        width=frozen.hidden_size,
         identity=identity,
         metrics={},
         hyperparameters={"method": artifact.method, "num_virtual_tokens": module.positions},

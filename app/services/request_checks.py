@@ -29,7 +29,7 @@ def check_work(ids: list[tuple[int, ...]], prompts: list[Prompt], reserve: int, 
     """Refuse a request whose rows would compute more positions than `limit` in all."""
     if not limit:
         return
-    virtual = max(p.num_virtual_tokens for p in prompts)
+    virtual = max(p.positions for p in prompts)
     work = sum(len(row) + virtual + reserve for row in ids) * len(prompts)
     if work > limit:
         raise InvalidInput(
@@ -56,7 +56,7 @@ def encode_checked(
             "needs at least one; give some text",
             code="input_empty",
         )
-    virtual_tokens = max(p.num_virtual_tokens for p in prompts)
+    virtual_tokens = max(p.positions for p in prompts)
     # The labels as the engine scores them (text.label_token_ids: a leading space only where the template's
     # rendered prompt does not already end in whitespace), so a row accepted here fits when it is scored.
     longest_label = max((len(label) for label in label_token_ids(model, spec)), default=0)

@@ -209,9 +209,9 @@ def test_downgrading_below_meta_initialisations_removes_them_and_keeps_task_prom
             )
             conn.execute(
                 sa.text(
-                    "INSERT INTO prompts (id, task_id, kind, version, method, num_virtual_tokens, hidden_size, "
+                    "INSERT INTO prompts (id, task_id, kind, version, method, positions, width, "
                     "base_model_name, base_model_fingerprint, tensors, size_bytes, metrics, hyperparameters, job_id, "
-                    "created_at) SELECT 2, NULL, 'meta_init', 1, method, num_virtual_tokens, hidden_size, "
+                    "created_at) SELECT 2, NULL, 'meta_init', 1, method, positions, width, "
                     "base_model_name, base_model_fingerprint, tensors, size_bytes, metrics, hyperparameters, :job, "
                     "CURRENT_TIMESTAMP FROM prompts"
                 ),

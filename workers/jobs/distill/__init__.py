@@ -57,11 +57,11 @@ def _teachers(session: Session, task: Task, ids: list[int], model: FrozenModel |
                 code="teacher_invalid",
             )
         if model is not None and (
-            prompt.base_model_fingerprint != model.identity.fingerprint or prompt.hidden_size != model.hidden_size
+            prompt.base_model_fingerprint != model.identity.fingerprint or prompt.width != model.hidden_size
         ):
             raise InvalidInput(
                 f"teacher prompt {prompt_id} was trained on base model {prompt.base_model_name!r} (hidden size "
-                f"{prompt.hidden_size}); this service runs {model.identity.name!r} (hidden size {model.hidden_size}), "
+                f"{prompt.width}); this service runs {model.identity.name!r} (hidden size {model.hidden_size}), "
                 "whose layers cannot read it",
                 code="teacher_invalid",
             )
