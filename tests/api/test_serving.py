@@ -31,7 +31,7 @@ def store_random_prompt(engine: Engine, frozen: FrozenModel, task_id: int, promp
             task_id=task_id,
             artifact=Artifact("prompt", {"prompt": prompt}),
             positions=prompt.shape[0],
-            hidden_size=frozen.hidden_size,
+            width=frozen.hidden_size,
             identity=frozen.identity,
             metrics={},
             hyperparameters={},
