@@ -141,7 +141,7 @@ def test_an_empty_input_for_a_prefix_prompt_is_refused_not_a_failed_batch(
             task_id=task["id"],
             artifact=module.artifact(),
             positions=2,
-            hidden_size=frozen.hidden_size,
+            width=frozen.hidden_size,
             identity=frozen.identity,
             metrics={},
             hyperparameters=config.model_dump(mode="json"),
