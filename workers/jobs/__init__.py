@@ -1,20 +1,36 @@
-"""The job kinds: one file (or package) each, registered here; POST /v1/jobs and the worker know kinds only
-through KINDS. Adding a kind is one new module plus its line below (and its tests and docs)."""
+"""The job kinds: one module (or package) each, found and imported below; POST /v1/jobs and the worker know kinds
+only through KINDS. Adding a kind is one new module that sets `KIND = ItsKind()` (plus its tests and docs)."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
 from app.errors import InvalidInput
 from workers.jobs.base import JobContext, JobKind, Trained
-from workers.jobs.distill import Distill
-from workers.jobs.length_search import LengthSearchKind
-from workers.jobs.meta_init import MetaInit
-from workers.jobs.train import Train
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Train(), LengthSearchKind(), Distill(), MetaInit())}
+_SHARED = {"base"}
+
+
+def _discover() -> dict[str, JobKind]:
+    """Every kind module's KIND, "train" (the default type) first, then by name."""
+    found: dict[str, JobKind] = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in _SHARED:
+            continue
+        kind = getattr(importlib.import_module(f"{__name__}.{module.name}"), "KIND", None)
+        if not isinstance(kind, JobKind):
+            raise TypeError(f"workers/jobs/{module.name} sets no KIND (a JobKind instance)")
+        if kind.name in found:
+            raise TypeError(f"two job kinds are called {kind.name!r}")
+        found[kind.name] = kind
+    return {name: found[name] for name in sorted(found, key=lambda name: (name != "train", name))}
+
+
+KINDS: dict[str, JobKind] = _discover()
 
 
 def job_kind(name: str) -> JobKind:

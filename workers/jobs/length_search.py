@@ -145,3 +145,6 @@ class LengthSearchKind(JobKind):
             {**chosen.metrics, "length_scores": scores},
             hyperparameters,
         )
+
+
+KIND = LengthSearchKind()

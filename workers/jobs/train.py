@@ -124,3 +124,6 @@ class Train(JobKind):
                     raise result
         assert all(outcome is not None for outcome in outcomes)
         return cast(list[Trained | Exception], outcomes)
+
+
+KIND = Train()

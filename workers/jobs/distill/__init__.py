@@ -151,3 +151,6 @@ class Distill(JobKind):
 
     def run(self, ctx: JobContext) -> Trained:
         return distill(ctx, ctx.options)
+
+
+KIND = Distill()

@@ -124,3 +124,6 @@ class MetaInit(JobKind):
 
     def run(self, ctx: JobContext) -> Trained:
         return meta_learn(ctx, ctx.options)
+
+
+KIND = MetaInit()
