@@ -33,14 +33,14 @@ def cpu_count() -> int:
 
 
 @dataclass(frozen=True)
-class Budget:
+class ThreadBudget:
     """One compute thread's share: its PyTorch (OpenMP) threads and its niceness (0: as the process)."""
 
     threads: int
     nice: int = 0
 
 
-def process_budget(threads: int, role: Role, cores: int | None = None) -> Budget:
+def process_budget(threads: int, role: Role, cores: int | None = None) -> ThreadBudget:
     """The engine thread's (role "api") or a standalone worker's (role "worker") budget; threads 0 picks one.
 
     Automatic: the API takes every core (serving is latency-bound and spins least on its own cores); a standalone
@@ -49,14 +49,14 @@ def process_budget(threads: int, role: Role, cores: int | None = None) -> Budget
     """
     cores = cores or cpu_count()
     if threads > 0:
-        return Budget(threads)
-    return Budget(cores if role == "api" else max(1, cores // 2))
+        return ThreadBudget(threads)
+    return ThreadBudget(cores if role == "api" else max(1, cores // 2))
 
 
-def training_budget(threads: int, nice: int, cores: int | None = None) -> Budget:
+def training_budget(threads: int, nice: int, cores: int | None = None) -> ThreadBudget:
     """The budget of the training worker thread inside the API process (threads 0: half the cores, at least 1)."""
     cores = cores or cpu_count()
-    return Budget(threads if threads > 0 else max(1, cores // 2), nice)
+    return ThreadBudget(threads if threads > 0 else max(1, cores // 2), nice)
 
 
 def wait_policy_for(policy: WaitPolicy, role: Role) -> str | None:
@@ -85,7 +85,7 @@ def set_wait_policy(policy: WaitPolicy, role: Role) -> str | None:
     return chosen
 
 
-def enter(budget: Budget) -> None:
+def enter(budget: ThreadBudget) -> None:
     """Apply a budget to the calling thread: its OpenMP team's size and (Linux) its niceness."""
     import torch
 

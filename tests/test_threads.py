@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from app.threads import Budget, cpu_count, enter, process_budget, set_wait_policy, training_budget
+from app.threads import ThreadBudget, cpu_count, enter, process_budget, set_wait_policy, training_budget
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 
@@ -28,12 +28,12 @@ def _nice_by_thread() -> dict[int, int]:
 
 
 def test_automatic_budgets_give_the_api_every_core_and_a_worker_half() -> None:
-    assert process_budget(0, "api", cores=8) == Budget(8)
-    assert process_budget(0, "worker", cores=8) == Budget(4)
-    assert process_budget(0, "worker", cores=1) == Budget(1)  # never zero threads
-    assert process_budget(3, "worker", cores=8) == Budget(3)  # a configured size wins
-    assert training_budget(0, 10, cores=2) == Budget(1, 10)
-    assert training_budget(2, 0, cores=16) == Budget(2, 0)
+    assert process_budget(0, "api", cores=8) == ThreadBudget(8)
+    assert process_budget(0, "worker", cores=8) == ThreadBudget(4)
+    assert process_budget(0, "worker", cores=1) == ThreadBudget(1)  # never zero threads
+    assert process_budget(3, "worker", cores=8) == ThreadBudget(3)  # a configured size wins
+    assert training_budget(0, 10, cores=2) == ThreadBudget(1, 10)
+    assert training_budget(2, 0, cores=16) == ThreadBudget(2, 0)
 
 
 def test_the_wait_policy_goes_into_the_environment_unless_one_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +51,7 @@ def test_a_budget_holds_for_its_thread_and_the_openmp_threads_it_starts_not_for_
     seen: dict[str, object] = {}
 
     def work() -> None:
-        enter(Budget(2, 7))
+        enter(ThreadBudget(2, 7))
         for _ in range(5):
             (x * 2 + 1).sum()
         seen["threads"] = torch.get_num_threads()

@@ -10,7 +10,7 @@ from app.config import Settings
 from app.db.session import make_engine, make_session_factory
 from app.logs import configure_logging
 from app.model_loading import load_configured_model
-from app.threads import Budget, process_budget, training_budget
+from app.threads import ThreadBudget, process_budget, training_budget
 from workers.main import Worker, WorkerSettings
 
 
@@ -21,7 +21,7 @@ def worker_settings(settings: Settings, *, embedded: bool) -> WorkerSettings:
     budget = (
         training_budget(settings.training_threads, settings.training_nice)
         if embedded
-        else Budget(process_budget(settings.torch_threads, "worker").threads, settings.training_nice)
+        else ThreadBudget(process_budget(settings.torch_threads, "worker").threads, settings.training_nice)
     )
     return WorkerSettings(
         poll_seconds=settings.worker_poll_seconds,

@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import JobStatus
 from app.db.repositories import JobRepository
 from app.engine.core.model import FrozenModel
-from app.threads import Budget, enter
+from app.threads import ThreadBudget, enter
 from workers.heartbeat import WorkerStopping
 from workers.jobs import KINDS
 from workers.runner import run_jobs
@@ -62,7 +62,7 @@ class Worker:
     def run(self) -> None:
         """Claim and run jobs until stop is set; an idle worker polls every poll_seconds."""
         if self.settings.threads is not None:
-            enter(Budget(self.settings.threads, self.settings.nice))
+            enter(ThreadBudget(self.settings.threads, self.settings.nice))
         log.info(
             "worker %s started (%s PyTorch threads, nice %s)",
             self.worker_id,

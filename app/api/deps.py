@@ -19,7 +19,7 @@ from app.db.repositories import scope_session
 from app.engine.serving.runtime import ModelRuntime
 from app.errors import PayloadTooLarge
 from app.services.audit import act_as
-from app.services.inference import Budget
+from app.services.inference import RequestBudget
 from app.services.tasks import resolve_task
 
 
@@ -57,14 +57,14 @@ def refuse_declared_over(request: Request, limit: int, *, allowance: int = 0) ->
         raise PayloadTooLarge(f"the upload is {declared} bytes; the limit is {limit} (PROMPTBANK_MAX_UPLOAD_BYTES)")
 
 
-def request_budget(request: Request, settings: Settings, timeout_ms: float | None) -> Budget:
+def request_budget(request: Request, settings: Settings, timeout_ms: float | None) -> RequestBudget:
     """A model request's limits; its deadline counts from its arrival (Admission), not from when a thread took
     it, and its cancel event is set when its client disconnects."""
     arrived = getattr(request.state, ARRIVED, time.monotonic())
     seconds = (
         settings.max_request_seconds if timeout_ms is None else min(timeout_ms / 1000, settings.max_request_seconds)
     )
-    return Budget(
+    return RequestBudget(
         deadline=arrived + seconds,
         cancel=getattr(request.state, DISCONNECTED, None),
         max_input_chars=settings.max_input_chars,

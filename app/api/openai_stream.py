@@ -12,7 +12,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse
 
 from app.api.openai_responses import CompletionShape
-from app.services.inference import Budget
+from app.services.inference import RequestBudget
 from app.services.openai_compat import Completion
 
 Progress = Callable[[int, str, int], None]  # (choice index, its text so far, its tokens so far)
@@ -56,7 +56,7 @@ def _event(payload: dict[str, Any]) -> dict[str, str]:
 async def stream_completion(
     complete: Callable[[Progress], Awaitable[Completion]],
     shape: CompletionShape,
-    budget: Budget,
+    budget: RequestBudget,
 ) -> EventSourceResponse:
     """Start the completion (complete(on_progress)) and answer its events, as the request in shape.body asks; a
     refusal before the first token is raised instead, so the client gets a plain error response."""

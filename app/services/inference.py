@@ -25,13 +25,13 @@ from app.services.request_checks import check_input_lengths, check_work, encode_
 from app.services.serving_prompts import Stale, active_prompt, read_segments, serving_prompts
 from app.services.tasks import task_spec
 
-__all__ = ["Budget", "InferResult", "check_input_lengths", "embed", "infer"]
+__all__ = ["RequestBudget", "InferResult", "check_input_lengths", "embed", "infer"]
 
 TRIES = 3  # submissions of one request whose prompts the pool keeps evicting, before it is refused as overloaded
 
 
 @dataclass(frozen=True)
-class Budget:
+class RequestBudget:
     """What one request may take: its deadline (time.monotonic(), counted from its arrival), a cancel event (set
     when its client goes away), and caps on its work."""
 
@@ -57,7 +57,7 @@ def _model(runtime: ModelRuntime) -> FrozenModel:
         raise ServiceUnavailable(str(exc), code="model_unavailable") from exc
 
 
-def _left(budget: Budget) -> float | None:
+def _left(budget: RequestBudget) -> float | None:
     """Seconds left before the request's deadline; a 503 at once when none are."""
     if budget.deadline is None:
         return None
@@ -100,7 +100,7 @@ def _run(
     prompts: list[Prompt],
     rows: list[Row],
     priority: int,
-    budget: Budget,
+    budget: RequestBudget,
 ) -> list[Any]:
     """Queue rows with other requests' and wait; engine refusals become 503s.
 
@@ -135,7 +135,7 @@ def infer(
     max_new_tokens: int,
     stop: list[str],
     priority: int = 0,
-    budget: Budget | None = None,
+    budget: RequestBudget | None = None,
     ensemble: Any = None,
     on_progress: Callable[[int, str, int], None] | None = None,
 ) -> InferResult:
@@ -144,7 +144,7 @@ def infer(
 
     on_progress(input index, text so far, tokens generated) is called on the engine thread after every generated
     token of a generation task (for streaming); it must only hand its arguments over."""
-    budget = budget or Budget()
+    budget = budget or RequestBudget()
     check_input_lengths(inputs, budget.max_input_chars)
     model = _model(runtime)
 
@@ -165,7 +165,7 @@ def _infer(
     max_new_tokens: int,
     stop: list[str],
     priority: int,
-    budget: Budget,
+    budget: RequestBudget,
     ensemble: Any,
     on_progress: Callable[[int, str, int], None] | None,
 ) -> InferResult:
@@ -210,11 +210,11 @@ def embed(
     *,
     pooling: Literal["last", "mean"],
     priority: int = 0,
-    budget: Budget | None = None,
+    budget: RequestBudget | None = None,
 ) -> InferResult:
     """One vector per input: the frozen model's final hidden state under the task's active prompt (the last
     position's, or the mean over the input's positions), batched by the same engine as inference."""
-    budget = budget or Budget()
+    budget = budget or RequestBudget()
     check_input_lengths(inputs, budget.max_input_chars)
     model = _model(runtime)
     return _retrying(
@@ -230,7 +230,7 @@ def _embed(
     inputs: list[str],
     pooling: Literal["last", "mean"],
     priority: int,
-    budget: Budget,
+    budget: RequestBudget,
 ) -> InferResult:
     prompt = active_prompt(session, task, model)
     ids = encode_checked(model, task, inputs, [prompt], 0)

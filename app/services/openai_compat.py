@@ -16,7 +16,7 @@ from app.db.models import Task
 from app.db.repositories import TaskRepository
 from app.engine.serving.runtime import ModelRuntime
 from app.errors import InvalidInput
-from app.services.inference import Budget, infer
+from app.services.inference import RequestBudget, infer
 from app.services.tasks import resolve_task
 
 
@@ -54,7 +54,7 @@ def complete(
     *,
     max_tokens: int,
     stop: list[str],
-    budget: Budget,
+    budget: RequestBudget,
     logprobs: bool = False,
     on_progress: Callable[[int, str, int], None] | None = None,
 ) -> Completion:

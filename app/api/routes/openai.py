@@ -21,7 +21,7 @@ from app.api.routes.infer import MODEL_RESPONSES, check_count, note_task
 from app.db.models import Task
 from app.db.repositories import scope_session
 from app.errors import Conflict
-from app.services.inference import Budget
+from app.services.inference import RequestBudget
 from app.services.openai_compat import Completion, complete, ready_models
 from app.services.tasks import resolve_task
 
@@ -55,7 +55,7 @@ async def _complete(
     inputs: list[str],
     max_tokens: int,
     stop: list[str],
-    budget: Budget,
+    budget: RequestBudget,
     logprobs: bool,
     on_progress: Progress | None = None,
 ) -> Completion:

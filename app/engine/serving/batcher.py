@@ -18,7 +18,7 @@ from app.engine.serving.lane import GenerationLane
 from app.engine.serving.planning import BatcherOptions, Company, Pending, Result, take_round
 from app.engine.serving.pool import PromptMissing, PromptPool
 from app.engine.serving.stats import BatchCounters
-from app.threads import Budget, enter
+from app.threads import ThreadBudget, enter
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class Batcher:
 
     def _run(self) -> None:
         if self.options.threads is not None:
-            enter(Budget(self.options.threads))
+            enter(ThreadBudget(self.options.threads))
         while True:
             taken = self._take(wait=not self._lane.busy)
             if taken is None:
