@@ -34,10 +34,12 @@ class GenerationLane:
 
     @property
     def decoding_rows(self) -> int:
+        """Rows in the running decode batch."""
         return self._decoding.active
 
     @property
     def joining_rows(self) -> int:
+        """Rows waiting for room in it."""
         return len(self._joining)
 
     def queue(self, served: ServedPrompt, row: Row, tag: Any) -> None:
