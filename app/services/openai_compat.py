@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Task
 from app.db.repositories import TaskRepository
+from app.engine.core.text import label_token_ids
 from app.engine.serving.runtime import ModelRuntime
 from app.errors import InvalidInput
 from app.services.inference import RequestBudget, infer
-from app.services.tasks import resolve_task
+from app.services.tasks import resolve_task, task_spec
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,14 @@ def complete(
     choices: list[Choice] = []
     if task.kind == "classification":
         frozen = runtime.wait(timeout=0)
+        spec = task_spec(task)
+        # A label's tokens as the engine scores it (the template decides the leading space): one rule everywhere.
+        label_tokens = dict(zip(spec.labels, map(len, label_token_ids(frozen, spec)), strict=True))
         for index, output in enumerate(result.outputs):
             ranked = sorted(output["scores"].items(), key=lambda item: -item[1])
             label_logprobs = {label: math.log(max(p, 1e-300)) for label, p in ranked}  # JSON has no -inf
             label = output["label"]
-            choices.append(Choice(index, label, "stop", len(frozen.encode(" " + label)), label_logprobs))
+            choices.append(Choice(index, label, "stop", label_tokens[label], label_logprobs))
     else:
         for index, output in enumerate(result.outputs):
             reason = "length" if generated[index] >= max_tokens else "stop"
