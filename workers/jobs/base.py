@@ -78,6 +78,9 @@ class JobKind:
     Body: ClassVar[type[BaseModel]]  # the POST /v1/jobs variant, with `type: Literal[name]`
     Options: ClassVar[type[BaseModel] | None] = None  # stored in Job.options
     packable: ClassVar[bool] = False  # may train in shared passes with other claimed jobs of its kind
+    # The Options field holding the kind's own hyperparameters, which the body gives inside `hyperparameters`
+    # beside the method's (a distillation's alpha, MAML's loops); None: the kind has none.
+    own_hyperparameters: ClassVar[str | None] = None
 
     def check(self, session: Session, body: Any, model: FrozenModel | None) -> Planned:
         """Every refusal at enqueue (InvalidInput, NotFound, Conflict), read in the tenant's scope; what to store.
@@ -94,7 +97,10 @@ class JobKind:
 
     def shown(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
         """The job's hyperparameters and options as GET /v1/jobs shows them (the shape the body took)."""
-        return dict(job.hyperparameters), dict(job.options or {})
+        hyperparameters, options = dict(job.hyperparameters), dict(job.options or {})
+        if self.own_hyperparameters is not None:
+            hyperparameters.update(options.pop(self.own_hyperparameters, {}))
+        return hyperparameters, options
 
     def run(self, ctx: JobContext) -> Trained:
         """Train and return the prompt to store (raising ends the job: Cancelled, or failed with the reason)."""

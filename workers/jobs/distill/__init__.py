@@ -7,7 +7,7 @@ body's `hyperparameters` beside the student's method; they are stored in Job.opt
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, TypeAdapter
 from sqlalchemy.orm import Session
@@ -90,6 +90,7 @@ def _check_teacher_context(
 class Distill(JobKind):
     name: ClassVar[str] = "distill"
     Body = DistillJobCreate
+    own_hyperparameters = "distillation"
     Options = DistillOptions
 
     def check(self, session: Session, body: DistillJobCreate, model: FrozenModel | None) -> Planned:
@@ -142,12 +143,6 @@ class Distill(JobKind):
         if isinstance(options.teacher, PromptTeacher):
             inputs.teachers = read_teachers(session, options.teacher.prompts)
         return inputs
-
-    def shown(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The distillation's hyperparameters beside the method's, as the body gave them; the teacher as option."""
-        options = dict(job.options or {})
-        own = options.pop("distillation", {})
-        return {**job.hyperparameters, **own}, options
 
     def run(self, ctx: JobContext) -> Trained:
         return distill(ctx, ctx.options)

@@ -4,7 +4,7 @@ stored as a prompt of no task. MAML's own hyperparameters (order, inner_steps, .
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, TypeAdapter, field_validator
 from sqlalchemy.orm import Session
@@ -64,6 +64,7 @@ def _check_base_model(session: Session, task: Task, model: FrozenModel) -> None:
 class MetaInit(JobKind):
     name: ClassVar[str] = "meta_init"
     Body = MetaInitJobCreate
+    own_hyperparameters = "meta"
     Options = MetaInitOptions
 
     def check(self, session: Session, body: MetaInitJobCreate, model: FrozenModel | None) -> Planned:
@@ -115,12 +116,6 @@ class MetaInit(JobKind):
         inputs = load_inputs(session, job, config, model)
         inputs.sources = [read_source(session, s.task_id, s.task_name, s.dataset_id) for s in options.tasks]
         return inputs
-
-    def shown(self, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
-        """MAML's hyperparameters beside the method's, as the body gave them; the name and tasks as options."""
-        options = dict(job.options or {})
-        own = options.pop("meta", {})
-        return {**job.hyperparameters, **own}, options
 
     def run(self, ctx: JobContext) -> Trained:
         return meta_learn(ctx, ctx.options)
