@@ -27,7 +27,7 @@ from app.engine.core.text import EncodedExample, TaskSpec, encode_example, label
 from app.engine.methods import parse_config
 from app.engine.methods.init import initial_vectors
 from bench.quality_data import Pair
-from workers.training import batches, get_lr, is_better
+from workers.train_steps import batches, get_lr, is_better
 
 EVAL_BATCH = 16
 
