@@ -1,4 +1,5 @@
-"""Job use cases on the API side: enqueue a training job, inspect it, cancel it."""
+"""Job use cases on the API side: the checks job kinds share, the one enqueue path (a kind's `check` says what to
+store: workers/jobs/), inspecting a job, cancelling it."""
 
 from __future__ import annotations
 

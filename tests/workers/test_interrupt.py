@@ -84,8 +84,16 @@ def test_another_threads_passes_never_run_the_check(frozen: FrozenModel) -> None
     def stopped() -> None:
         raise Stop
 
+    threads = torch.get_num_threads()
+
+    def serve() -> None:
+        # The same OpenMP team size as this thread (a new thread starts from the process default, which an
+        # earlier test's budget may have left elsewhere): bit-identical sums need the same reduction order.
+        torch.set_num_threads(threads)
+        results.append(meta_grads(frozen))
+
     with interruptible(stopped):
-        other = threading.Thread(target=lambda: results.append(meta_grads(frozen)))
+        other = threading.Thread(target=serve)
         other.start()
         other.join()
         with pytest.raises(Stop):
