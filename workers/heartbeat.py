@@ -100,6 +100,21 @@ class Heartbeat:
         acc = "" if report.val_accuracy is None else f", val_accuracy {report.val_accuracy:.4f}"
         self.beat(event=("metrics", f"step {report.step}: val_loss {report.val_loss:.4f}{acc}", data))
 
+    def trial(self, number: int, values: dict[str, Any]) -> None:
+        """Record a tune job's trial (JobTrial's columns); one that ended adds a `trial` event."""
+        with self._lock:
+            try:
+                with self.worker.sessions.begin() as session:
+                    repo = JobRepository(session)
+                    repo.save_trial(self.job_id, self.attempt, number, **values)
+                    if values.get("state") in ("pruned", "finished", "failed"):
+                        value = values.get("value")
+                        shown = "no score" if value is None else f"value {value:.4f}"
+                        message = f"trial {number} ({values.get('method')}) {values['state']}: {shown}"
+                        repo.add_event(self.job_id, "trial", message, {"number": number, **values})
+            except Exception:  # the curve and events are kept; a lost trial row is not worth the job
+                log.exception("recording trial %s of job %s failed", number, self.job_id)
+
     def should_stop(self) -> bool:
         if self.lost:
             raise JobLost(self.job_id)

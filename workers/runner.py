@@ -130,6 +130,7 @@ def _prepare(worker: Worker, job_id: int, beat: Heartbeat) -> Prepared:
                 should_stop=beat.should_stop,
                 event=lambda kind, message, data: beat.beat(event=(kind, message, data)),
                 set_total_steps=lambda total: beat.progress.update(total_steps=total),
+                record_trial=beat.trial,
                 teachers=inputs.teachers,
                 sources=inputs.sources,
                 candidates=inputs.candidates,

@@ -161,6 +161,24 @@ class JobMetricOut(BaseModel):
     seconds: float = Field(description="Seconds since the attempt started.")
 
 
+class TrialOut(BaseModel):
+    """One configuration a tune job tried (its latest attempt's)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int = Field(description="0, 1, ... in the order the search tried them.")
+    method: str
+    hyperparameters: dict[str, Any] = Field(description="The method's config the trial trained with.")
+    steps: int = Field(description="Optimizer steps it ran (fewer than its budget when pruned).")
+    scores: list[float] = Field(description="Validation score at each evaluation (accuracy, or minus the loss).")
+    value: float | None = Field(description="Its best validation score: what the search ranks.")
+    state: Literal["running", "pruned", "finished", "failed"]
+
+
+class TrialList(BaseModel):
+    data: list[TrialOut]
+
+
 # --- methods --------------------------------------------------------------------------------------------
 
 

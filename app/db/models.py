@@ -189,6 +189,28 @@ class JobMetric(Base):
     seconds: Mapped[float] = mapped_column(Float)
 
 
+class JobTrial(Base):
+    """One configuration a tune job tried: its method and hyperparameters, its validation score at each
+    evaluation, its best value, and how it ended; numbered from 0 within the job's attempt."""
+
+    __tablename__ = "job_trials"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "number", name="uq_job_trials_job_id_attempt_number"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(64))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    steps: Mapped[int] = mapped_column(Integer)  # optimizer steps it ran
+    scores: Mapped[list[float]] = mapped_column(JSON)  # validation score per evaluation
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # its best score (what the search ranks)
+    state: Mapped[str] = mapped_column(String(16))  # running, pruned, finished, failed
+
+
 class Prompt(Base):
     __tablename__ = "prompts"
     __table_args__ = (

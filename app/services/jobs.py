@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobMetric, JobStatus, Task
+from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobMetric, JobStatus, JobTrial, Task
 from app.db.repositories import JobRepository, PromptRepository
 from app.engine.core.model import FrozenModel
 from app.engine.methods import TrainConfig, get_method
@@ -183,6 +183,12 @@ def job_metrics(session: Session, job_id: int) -> list[dict[str, Any]]:
             if value is not None:
                 point[name] = value
     return [merged[key] for key in sorted(merged)]
+
+
+def job_trials(session: Session, job_id: int) -> Sequence[JobTrial]:
+    """The configurations the job tried (a tune job's), its latest attempt's, by number."""
+    get_job(session, job_id)
+    return JobRepository(session).trials(job_id)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from workers.jobs import KINDS, job_kind
 
 
 def test_every_kind_s_body_is_the_post_variant_of_its_type(client: TestClient) -> None:
-    assert list(KINDS)[0] == "train" and set(KINDS) == {"train", "length_search", "distill", "meta_init"}
+    assert list(KINDS)[0] == "train" and set(KINDS) == {"train", "length_search", "distill", "meta_init", "tune"}
     for name, kind in KINDS.items():
         assert get_args(kind.Body.model_fields["type"].annotation) == (name,)
     schema = client.get("/openapi.json").json()

@@ -37,6 +37,8 @@ class JobContext:
     should_stop: Callable[[], bool]
     event: Callable[[str, str, dict[str, Any]], None]
     set_total_steps: Callable[[int], None] = field(default=lambda total: None)
+    # a trial of a search (number, JobTrial's columns): GET /v1/jobs/{id}/trials
+    record_trial: Callable[[int, dict[str, Any]], None] = field(default=lambda number, values: None)
     teachers: list[tuple[int, Artifact]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)

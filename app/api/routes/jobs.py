@@ -27,7 +27,16 @@ from app.api.deps import (
     SettingsDep,
     Trainer,
 )
-from app.api.schemas import ErrorResponse, JobCreate, JobEventOut, JobMetricOut, JobOut, JobProgress
+from app.api.schemas import (
+    ErrorResponse,
+    JobCreate,
+    JobEventOut,
+    JobMetricOut,
+    JobOut,
+    JobProgress,
+    TrialList,
+    TrialOut,
+)
 from app.db.base import MAX_ID
 from app.db.models import Job, JobMetric, JobStatus
 from app.db.repositories import scope_session
@@ -122,6 +131,12 @@ def get_job_events(
 def get_job_metrics(job_id: IdPath, session: ReadSessionDep) -> list[JobMetricOut]:
     """The job's training curve: step, loss, learning rate, validation loss and score, seconds; per attempt."""
     return [JobMetricOut.model_validate(point) for point in service.job_metrics(session, job_id)]
+
+
+@router.get("/{job_id}/trials", dependencies=[READ], responses={404: {"model": ErrorResponse}})
+def get_job_trials(job_id: IdPath, session: ReadSessionDep) -> TrialList:
+    """The configurations a tune job tried: method, hyperparameters, steps, validation scores, value and state."""
+    return TrialList(data=[TrialOut.model_validate(trial) for trial in service.job_trials(session, job_id)])
 
 
 STREAM_PAGE = 500  # events or points read per poll

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, func, select, update
 
 from app.db.base import utcnow
-from app.db.models import Job, JobEvent, JobMetric, JobStatus
+from app.db.models import Job, JobEvent, JobMetric, JobStatus, JobTrial
 from app.db.repositories.tenancy import Repository
 
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running)
@@ -60,6 +60,26 @@ class JobRepository(Repository[Job]):
         """The job's curve after the point after_id, oldest first."""
         stmt = select(JobMetric).where(JobMetric.job_id == job_id, JobMetric.id > after_id).order_by(JobMetric.id)
         return self.session.scalars(stmt if limit is None else stmt.limit(limit)).all()
+
+    def save_trial(self, job_id: int, attempt: int, number: int, **values: Any) -> JobTrial:
+        """Insert or update trial `number` of the job's attempt (values: JobTrial's other columns)."""
+        trial = self.session.scalars(
+            select(JobTrial).where(JobTrial.job_id == job_id, JobTrial.attempt == attempt, JobTrial.number == number)
+        ).one_or_none()
+        if trial is None:
+            trial = JobTrial(job_id=job_id, attempt=attempt, number=number, **values)
+            self.session.add(trial)
+        else:
+            for name, value in values.items():
+                setattr(trial, name, value)
+        self.session.flush()
+        return trial
+
+    def trials(self, job_id: int) -> Sequence[JobTrial]:
+        """The trials of the job's latest attempt that recorded any, by number."""
+        latest = select(func.max(JobTrial.attempt)).where(JobTrial.job_id == job_id).scalar_subquery()
+        stmt = select(JobTrial).where(JobTrial.job_id == job_id, JobTrial.attempt == latest).order_by(JobTrial.number)
+        return self.session.scalars(stmt).all()
 
     def events(self, job_id: int, *, after_id: int, limit: int) -> Sequence[JobEvent]:
         """The job's events after after_id, oldest first."""
