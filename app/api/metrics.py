@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # What a model route leaves in the request's state for the middleware: the task served and its rows.
 TASK_NAME, TASK_ROWS = "promptbank_metrics_task", "promptbank_metrics_rows"
+TASK_VERSION = "promptbank_metrics_version"
 OTHER = "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -83,6 +84,12 @@ class Metrics:
         self.inference_rows = Counter(
             "promptbank_inference_rows", "Inputs served by task.", ["task"], registry=self.registry
         )
+        self.version_requests = Counter(
+            "promptbank_inference_version_requests",
+            "Model requests answered, by task and the prompt version (id) that served them.",
+            ["task", "prompt_id"],
+            registry=self.registry,
+        )
         self.inference_latency = Histogram(
             "promptbank_inference_duration_seconds",
             "Model request latency by task (queue wait included).",
@@ -100,7 +107,19 @@ class Metrics:
             self.inference_requests.labels(route, label, str(status)).inc()
             if status < 400:
                 self.inference_rows.labels(label).inc(state.get(TASK_ROWS, 0))
+                version = state.get(TASK_VERSION)
+                if version is not None and label != OTHER:  # version labels only for the tasks named above
+                    self.version_requests.labels(label, str(version)).inc()
                 self.inference_latency.labels(label).observe(seconds)
+
+    def version_counts(self) -> dict[str, dict[str, int]]:
+        """Requests answered per task and version, as counted so far: {task: {prompt id: requests}}."""
+        counts: dict[str, dict[str, int]] = {}
+        for family in self.version_requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts.setdefault(sample.labels["task"], {})[sample.labels["prompt_id"]] = int(sample.value)
+        return counts
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

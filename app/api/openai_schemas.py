@@ -29,6 +29,9 @@ class _OpenAIRequest(BaseModel):
     n: int = Field(default=1, description="Only 1: decoding is greedy, so every choice would be the same.")
     temperature: float | None = Field(default=None, description="Ignored: decoding is greedy.")
     top_p: float | None = Field(default=None, description="Ignored: decoding is greedy.")
+    user: str | None = Field(
+        default=None, max_length=256, description="Under a task's traffic split, the same user meets the same version."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import workers.jobs
-from app.bodies import PromptIds, Strict
+from app.bodies import PromptIds, RowId, Strict
 
 MAX_LABELS = 1000  # every label is scored for every input: a bound on a request's work
 
@@ -91,14 +91,37 @@ class TaskOut(BaseModel):
     ensemble: PromptIds | EnsembleTop | None = Field(
         default=None, description="Served by default instead of the active version (classification)."
     )
+    traffic: list[TrafficShare] | None = Field(
+        default=None, description="The split of requests between versions (weights sum to 1), if any."
+    )
     created_at: datetime
 
 
+class TrafficShare(Strict):
+    prompt_id: RowId = Field(description="A version of the task.")
+    weight: float = Field(gt=0, le=1000, description="Its share of the requests (weights are normalised).")
+
+
 class TaskUpdate(Strict):
+    """Only the fields given change."""
+
     ensemble: PromptIds | EnsembleTop | None = Field(
+        default=None,
         description='Serve an ensemble by default: prompt ids of this task, {"top": k}, or null for the active '
-        "version alone."
+        "version alone.",
     )
+    traffic: list[TrafficShare] | None = Field(
+        default=None,
+        max_length=8,
+        description="Split the task's requests between versions by weight (canary), or null to serve the active "
+        "version; a request's `user` always meets the same version.",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> TaskUpdate:
+        if not self.model_fields_set:
+            raise ValueError('give "ensemble" or "traffic".')
+        return self
 
 
 # --- jobs -----------------------------------------------------------------------------------------------
@@ -242,6 +265,11 @@ class InferRequest(Strict):
         default=None,
         description="Classification: average the label probabilities of these versions of the task (prompt ids, "
         'or {"top": k}: the k best by validation score), run in the same batches.',
+    )
+    user: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Who asks: under a traffic split, the same user meets the same version.",
     )
 
 

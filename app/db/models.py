@@ -91,6 +91,8 @@ class Task(Base):
     active_prompt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # served by default instead of the active version: prompt ids, or {"top": k} (best k by validation)
     ensemble: Mapped[Any] = mapped_column(JSON, nullable=True)
+    # canary traffic: [{"prompt_id", "weight"}] splitting the task's requests between versions (weights sum to 1)
+    traffic: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     prompts: Mapped[list[Prompt]] = relationship(

@@ -138,19 +138,21 @@ def infer(
     budget: RequestBudget | None = None,
     ensemble: Any = None,
     on_progress: Callable[[int, str, int], None] | None = None,
+    user: str | None = None,
 ) -> InferResult:
     """Classify or generate for every input with the task's active prompt (or an ensemble of its versions, whose
     rows share the same batches), batched with other requests.
 
     on_progress(input index, text so far, tokens generated) is called on the engine thread after every generated
-    token of a generation task (for streaming); it must only hand its arguments over."""
+    token of a generation task (for streaming); it must only hand its arguments over. user: who asks, so that
+    under a traffic split the same user meets the same version."""
     budget = budget or RequestBudget()
     check_input_lengths(inputs, budget.max_input_chars)
     model = _model(runtime)
 
     def serve(task: Task) -> InferResult:
         return _infer(
-            session, runtime, model, task, inputs, max_new_tokens, stop, priority, budget, ensemble, on_progress
+            session, runtime, model, task, inputs, max_new_tokens, stop, priority, budget, ensemble, on_progress, user
         )
 
     return _retrying(session, task, serve)
@@ -168,8 +170,9 @@ def _infer(
     budget: RequestBudget,
     ensemble: Any,
     on_progress: Callable[[int, str, int], None] | None,
+    user: str | None,
 ) -> InferResult:
-    prompts, is_ensemble = serving_prompts(session, task, model, ensemble)
+    prompts, is_ensemble = serving_prompts(session, task, model, ensemble, user)
     spec = task_spec(task)
     reserve = max_new_tokens if task.kind == "generation" else 0
     ids = encode_checked(model, task, inputs, prompts, reserve)

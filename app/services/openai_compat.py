@@ -58,6 +58,7 @@ def complete(
     budget: RequestBudget,
     logprobs: bool = False,
     on_progress: Callable[[int, str, int], None] | None = None,
+    user: str | None = None,
 ) -> Completion:
     """One choice per input from the task named by `model` (progress as in inference.infer)."""
     task = resolve_task(session, model)
@@ -75,7 +76,15 @@ def complete(
             on_progress(index, text, tokens)
 
     result = infer(
-        session, runtime, task, inputs, max_new_tokens=max_tokens, stop=stop, budget=budget, on_progress=progress
+        session,
+        runtime,
+        task,
+        inputs,
+        max_new_tokens=max_tokens,
+        stop=stop,
+        budget=budget,
+        on_progress=progress,
+        user=user,
     )
     choices: list[Choice] = []
     if task.kind == "classification":

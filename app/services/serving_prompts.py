@@ -13,7 +13,7 @@ from app.engine.core.segments import Segments
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import load_segments
 from app.errors import Conflict, InvalidInput, NotFound
-from app.services import ensembles
+from app.services import ensembles, traffic
 from app.services.prompts import get_prompt
 
 
@@ -49,8 +49,11 @@ def active_prompt(session: Session, task: Task, model: FrozenModel) -> Prompt:
     return check_base_model(prompt, model)
 
 
-def serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble: Any) -> tuple[list[Prompt], bool]:
-    """The versions that serve a request, and whether they form an ensemble (asked for, or the task's default)."""
+def serving_prompts(
+    session: Session, task: Task, model: FrozenModel, ensemble: Any, user: str | None = None
+) -> tuple[list[Prompt], bool]:
+    """The versions that serve a request, and whether they form an ensemble (asked for, or the task's default);
+    under a traffic split, the version the split gives this request (the same one for the same `user`)."""
     if ensemble is not None:
         if task.kind != "classification":
             raise InvalidInput(
@@ -62,6 +65,12 @@ def serving_prompts(session: Session, task: Task, model: FrozenModel, ensemble: 
         chosen = ensembles.members(session, task, task.ensemble, strict=False)
         if chosen:
             return [check_base_model(prompt, model) for prompt in chosen], True
+    chosen_id = traffic.pick(task, user)
+    if chosen_id is not None:
+        try:
+            return [check_base_model(get_prompt(session, chosen_id), model)], False
+        except NotFound:  # a version of the split was deleted: its share falls to the active version
+            pass
     return [active_prompt(session, task, model)], False
 
 

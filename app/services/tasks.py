@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,7 +14,7 @@ from app.db.models import Task
 from app.db.repositories import TaskRepository
 from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
-from app.services import audit, ensembles
+from app.services import audit, ensembles, traffic
 from app.text_checks import text_problem
 
 if TYPE_CHECKING:  # a caller hands in its runtime; workers importing this file load no serving code
@@ -103,6 +103,21 @@ def task_statuses(session: Session, tasks: Sequence[Task]) -> dict[int, str]:
 
 def list_tasks(session: Session, *, limit: int, offset: int) -> Sequence[Task]:
     return TaskRepository(session).list(limit=limit, offset=offset)
+
+
+def update_task(session: Session, task: Task, changes: dict[str, Any]) -> None:
+    """Apply a PATCH: `ensemble` (default ensemble, or None) and `traffic` (a split between versions, or None);
+    only the keys given change. A task serves one of the two at most."""
+    if "ensemble" in changes:
+        set_ensemble(session, task, changes["ensemble"])
+    if "traffic" in changes:
+        task.traffic = None if changes["traffic"] is None else traffic.validate(session, task, changes["traffic"])
+    if task.ensemble is not None and task.traffic:
+        raise InvalidInput(
+            "a task serves a default ensemble or a traffic split, not both; set the other to null",
+            code="traffic_invalid",
+        )
+    session.flush()
 
 
 def set_ensemble(session: Session, task: Task, ensemble: list[int] | dict[str, int] | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import AUTH_RESPONSES, INFER, OPERATOR, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
-from app.api.metrics import TASK_NAME, TASK_ROWS
+from app.api.metrics import TASK_NAME, TASK_ROWS, TASK_VERSION
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.errors import InvalidInput
 from app.services.inference import embed, infer
@@ -23,10 +23,11 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def note_task(request: Request, task: str, rows: int) -> None:
-    """Tell the metrics middleware which task this request served, and how many rows."""
+def note_task(request: Request, task: str, rows: int, prompt_id: int | None = None) -> None:
+    """Tell the metrics middleware which task this request served, with how many rows, and by which version."""
     setattr(request.state, TASK_NAME, task)
     setattr(request.state, TASK_ROWS, rows)
+    setattr(request.state, TASK_VERSION, prompt_id)
 
 
 def check_count(inputs: list[str], limit: int) -> None:
@@ -54,8 +55,9 @@ def run_inference(
         priority=body.priority,
         budget=request_budget(request, settings, body.timeout_ms),
         ensemble=ensemble_spec(body.ensemble),
+        user=body.user,
     )
-    note_task(request, result.task.name, len(body.inputs))
+    note_task(request, result.task.name, len(body.inputs), result.prompt_id)
     return InferResponse.model_validate(
         {
             "task": result.task.name,
@@ -96,6 +98,7 @@ def run_embedding(
 
 
 @router.get("/stats", dependencies=[OPERATOR])
-def stats(runtime: RuntimeDep) -> dict[str, Any]:
-    """Engine counters: prompt pool (size, hits, misses, evictions), batches, queue time."""
-    return {"engine": runtime.stats()}
+def stats(runtime: RuntimeDep, request: Request) -> dict[str, Any]:
+    """Engine counters: prompt pool (size, hits, misses, evictions), batches, queue time; requests answered by
+    each task's versions (a traffic split's shares, as served by this process)."""
+    return {"engine": runtime.stats(), "versions": request.app.state.metrics.version_counts()}

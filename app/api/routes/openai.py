@@ -57,6 +57,7 @@ async def _complete(
     stop: list[str],
     budget: RequestBudget,
     logprobs: bool,
+    user: str | None,
     on_progress: Progress | None = None,
 ) -> Completion:
     """The completion, computed on a worker thread with its own session (a stream outlives the request's)."""
@@ -73,10 +74,11 @@ async def _complete(
                 budget=budget,
                 logprobs=logprobs,
                 on_progress=on_progress,
+                user=user,
             )
 
     completion = await anyio.to_thread.run_sync(work)
-    note_task(request, completion.task.name, len(inputs))
+    note_task(request, completion.task.name, len(inputs), completion.prompt_id)
     return completion
 
 
@@ -95,7 +97,18 @@ async def _serve(
     budget = request_budget(request, settings, None)
     shape = CompletionShape(chat, body)
     wants_logprobs = bool(body.logprobs) if chat else body.logprobs is not None
-    run = (request, principal, runtime, body.model, inputs, max_tokens, body.stop_strings, budget, wants_logprobs)
+    run = (
+        request,
+        principal,
+        runtime,
+        body.model,
+        inputs,
+        max_tokens,
+        body.stop_strings,
+        budget,
+        wants_logprobs,
+        body.user,
+    )
     if not body.stream:
         return shape.response(await _complete(*run))
     return await stream_completion(lambda progress: _complete(*run, on_progress=progress), shape, budget)

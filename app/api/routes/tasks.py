@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
@@ -38,6 +39,7 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
             status=statuses[t.id],
             active_prompt_id=t.active_prompt_id,
             ensemble=t.ensemble,
+            traffic=t.traffic,
             created_at=t.created_at,  # type: ignore[arg-type]
         )
         for t in tasks
@@ -65,8 +67,14 @@ def get_task(task: TaskDep, session: ReadSessionDep) -> TaskOut:
 
 @router.patch("/{task}", dependencies=[TRAIN], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 def update_task(body: TaskUpdate, task: WritableTaskDep, session: SessionDep) -> TaskOut:
-    """Set what the task serves by default: an ensemble of its versions, or (null) its active version."""
-    service.set_ensemble(session, task, ensemble_spec(body.ensemble))
+    """Set what the task serves: an ensemble of its versions by default, a traffic split between versions
+    (canary), or (null) its active version alone."""
+    changes: dict[str, Any] = {}
+    if "ensemble" in body.model_fields_set:
+        changes["ensemble"] = ensemble_spec(body.ensemble)
+    if "traffic" in body.model_fields_set:
+        changes["traffic"] = None if body.traffic is None else [share.model_dump() for share in body.traffic]
+    service.update_task(session, task, changes)
     return task_out(session, [task])[0]
 
 
