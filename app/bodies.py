@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,3 +30,9 @@ class JobCreateBase(Strict):
 
     type: str  # each kind's body narrows it to Literal[its name]: the union's discriminator
     priority: int = Field(default=0, ge=-100, le=100, description="Higher runs first.")
+    promote: Literal["always", "if_better", "never"] | None = Field(
+        default=None,
+        description='Whether the version the job stores becomes active: "always", "if_better" (it beats the active '
+        'version on the task\'s evaluation dataset), "never" (stored inactive); default "if_better" for tune, '
+        '"always" for the others.',
+    )

@@ -11,6 +11,7 @@ from app.db.models import JobStatus
 from app.db.repositories import JobRepository
 from app.engine.methods import parse_config
 from app.services.prompts import store_prompt
+from workers.gate import judge
 from workers.heartbeat import Heartbeat, JobLost, WorkerStopping
 from workers.interrupt import interruptible
 from workers.jobs import KINDS, JobContext, JobKind, Trained
@@ -34,6 +35,7 @@ class Prepared:
     total_steps: int
     lineage: dict[str, Any]
     context: JobContext
+    promote: str = "always"
 
 
 def run_jobs(worker: Worker, job_ids: list[int]) -> None:
@@ -109,6 +111,7 @@ def _prepare(worker: Worker, job_id: int, beat: Heartbeat) -> Prepared:
             task_id=job.task_id,
             dataset_id=job.dataset_id,
             total_steps=job.progress.get("total_steps", config.steps),
+            promote=job.promote or "always",
             lineage={
                 "job_type": job.type,
                 "job_id": job_id,
@@ -182,8 +185,10 @@ def _conclude(
 
 
 def _store(worker: Worker, prepared: Prepared, beat: Heartbeat, result: Trained) -> None:
-    """Store the prompt and finish the job in one transaction (JobLost when the job is no longer ours)."""
+    """Score the prompt on the task's evaluation set, then store it (active or not, as the job's promote policy
+    and the scores say) and finish the job in one transaction (JobLost when the job is no longer ours)."""
     model, job_id, config = prepared.context.model, prepared.job_id, prepared.context.config
+    gate = judge(worker.sessions, prepared.tenant, prepared.task_id, prepared.promote, model, result.artifact)
     with worker.sessions.begin() as session:
         repo = JobRepository(session)
         prompt = store_prompt(
@@ -200,7 +205,11 @@ def _store(worker: Worker, prepared: Prepared, beat: Heartbeat, result: Trained)
             dataset_id=prepared.dataset_id,
             lineage={**prepared.lineage, **result.lineage, "hyperparameters": result.hyperparameters},
             name=result.name,
+            activate=gate.promoted,
         )
+        gate.record(session, prompt.id)
+        for kind, message, data in gate.events(prompt.id):
+            repo.add_event(job_id, kind, message, data)
         total = beat.progress.get("total_steps", config.steps)
         progress = {**beat.progress, "step": total, "total_steps": total}
         if not repo.finish(

@@ -94,6 +94,7 @@ class TaskOut(BaseModel):
     traffic: list[TrafficShare] | None = Field(
         default=None, description="The split of requests between versions (weights sum to 1), if any."
     )
+    evaluation_dataset_id: int | None = Field(default=None, description="The evaluation gate's dataset, if any.")
     created_at: datetime
 
 
@@ -117,10 +118,15 @@ class TaskUpdate(Strict):
         "version; a request's `user` always meets the same version.",
     )
 
+    evaluation_dataset_id: RowId | None = Field(
+        default=None,
+        description="A labeled dataset every new version is scored on (the evaluation gate), or null for none.",
+    )
+
     @model_validator(mode="after")
     def _something(self) -> TaskUpdate:
         if not self.model_fields_set:
-            raise ValueError('give "ensemble" or "traffic".')
+            raise ValueError('give "ensemble", "traffic" or "evaluation_dataset_id".')
         return self
 
 
@@ -154,6 +160,7 @@ class JobOut(BaseModel):
         description="What the job type takes besides hyperparameters: a length search's search, a distillation's "
         "teacher, a meta_init job's name and tasks.",
     )
+    promote: str = Field(default="always", description="Whether the stored version becomes active (see POST).")
     result_prompt_id: int | None
     error: str | None
     attempts: int
@@ -182,6 +189,21 @@ class JobMetricOut(BaseModel):
     val_loss: float | None = Field(description="Validation loss, at evaluation steps.")
     val_score: float | None = Field(description="Validation accuracy (classification), at evaluation steps.")
     seconds: float = Field(description="Seconds since the attempt started.")
+
+
+class EvaluationOut(BaseModel):
+    prompt_id: int
+    version: int
+    dataset_id: int
+    metrics: dict[str, Any] = Field(
+        description="Classification: accuracy, macro_f1, calibration_error; generation: exact_match, token_f1; "
+        "and examples."
+    )
+    active: bool
+
+
+class EvaluationList(BaseModel):
+    data: list[EvaluationOut]
 
 
 class TrialOut(BaseModel):

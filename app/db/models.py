@@ -93,6 +93,8 @@ class Task(Base):
     ensemble: Mapped[Any] = mapped_column(JSON, nullable=True)
     # canary traffic: [{"prompt_id", "weight"}] splitting the task's requests between versions (weights sum to 1)
     traffic: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # the evaluation gate's set: every new version is scored on it (no FK: a deleted dataset just stops scoring)
+    evaluation_dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     prompts: Mapped[list[Prompt]] = relationship(
@@ -137,6 +139,8 @@ class Job(Base):
     # the job kind's own (its Options model in workers/jobs/): a length search's lengths, a distillation's teacher
     # and alpha, a meta_init job's tasks and loops (revision 0008 moved the last two out of hyperparameters)
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # whether the version the job stores becomes active: always, if_better (on the evaluation set), never
+    promote: Mapped[str | None] = mapped_column(String(16), nullable=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, name="job_status", native_enum=False, length=16), default=JobStatus.queued
     )
@@ -189,6 +193,23 @@ class JobMetric(Base):
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float] = mapped_column(Float)
+
+
+class PromptEvaluation(Base):
+    """A version's scores on an evaluation dataset (accuracy, macro-F1, calibration error; or exact match and
+    token F1 for generation)."""
+
+    __tablename__ = "prompt_evaluations"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "dataset_id", name="uq_prompt_evaluations_prompt_id_dataset_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class JobTrial(Base):

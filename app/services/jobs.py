@@ -124,8 +124,8 @@ class Planned:
     validation_dataset_id: int | None = None
 
 
-def enqueue(session: Session, planned: Planned, *, priority: int, max_attempts: int) -> Job:
-    """Queue a checked job of any kind: one row, one "queued" event."""
+def enqueue(session: Session, planned: Planned, *, priority: int, max_attempts: int, promote: str) -> Job:
+    """Queue a checked job of any kind: one row, one "queued" event; promote: the stored version's policy."""
     repo = JobRepository(session)
     job = repo.add(
         Job(
@@ -139,6 +139,7 @@ def enqueue(session: Session, planned: Planned, *, priority: int, max_attempts: 
             priority=priority,
             progress={"step": 0, "total_steps": planned.total_steps},
             max_attempts=max_attempts,
+            promote=promote,
         )
     )
     method = planned.config.get("method")

@@ -98,6 +98,7 @@ def store_prompt(
     lineage: dict[str, Any] | None = None,
     name: str | None = None,
     limits: Limits | None = None,
+    activate: bool = True,
 ) -> Prompt:
     """Store a trained prompt as the task's next version and make it active; with no task, store it as a
     meta-initialisation. With `limits`, refuse (429) what would pass the tenant's storage quota."""
@@ -125,7 +126,7 @@ def store_prompt(
             lineage=lineage,
         )
     )
-    task = TaskRepository(session).get(task_id) if task_id is not None else None
+    task = TaskRepository(session).get(task_id) if task_id is not None and activate else None
     if task is not None:
         task.active_prompt_id = prompt.id
     session.flush()

@@ -15,6 +15,7 @@ from app.db.repositories import TaskRepository
 from app.engine.core.text import DEFAULT_TEMPLATES, TaskSpec
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services import audit, ensembles, traffic
+from app.services.datasets import check_labels, get_dataset, require_labeled
 from app.text_checks import text_problem
 
 if TYPE_CHECKING:  # a caller hands in its runtime; workers importing this file load no serving code
@@ -112,6 +113,14 @@ def update_task(session: Session, task: Task, changes: dict[str, Any]) -> None:
         set_ensemble(session, task, changes["ensemble"])
     if "traffic" in changes:
         task.traffic = None if changes["traffic"] is None else traffic.validate(session, task, changes["traffic"])
+    if "evaluation_dataset_id" in changes:
+        dataset_id = changes["evaluation_dataset_id"]
+        if dataset_id is not None:
+            dataset = get_dataset(session, dataset_id, with_examples=True)
+            require_labeled(dataset, "to score versions on")
+            if task.kind == "classification":
+                check_labels(dataset, task.labels)
+        task.evaluation_dataset_id = dataset_id
     if task.ensemble is not None and task.traffic:
         raise InvalidInput(
             "a task serves a default ensemble or a traffic split, not both; set the other to null",

@@ -83,6 +83,7 @@ class JobKind:
     # The Options field holding the kind's own hyperparameters, which the body gives inside `hyperparameters`
     # beside the method's (a distillation's alpha, MAML's loops); None: the kind has none.
     own_hyperparameters: ClassVar[str | None] = None
+    default_promote: ClassVar[str] = "always"  # when the body gives no `promote` (app/services/evaluation.py)
 
     def check(self, session: Session, body: Any, model: FrozenModel | None) -> Planned:
         """Every refusal at enqueue (InvalidInput, NotFound, Conflict), read in the tenant's scope; what to store.

@@ -134,6 +134,7 @@ class Tune(JobKind):
     name: ClassVar[str] = "tune"
     Body = TuneJobCreate
     Options = TuneOptions
+    default_promote = "if_better"
 
     def check(self, session: Session, body: TuneJobCreate, model: FrozenModel | None) -> Planned:
         task = resolve_task(session, body.task)

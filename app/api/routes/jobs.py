@@ -62,6 +62,7 @@ def job_out(session: Session, job: Job) -> JobOut:
         progress=JobProgress.model_validate(job.progress or {}),
         hyperparameters=hyperparameters,
         options=options,
+        promote=job.promote or "always",
         result_prompt_id=job.result_prompt_id,
         error=job.error,
         attempts=job.attempts,
@@ -88,12 +89,16 @@ def create_job(
     runtime: RuntimeDep,
     settings: SettingsDep,
 ) -> JobOut:
-    """Queue a job: train (any method), length_search, distill (from a teacher) or meta_init (MAML over tasks)."""
+    """Queue a job: train (any method), length_search, tune (a search), distill (from a teacher) or meta_init
+    (MAML over tasks)."""
     quotas.check_new_job(session, principal.limits)
-    planned = job_kind(body.type).check(session, body, runtime.model)
-    return job_out(
-        session, service.enqueue(session, planned, priority=body.priority, max_attempts=settings.max_job_attempts)
+    kind = job_kind(body.type)
+    planned = kind.check(session, body, runtime.model)
+    promote = body.promote or kind.default_promote
+    job = service.enqueue(
+        session, planned, priority=body.priority, max_attempts=settings.max_job_attempts, promote=promote
     )
+    return job_out(session, job)
 
 
 @router.get("", dependencies=[READ], responses={404: {"model": ErrorResponse, "description": "?task= names no task"}})

@@ -20,8 +20,17 @@ from app.api.deps import (
     TaskDep,
     WritableTaskDep,
 )
-from app.api.schemas import ErrorResponse, TaskCreate, TaskOut, TaskUpdate, ensemble_spec
+from app.api.schemas import (
+    ErrorResponse,
+    EvaluationList,
+    EvaluationOut,
+    TaskCreate,
+    TaskOut,
+    TaskUpdate,
+    ensemble_spec,
+)
 from app.db.models import Task
+from app.services import evaluation
 from app.services import tasks as service
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=AUTH_RESPONSES)
@@ -40,6 +49,7 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
             active_prompt_id=t.active_prompt_id,
             ensemble=t.ensemble,
             traffic=t.traffic,
+            evaluation_dataset_id=t.evaluation_dataset_id,
             created_at=t.created_at,  # type: ignore[arg-type]
         )
         for t in tasks
@@ -74,8 +84,28 @@ def update_task(body: TaskUpdate, task: WritableTaskDep, session: SessionDep) ->
         changes["ensemble"] = ensemble_spec(body.ensemble)
     if "traffic" in body.model_fields_set:
         changes["traffic"] = None if body.traffic is None else [share.model_dump() for share in body.traffic]
+    if "evaluation_dataset_id" in body.model_fields_set:
+        changes["evaluation_dataset_id"] = body.evaluation_dataset_id
     service.update_task(session, task, changes)
     return task_out(session, [task])[0]
+
+
+@router.get("/{task}/evaluations", dependencies=[READ], responses={404: {"model": ErrorResponse}})
+def list_evaluations(task: TaskDep, session: ReadSessionDep) -> EvaluationList:
+    """Every version's scores on the task's evaluation dataset (the same set for all), oldest version first."""
+    rows = evaluation.evaluations(session, task)
+    return EvaluationList(
+        data=[
+            EvaluationOut(
+                prompt_id=prompt.id,
+                version=prompt.version,
+                dataset_id=scores.dataset_id,
+                metrics=scores.metrics,
+                active=prompt.id == task.active_prompt_id,
+            )
+            for prompt, scores in rows
+        ]
+    )
 
 
 @router.delete(

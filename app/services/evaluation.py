@@ -1,0 +1,97 @@
+"""The evaluation gate: every new version of a task is scored on the task's evaluation dataset, and a job's
+promote policy decides from those scores whether the new version becomes the active one.
+
+Classification: accuracy, macro-F1 (over the labels that occur in the gold answers or the predictions) and the
+expected calibration error (10 equal-width confidence bins). Generation: exact match and token-level F1 (words,
+lowercased), both after stripping whitespace. The first of each list is what `if_better` compares.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Prompt, PromptEvaluation, Task
+from app.db.repositories import EvaluationRepository
+from app.engine.core.model import FrozenModel
+from app.engine.core.one_prompt import classify, generate
+from app.engine.formats.artifact import Artifact
+from app.engine.methods import load_segments
+from app.services.tasks import task_spec
+
+PRIMARY = {"classification": "accuracy", "generation": "exact_match"}
+PROMOTE_POLICIES = ("always", "if_better", "never")
+ECE_BINS = 10
+
+
+def classification_metrics(gold: Sequence[str], scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Accuracy, macro-F1 and expected calibration error of label distributions against gold labels."""
+    predicted = [max(row, key=row.__getitem__) for row in scores]
+    correct = [p == g for p, g in zip(predicted, gold, strict=True)]
+    f1s = []
+    for label in sorted(set(gold) | set(predicted)):
+        true_pos = sum(p == label and g == label for p, g in zip(predicted, gold, strict=True))
+        pred_pos, gold_pos = predicted.count(label), list(gold).count(label)
+        f1s.append(0.0 if true_pos == 0 else 2 * true_pos / (pred_pos + gold_pos))
+    bins: list[list[tuple[float, bool]]] = [[] for _ in range(ECE_BINS)]
+    for row, right in zip(scores, correct, strict=True):
+        confidence = max(row.values())
+        bins[min(ECE_BINS - 1, int(confidence * ECE_BINS))].append((confidence, right))
+    ece = sum(
+        abs(sum(c for c, _ in members) / len(members) - sum(r for _, r in members) / len(members)) * len(members)
+        for members in bins
+        if members
+    ) / len(gold)
+    return {"accuracy": sum(correct) / len(gold), "macro_f1": sum(f1s) / len(f1s), "calibration_error": ece}
+
+
+def _token_f1(predicted: str, gold: str) -> float:
+    p, g = predicted.lower().split(), gold.lower().split()
+    common = sum((Counter(p) & Counter(g)).values())
+    if not p or not g:
+        return float(p == g)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generation_metrics(gold: Sequence[str], outputs: Sequence[str]) -> dict[str, float]:
+    """Exact match and mean token F1 of generated outputs against gold outputs."""
+    exact = sum(o.strip() == g.strip() for o, g in zip(outputs, gold, strict=True)) / len(gold)
+    f1 = sum(_token_f1(o, g) for o, g in zip(outputs, gold, strict=True)) / len(gold)
+    return {"exact_match": exact, "token_f1": f1}
+
+
+def score(model: FrozenModel, task: Task, artifact: Artifact, examples: list[dict[str, str]]) -> dict[str, Any]:
+    """A version's metrics on labeled examples, served through the engine's one path."""
+    spec, prompt = task_spec(task), load_segments(model, artifact)
+    inputs, gold = [e["input"] for e in examples], [e["output"] for e in examples]
+    if task.kind == "classification":
+        return {**classification_metrics(gold, classify(model, prompt, spec, inputs)), "examples": len(gold)}
+    longest = max(len(model.encode(g)) for g in gold)
+    outputs = generate(model, prompt, spec, inputs, max_new_tokens=min(512, longest + 8))
+    return {**generation_metrics(gold, outputs), "examples": len(gold)}
+
+
+def better(task: Task, new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Whether `new` beats `old` on the task's primary metric (anything beats no score)."""
+    key = PRIMARY[task.kind]
+    return old is None or float(new[key]) > float(old[key])
+
+
+def record(session: Session, prompt_id: int, dataset_id: int, metrics: dict[str, Any]) -> None:
+    """Store a version's scores on a dataset (once: the same version scores the same on the same set)."""
+    repo = EvaluationRepository(session)
+    if repo.get(prompt_id, dataset_id) is None:
+        repo.add(prompt_id, dataset_id, metrics)
+
+
+def evaluations(session: Session, task: Task) -> Sequence[tuple[Prompt, PromptEvaluation]]:
+    """Every version of the task scored on its current evaluation dataset, oldest version first."""
+    if task.evaluation_dataset_id is None:
+        return []
+    return EvaluationRepository(session).of_task(task.id, task.evaluation_dataset_id)
