@@ -202,8 +202,19 @@ class EvaluationOut(BaseModel):
     active: bool
 
 
+class ReferenceOut(BaseModel):
+    name: str = Field(description='"majority" or "tfidf_logistic_regression".')
+    training_dataset_id: int = Field(description="What it was trained on: the active version's training dataset.")
+    metrics: dict[str, Any]
+
+
 class EvaluationList(BaseModel):
     data: list[EvaluationOut]
+    references: list[ReferenceOut] = Field(
+        default_factory=list,
+        description="Classification: what a user might pick instead, scored on the same set (trained on the "
+        "active version's training dataset).",
+    )
 
 
 class TrialOut(BaseModel):

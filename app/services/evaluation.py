@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db.models import Prompt, PromptEvaluation, Task
-from app.db.repositories import EvaluationRepository
+from app.db.repositories import DatasetRepository, EvaluationRepository, PromptRepository
 from app.engine.core.model import FrozenModel
 from app.engine.core.one_prompt import classify, generate
 from app.engine.formats.artifact import Artifact
@@ -88,6 +88,51 @@ def record(session: Session, prompt_id: int, dataset_id: int, metrics: dict[str,
     repo = EvaluationRepository(session)
     if repo.get(prompt_id, dataset_id) is None:
         repo.add(prompt_id, dataset_id, metrics)
+
+
+def references(session: Session, task: Task) -> list[dict[str, Any]]:
+    """What a user might pick instead, scored on the same evaluation set (classification): the majority class and
+    TF-IDF + logistic regression, both trained on the dataset the active version was trained on."""
+    if task.kind != "classification" or task.evaluation_dataset_id is None or task.active_prompt_id is None:
+        return []
+    active = PromptRepository(session).get(task.active_prompt_id)
+    datasets = DatasetRepository(session)
+    train = datasets.get(active.dataset_id, with_examples=True) if active and active.dataset_id else None
+    held = datasets.get(task.evaluation_dataset_id, with_examples=True)
+    if train is None or held is None:
+        return []
+    pairs = [(e["input"], e["output"]) for e in train.examples if e.get("output") is not None]
+    gold = [e["output"] for e in held.examples if e.get("output") is not None]
+    inputs = [e["input"] for e in held.examples if e.get("output") is not None]
+    if not pairs or not gold:
+        return []
+    majority = Counter(label for _, label in pairs).most_common(1)[0][0]
+    scored = [("majority", [{label: float(label == majority) for label in task.labels} for _ in gold])]
+    if len({label for _, label in pairs}) > 1:
+        scored.append(("tfidf_logistic_regression", _tfidf_scores(pairs, inputs, task.labels)))
+    return [
+        {
+            "name": name,
+            "training_dataset_id": train.id,
+            "metrics": {**classification_metrics(gold, scores), "examples": len(gold)},
+        }
+        for name, scores in scored
+    ]
+
+
+def _tfidf_scores(pairs: list[tuple[str, str]], inputs: list[str], labels: list[str]) -> list[dict[str, float]]:
+    """Label probabilities of a TF-IDF (words and word pairs) + logistic regression classifier (C = 1)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    features = vectorizer.fit_transform([text for text, _ in pairs])
+    classifier = LogisticRegression(max_iter=1000).fit(features, [label for _, label in pairs])
+    probabilities = classifier.predict_proba(vectorizer.transform(inputs))
+    known = list(classifier.classes_)
+    return [
+        {label: float(row[known.index(label)]) if label in known else 0.0 for label in labels} for row in probabilities
+    ]
 
 
 def evaluations(session: Session, task: Task) -> Sequence[tuple[Prompt, PromptEvaluation]]:

@@ -49,6 +49,13 @@ def test_every_version_is_scored_on_the_same_set_and_never_keeps_the_active_one(
         assert row["dataset_id"] == held and row["metrics"]["examples"] == 12
         assert {"accuracy", "macro_f1", "calibration_error"} <= set(row["metrics"])
         assert 0 <= row["metrics"]["accuracy"] <= 1
+    # what a user might pick instead, on the same set, trained on the active version's training data
+    references = {r["name"]: r for r in client.get("/v1/tasks/sentiment/evaluations").json()["references"]}
+    assert set(references) == {"majority", "tfidf_logistic_regression"}
+    for reference in references.values():
+        assert reference["training_dataset_id"] == train and reference["metrics"]["examples"] == 12
+    majority = references["majority"]["metrics"]
+    assert majority["calibration_error"] == pytest.approx(1 - majority["accuracy"])  # always sure, right that often
     events = client.get(f"/v1/jobs/{second['id']}/events").json()
     assert any(e["kind"] == "not_promoted" and "promote is never" in e["message"] for e in events)
     assert any(e["kind"] == "evaluated" for e in events)

@@ -24,6 +24,7 @@ from app.api.schemas import (
     ErrorResponse,
     EvaluationList,
     EvaluationOut,
+    ReferenceOut,
     TaskCreate,
     TaskOut,
     TaskUpdate,
@@ -104,7 +105,8 @@ def list_evaluations(task: TaskDep, session: ReadSessionDep) -> EvaluationList:
                 active=prompt.id == task.active_prompt_id,
             )
             for prompt, scores in rows
-        ]
+        ],
+        references=[ReferenceOut.model_validate(row) for row in evaluation.references(session, task)],
     )
 
 
