@@ -7,8 +7,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import Session
+
 from app.db.models import JobStatus
-from app.db.repositories import JobRepository
+from app.db.repositories import JobRepository, TaskRepository
 from app.engine.methods import parse_config
 from app.services.prompts import store_prompt
 from workers.gate import judge
@@ -184,6 +186,41 @@ def _conclude(
             repo.add_event(job_id, status.value, message)
 
 
+def _store_ensemble(session: Session, prepared: Prepared, result: Trained, best_id: int, *, serve: bool) -> None:
+    """Store the other members of an ensemble result as inactive versions and, when the best one was promoted,
+    serve them all as the task's default ensemble (unless a traffic split stands)."""
+    model, repo = prepared.context.model, JobRepository(session)
+    ids = [best_id]
+    for member in result.members:
+        stored = store_prompt(
+            session,
+            tenant=prepared.tenant,
+            task_id=prepared.task_id,
+            artifact=member.artifact,
+            positions=member.positions,
+            width=model.hidden_size,
+            identity=model.identity,
+            metrics=member.metrics,
+            hyperparameters=member.hyperparameters,
+            job_id=prepared.job_id,
+            dataset_id=prepared.dataset_id,
+            lineage={**prepared.lineage, **member.lineage, "hyperparameters": member.hyperparameters},
+            activate=False,
+        )
+        ids.append(stored.id)
+    task = TaskRepository(session).get(prepared.task_id) if prepared.task_id is not None else None
+    if task is None or not serve:
+        return
+    if task.traffic:
+        message = f"versions {ids} stored; a traffic split stands, so they are not made the default ensemble"
+        repo.add_event(prepared.job_id, "warning", message, {"ensemble": ids})
+        return
+    task.ensemble = ids
+    repo.add_event(
+        prepared.job_id, "ensemble", f"the task serves versions {ids} as its default ensemble", {"ensemble": ids}
+    )
+
+
 def _store(worker: Worker, prepared: Prepared, beat: Heartbeat, result: Trained) -> None:
     """Score the prompt on the task's evaluation set, then store it (active or not, as the job's promote policy
     and the scores say) and finish the job in one transaction (JobLost when the job is no longer ours)."""
@@ -210,6 +247,8 @@ def _store(worker: Worker, prepared: Prepared, beat: Heartbeat, result: Trained)
         gate.record(session, prompt.id)
         for kind, message, data in gate.events(prompt.id):
             repo.add_event(job_id, kind, message, data)
+        if result.members:
+            _store_ensemble(session, prepared, result, prompt.id, serve=gate.promoted)
         total = beat.progress.get("total_steps", config.steps)
         progress = {**beat.progress, "step": total, "total_steps": total}
         if not repo.finish(

@@ -75,3 +75,36 @@ def test_a_tune_body_outside_its_space_is_refused_saying_what_to_fix(client: Tes
         assert fragment in response.text
     bad_budget = {"type": "tune", "task": "sentiment", "dataset_id": dataset["id"], "budget": {"hours": 1}}
     assert client.post("/v1/jobs", json=bad_budget).status_code == 422
+
+
+SMALL = {"methods": ["prompt"], "num_virtual_tokens": [2], "learning_rate": [0.01, 0.3], "steps_per_trial": 5}
+
+
+def test_an_ensemble_of_the_best_trials_is_stored_and_served_by_default(client: TestClient) -> None:
+    job, trials, events = _tune(client, budget={"steps": 20}, search=SMALL, ensemble=2)
+    task = client.get("/v1/tasks/sentiment").json()
+    assert task["ensemble"] is not None and len(task["ensemble"]) == 2
+    assert task["ensemble"][0] == job["result_prompt_id"] == task["active_prompt_id"]
+    finished = sorted((t for t in trials if t["state"] == "finished"), key=lambda t: (-t["value"], t["number"]))
+    member = client.get(f"/v1/prompts/{task['ensemble'][1]}").json()
+    assert member["lineage"]["trial"] == finished[1]["number"]
+    served = client.post("/v1/infer", json={"task": "sentiment", "inputs": ["good"]}).json()
+    assert served["ensemble"] == task["ensemble"]
+    assert any(e["kind"] == "ensemble" for e in events)
+
+
+def test_the_best_trials_distilled_make_one_prompt(client: TestClient) -> None:
+    job, _, events = _tune(client, budget={"steps": 20}, search=SMALL, ensemble=2, distill=True)
+    prompt = client.get(f"/v1/prompts/{job['result_prompt_id']}").json()
+    assert prompt["lineage"]["distilled"] is True and len(prompt["lineage"]["ensemble_trials"]) == 2
+    assert client.get("/v1/tasks/sentiment").json()["ensemble"] is None  # serving stays one prompt
+    assert any(e["kind"] == "distilled" for e in events)
+    assert job["progress"]["step"] == job["progress"]["total_steps"]
+
+
+def test_distill_without_an_ensemble_is_refused(client: TestClient) -> None:
+    create_task(client, "sentiment")
+    dataset = create_dataset(client, toy_examples(8))
+    body = {"type": "tune", "task": "sentiment", "dataset_id": dataset["id"], "distill": True}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422 and "ensemble" in response.text

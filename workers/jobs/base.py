@@ -71,6 +71,8 @@ class Trained:
     hyperparameters: dict[str, Any]
     lineage: dict[str, Any] = field(default_factory=dict)
     name: str | None = None  # a meta-initialisation's
+    # versions stored beside this one (inactive) to serve with it as the task's default ensemble (a tune job's)
+    members: list[Trained] = field(default_factory=list)
 
 
 class JobKind:

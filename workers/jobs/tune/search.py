@@ -1,32 +1,22 @@
-"""`"type": "tune"`: the bank searches for the task's best prompt by itself.
-
-An Optuna study samples a method and its fields (length, learning rate, init) per trial (TPE, seeded); each trial
-trains through the same loop as a train job, reports its validation score at every evaluation, and a successive
-halving pruner stops a trial whose curve falls behind the others at the same point. Every trial ranks on one
-held-out validation set (the job's validation dataset, or a seeded fifth of its dataset: never the test data);
-the search runs until its budget (optimizer steps over all trials, or minutes) is spent. The stored prompt is the
-best finished trial's best checkpoint; every trial is recorded (GET /v1/jobs/{id}/trials, a `trial` event each).
-"""
+"""The search itself: an Optuna study over trials that train like train jobs, pruned on their validation curves;
+the best finished trial, an ensemble of the best, or one prompt distilled from them."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import optuna
 import torch
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
-from sqlalchemy.orm import Session
+from pydantic import ValidationError
 
-from app.bodies import JobCreateBase, RowId, Strict
-from app.engine.core.model import FrozenModel
 from app.engine.core.text import TaskSpec
-from app.engine.methods import REGISTRY, TrainConfig, get_method, parse_config
-from app.errors import InvalidInput
-from app.services.jobs import Planned, check_training_data
-from app.services.tasks import resolve_task
-from workers.jobs.base import JobContext, JobKind, Trained
+from app.engine.methods import TrainConfig, get_method, parse_config
+from workers.jobs.base import JobContext, Trained
+from workers.jobs.distill.algorithm import distill_objective, prompts_teacher
+from workers.jobs.distill.options import Distillation
+from workers.jobs.tune.options import StepBudget, TuneOptions
 from workers.train_steps import split_validation
 from workers.training import EvalReport, StepReport, TrainResult, train_prompt
 
@@ -34,78 +24,6 @@ ENDED = {"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialS
 MAX_FAILED = 20  # trials that fail before the search gives up (a space where nothing trains)
 MIN_RANKING_EXAMPLES = 50  # below this many validation examples, a point of accuracy is noise between trials
 INITS = ("text", "vocab", "random", "labels")
-
-
-class StepBudget(Strict):
-    steps: int = Field(ge=1, le=100_000, description="Optimizer steps over all trials.")
-
-
-class TimeBudget(Strict):
-    minutes: float = Field(gt=0, le=24 * 60, description="Wall time of the search; the trial running then finishes.")
-
-
-class SearchSpace(Strict):
-    """What a tune job searches over."""
-
-    methods: list[str] | Literal["all"] = Field(default="all", description='Methods to try, or "all".')
-    num_virtual_tokens: list[int] = Field(
-        default_factory=lambda: [5, 10, 20], min_length=1, max_length=8, description="Prompt lengths to try."
-    )
-    learning_rate: tuple[float, float] | None = Field(
-        default=None,
-        description="[low, high], sampled on a log scale; by default each method's own default / 5 to x 5.",
-    )
-    init: list[Literal["text", "vocab", "random", "labels"]] | None = Field(
-        default=None, min_length=1, description='Inits to try; by default "text" (and "labels" for classification).'
-    )
-    steps_per_trial: int = Field(default=200, ge=5, le=10_000, description="Steps a trial trains at most.")
-
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, value: list[str] | str) -> list[str] | str:
-        if isinstance(value, list):
-            unknown = [name for name in value if name not in REGISTRY]
-            if unknown or not value:
-                raise ValueError(f'methods must be some of {", ".join(sorted(REGISTRY))} (or "all"); got {value}.')
-        return value
-
-    @field_validator("num_virtual_tokens")
-    @classmethod
-    def _lengths(cls, value: list[int]) -> list[int]:
-        if any(not 1 <= n <= 256 for n in value):
-            raise ValueError("every length must be between 1 and 256.")
-        return value
-
-    @model_validator(mode="after")
-    def _learning_rate_range(self) -> SearchSpace:
-        if self.learning_rate is not None:
-            low, high = self.learning_rate
-            if not 0 < low < high <= 10:
-                raise ValueError("learning_rate is [low, high] with 0 < low < high <= 10.")
-        return self
-
-    def method_names(self) -> list[str]:
-        return sorted(REGISTRY) if self.methods == "all" else list(dict.fromkeys(self.methods))
-
-
-class TuneJobCreate(JobCreateBase):
-    type: Literal["tune"] = Field(description="Search methods and their fields; keep the best prompt.")
-    task: str | int = Field(description="Task id or name.")
-    dataset_id: RowId
-    validation_dataset_id: RowId | None = None
-    budget: StepBudget | TimeBudget = Field(
-        default_factory=lambda: StepBudget(steps=1000), description='{"steps": N} or {"minutes": M}.'
-    )
-    search: SearchSpace = Field(default_factory=SearchSpace)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-
-
-class TuneOptions(BaseModel):
-    """What a tune job stores in Job.options."""
-
-    budget: StepBudget | TimeBudget
-    search: SearchSpace
-    seed: int = 0
 
 
 def _score(result: TrainResult) -> float:
@@ -130,44 +48,7 @@ def trial_config(trial: optuna.Trial, options: TuneOptions, spec: TaskSpec, step
     return parse_config(values)
 
 
-class Tune(JobKind):
-    name: ClassVar[str] = "tune"
-    Body = TuneJobCreate
-    Options = TuneOptions
-    default_promote = "if_better"
-
-    def check(self, session: Session, body: TuneJobCreate, model: FrozenModel | None) -> Planned:
-        task = resolve_task(session, body.task)
-        if body.search.init is not None and "labels" in body.search.init and task.kind != "classification":
-            raise InvalidInput(
-                f'init "labels" starts from the label words, and {task.kind} task {task.name!r} has none',
-                code="init_prompt_invalid",
-            )
-        longest = max(body.search.num_virtual_tokens)
-        positions = max(
-            get_method(name).positions(parse_config({"method": name, "num_virtual_tokens": longest}))
-            for name in body.search.method_names()
-        )
-        check_training_data(session, task, body.dataset_id, body.validation_dataset_id, positions, model, "to tune")
-        options = TuneOptions(budget=body.budget, search=body.search, seed=body.seed)
-        base = parse_config({"method": "prompt", "seed": body.seed})
-        total = body.budget.steps if isinstance(body.budget, StepBudget) else body.search.steps_per_trial
-        return Planned(
-            self.name,
-            base.model_dump(mode="json"),
-            options.model_dump(mode="json"),
-            total,
-            f"tune job queued for task {task.name!r} over {', '.join(body.search.method_names())}",
-            task=task,
-            dataset_id=body.dataset_id,
-            validation_dataset_id=body.validation_dataset_id,
-        )
-
-    def run(self, ctx: JobContext) -> Trained:
-        return _search(ctx, ctx.options)
-
-
-def _search(ctx: JobContext, options: TuneOptions) -> Trained:
+def search(ctx: JobContext, options: TuneOptions) -> Trained:
     spec, frozen = ctx.task_spec, ctx.model
     train, val = ctx.labeled(ctx.train) or [], ctx.labeled(ctx.val)
     if not val:  # one held-out set for every trial, so their scores rank the same thing
@@ -188,7 +69,7 @@ def _search(ctx: JobContext, options: TuneOptions) -> Trained:
         pruner=optuna.pruners.SuccessiveHalvingPruner(),
     )
     started, spent = time.monotonic(), 0
-    best: tuple[float, int, TrainResult, TrainConfig] | None = None
+    finished: list[tuple[float, int, TrainResult, TrainConfig]] = []
     ended: dict[str, int] = {"finished": 0, "pruned": 0, "failed": 0}
 
     def left() -> int | None:
@@ -219,25 +100,102 @@ def _search(ctx: JobContext, options: TuneOptions) -> Trained:
             study.tell(trial, state=ENDED[state])
         ctx.record_trial(number, _row(config.method, config.model_dump(mode="json"), ran, scores, value, state))
         ended[state] += 1
-        if result is not None and value is not None and (best is None or value > best[0]):
-            best = (value, number, result, config)
+        if result is not None and value is not None:
+            finished.append((value, number, result, config))
         spent += ran
-    if best is None:
+    if not finished:
         raise ValueError(
             f"no trial finished within the budget ({ended['pruned']} pruned, {ended['failed']} failed); "
             "give a larger budget or fewer steps_per_trial"
         )
-    value, number, result, config = best
+    ranked = sorted(finished, key=lambda entry: (-entry[0], entry[1]))  # best value first, then earliest
+    value, number, result, config = ranked[0]
     ctx.event(
         "tune_chosen",
         f"kept trial {number} ({config.method}, value {value:.4f}) of {sum(ended.values())} trials",
         {"trial": number, "value": value, **ended},
     )
     metrics = {**result.metrics, "best_trial": number, "trials": ended, "search_steps": spent}
-    lineage = {"best_trial": number, "trials": list(range(len(study.trials)))}
+    lineage: dict[str, Any] = {"best_trial": number, "trials": list(range(len(study.trials)))}
+    kept = ranked[: options.ensemble or 1]
+    if options.ensemble is not None:
+        lineage["ensemble_trials"] = [entry[1] for entry in kept]
+        if len(kept) < options.ensemble:
+            ctx.event("warning", f"{len(kept)} trials finished, fewer than the ensemble of {options.ensemble}", {})
+    if options.distill and len(kept) > 1:
+        student = _distill(ctx, kept, config, train, val, spent)
+        return Trained(
+            student.artifact,
+            student.positions,
+            student.best_step,
+            {
+                **student.metrics,
+                "best_trial": number,
+                "trials": ended,
+                "search_steps": spent,
+                "best_trial_value": value,
+            },
+            config.model_dump(mode="json"),
+            lineage={**lineage, "distilled": True},
+        )
+    members = [
+        Trained(
+            r.artifact, r.positions, r.best_step, {**r.metrics, "trial": n}, c.model_dump(mode="json"), {"trial": n}
+        )
+        for _, n, r, c in kept[1:]
+    ]
     return Trained(
-        result.artifact, result.positions, result.best_step, metrics, config.model_dump(mode="json"), lineage=lineage
+        result.artifact,
+        result.positions,
+        result.best_step,
+        metrics,
+        config.model_dump(mode="json"),
+        lineage=lineage,
+        members=members,
     )
+
+
+def _distill(
+    ctx: JobContext,
+    kept: list[tuple[float, int, TrainResult, TrainConfig]],
+    config: TrainConfig,
+    train: list[tuple[str, str]],
+    val: list[tuple[str, str]],
+    offset: int,
+) -> TrainResult:
+    """One prompt of the best trial's config, distilled from the ensemble of the kept trials (their averaged soft
+    outputs and the gold labels, the distill job's objective at its defaults)."""
+    numbers = [entry[1] for entry in kept]
+    teacher = prompts_teacher(
+        ctx.model, ctx.task_spec, "trials " + ", ".join(map(str, numbers)), [entry[2].artifact for entry in kept]
+    )
+    objective = distill_objective(ctx.model, ctx.task_spec, train, teacher, Distillation())
+    total = offset + config.steps
+    ctx.set_total_steps(total)
+
+    def on_step(report: StepReport) -> None:
+        ctx.on_step(StepReport(offset + report.step, total, report.loss, report.lr))
+
+    def on_eval(report: EvalReport) -> None:
+        ctx.on_eval(EvalReport(offset + report.step, report.val_loss, report.val_accuracy))
+
+    result = train_prompt(
+        ctx.model,
+        ctx.task_spec,
+        train,
+        val,
+        config,
+        on_step=on_step,
+        on_eval=on_eval,
+        should_stop=ctx.should_stop,
+        objective=objective,
+    )
+    ctx.event(
+        "distilled",
+        f"one prompt distilled from trials {', '.join(map(str, numbers))}: value {_score(result):.4f}",
+        {"trials": numbers, "value": _score(result)},
+    )
+    return result
 
 
 def _train_trial(
@@ -296,6 +254,3 @@ def _row(
         "value": value,
         "state": state,
     }
-
-
-KIND = Tune()
