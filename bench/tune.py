@@ -83,14 +83,14 @@ def run_one(frozen: FrozenModel, task: QualityTask, seed: int, args: argparse.Na
     trained = train_prompt(frozen, task.spec, splits.train, splits.val, default)
     record["prompt_default"] = held_out(frozen, task, load_segments(frozen, trained.artifact), task.spec, splits.test)
     record["prompt_default_minutes"] = (time.perf_counter() - started) / 60
+    print(f"[{task.name} seed {seed}] prompt at defaults: {record['prompt_default']:.3f}", flush=True)
     started = time.perf_counter()
     search = SearchSpace(
         methods=args.methods.split(",") if args.methods != "all" else "all", steps_per_trial=args.steps_per_trial
     )
     options = TuneOptions(budget=StepBudget(steps=args.budget), search=search, seed=seed)
     ctx = job_context(frozen, task.spec, default, options, list(splits.train), list(splits.val))
-    events: list[tuple[str, str, dict[str, Any]]] = []
-    ctx.event = lambda kind, message, data: events.append((kind, message, data))
+    ctx.event = lambda kind, message, data: print(f"[{task.name} seed {seed}] {kind}: {message}", flush=True)
     result = KINDS["tune"].run(ctx)
     record["tune"] = held_out(frozen, task, load_segments(frozen, result.artifact), task.spec, splits.test)
     record["tune_minutes"] = (time.perf_counter() - started) / 60
