@@ -14,6 +14,11 @@ from workers.train_steps import is_better
 Score = tuple[float, float | None]  # (validation loss, validation accuracy or None for generation)
 
 
+def ranking_value(loss: float, accuracy: float | None) -> float:
+    """One number to rank runs by, higher is better: validation accuracy, or minus the loss (generation)."""
+    return float(accuracy) if accuracy is not None else -float(loss)
+
+
 @dataclass
 class StepReport:
     """Reported after every optimizer step."""
@@ -31,6 +36,10 @@ class EvalReport:
     step: int
     val_loss: float
     val_accuracy: float | None
+
+    @property
+    def value(self) -> float:
+        return ranking_value(self.val_loss, self.val_accuracy)
 
 
 class Cancelled(Exception):

@@ -24,7 +24,7 @@ from app.engine.core.text import TaskSpec
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method
 from app.engine.methods.base import PromptModule
-from workers.loop import Cancelled, EvalReport, Loop, StepReport
+from workers.loop import Cancelled, EvalReport, Loop, StepReport, ranking_value
 from workers.train_steps import (
     batch_loss,
     batch_losses,
@@ -59,6 +59,11 @@ class TrainResult:
     positions: int
     best_step: int
     metrics: dict[str, float | int | None]
+
+    @property
+    def value(self) -> float:
+        """The best checkpoint's ranking value (loop.ranking_value): what a length search and a tune job compare."""
+        return ranking_value(self.metrics["best_val_loss"], self.metrics["best_val_accuracy"])  # type: ignore[arg-type]
 
 
 Objective = Callable[[PromptModule, list[int]], torch.Tensor]

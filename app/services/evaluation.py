@@ -23,7 +23,6 @@ from app.engine.methods import load_segments
 from app.services.tasks import task_spec
 
 PRIMARY = {"classification": "accuracy", "generation": "exact_match"}
-PROMOTE_POLICIES = ("always", "if_better", "never")
 ECE_BINS = 10
 
 

@@ -67,12 +67,6 @@ def search_lengths(search: LengthSearch, model: FrozenModel, spec: TaskSpec, ini
     return sorted({min(256, max(1, n)) for n in (tokens // 4, tokens // 2, tokens, 2 * tokens)})
 
 
-def _score(result: TrainResult) -> float:
-    """Higher is better: validation accuracy, or minus the validation loss for generation."""
-    accuracy = result.metrics["best_val_accuracy"]
-    return float(accuracy) if accuracy is not None else -float(result.metrics["best_val_loss"])  # type: ignore[arg-type]
-
-
 class LengthSearchKind(JobKind):
     name: ClassVar[str] = "length_search"
     Body = LengthSearchJobCreate
@@ -128,13 +122,13 @@ class LengthSearchKind(JobKind):
             )
             results.append((length, result))
             metrics = {key: result.metrics[key] for key in ("best_val_accuracy", "best_val_loss", "best_step")}
-            ctx.event("length", f"length {length}: score {_score(result):.4f}", {"length": length, **metrics})
-        best = max(_score(result) for _, result in results)
-        length, chosen = next((n, r) for n, r in results if _score(r) >= best - search.tolerance)
-        scores = {str(n): _score(r) for n, r in results}
+            ctx.event("length", f"length {length}: score {result.value:.4f}", {"length": length, **metrics})
+        best = max(result.value for _, result in results)
+        length, chosen = next((n, r) for n, r in results if r.value >= best - search.tolerance)
+        scores = {str(n): r.value for n, r in results}
         ctx.event(
             "length_chosen",
-            f"kept length {length} (score {_score(chosen):.4f}; best {best:.4f}, tolerance {search.tolerance})",
+            f"kept length {length} (score {chosen.value:.4f}; best {best:.4f}, tolerance {search.tolerance})",
             {"length": length, "scores": scores},
         )
         hyperparameters = {**ctx.config.model_dump(mode="json"), "num_virtual_tokens": length}

@@ -23,13 +23,6 @@ from workers.training import EvalReport, StepReport, TrainResult, train_prompt
 ENDED = {"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
 MAX_FAILED = 20  # trials that fail before the search gives up (a space where nothing trains)
 MIN_RANKING_EXAMPLES = 50  # below this many validation examples, a point of accuracy is noise between trials
-INITS = ("text", "vocab", "random", "labels")
-
-
-def _score(result: TrainResult) -> float:
-    """Higher is better: best validation accuracy, or minus the best validation loss (generation)."""
-    accuracy = result.metrics["best_val_accuracy"]
-    return float(accuracy) if accuracy is not None else -float(result.metrics["best_val_loss"])  # type: ignore[arg-type]
 
 
 def trial_config(trial: optuna.Trial, options: TuneOptions, spec: TaskSpec, steps: int) -> TrainConfig:
@@ -93,7 +86,7 @@ def search(ctx: JobContext, options: TuneOptions) -> Trained:
             ended["failed"] += 1
             continue
         state, ran, scores, result = _train_trial(ctx, trial, config, train, val, spent, total)
-        value = _score(result) if result is not None else (max(scores) if scores and state == "pruned" else None)
+        value = result.value if result is not None else (max(scores) if scores and state == "pruned" else None)
         if state == "finished":
             study.tell(trial, value)
         else:
@@ -192,8 +185,8 @@ def _distill(
     )
     ctx.event(
         "distilled",
-        f"one prompt distilled from trials {', '.join(map(str, numbers))}: value {_score(result):.4f}",
-        {"trials": numbers, "value": _score(result)},
+        f"one prompt distilled from trials {', '.join(map(str, numbers))}: value {result.value:.4f}",
+        {"trials": numbers, "value": result.value},
     )
     return result
 
@@ -219,7 +212,7 @@ def _train_trial(
         ctx.on_step(StepReport(offset + report.step, total, report.loss, report.lr))
 
     def on_eval(report: EvalReport) -> None:
-        score = report.val_accuracy if report.val_accuracy is not None else -report.val_loss
+        score = report.value
         scores.append(score)
         ctx.on_eval(EvalReport(offset + report.step, report.val_loss, report.val_accuracy))
         ctx.record_trial(trial.number, _row(config.method, shown, report.step, scores, max(scores), "running"))
