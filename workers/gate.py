@@ -64,8 +64,8 @@ def judge(
     artifact: Artifact,
 ) -> Gate:
     """Score and decide (reads in a session of its own, computes outside any transaction)."""
-    if task_id is None:  # a meta-initialisation serves no task: nothing to promote
-        return Gate(promoted=False, policy=policy)
+    if task_id is None:  # a meta-initialisation serves no task: nothing to score, nothing to hold back
+        return Gate(promoted=True, policy=policy)
     with sessions() as session:
         scope_session(session, tenant)
         task = TaskRepository(session).get(task_id)

@@ -198,6 +198,8 @@ def test_meta_init_stores_a_prompt_of_no_task_that_a_train_job_starts_from(clien
     job = _finished(client, body)
     assert job["task"] is None and job["task_name"] is None and job["options"]["name"] == "toy family"
     assert job["progress"]["step"] == META["outer_steps"]
+    # a prompt of no task has nothing to promote: no gate events
+    assert not {"not_promoted", "evaluated"} & {e["kind"] for e in _events(client, job["id"])}
     meta_id = job["result_prompt_id"]
     prompt = client.get(f"/v1/prompts/{meta_id}").json()
     assert prompt["kind"] == "meta_init" and prompt["task"] is None and prompt["name"] == "toy family"
