@@ -73,6 +73,11 @@ class Tune(JobKind):
                 f'init "labels" starts from the label words, and {task.kind} task {task.name!r} has none',
                 code="init_prompt_invalid",
             )
+        if body.search.label_head is not None and True in body.search.label_head and task.kind != "classification":
+            raise InvalidInput(
+                f"label_head reads a label, and {task.kind} task {task.name!r} has none; leave search.label_head out",
+                code="label_head_invalid",
+            )
         longest = max(body.search.num_virtual_tokens)
         positions = max(
             get_method(name).positions(parse_config({"method": name, "num_virtual_tokens": longest}))

@@ -32,6 +32,12 @@ class SearchSpace(Strict):
     init: list[Literal["text", "vocab", "random", "labels"]] | None = Field(
         default=None, min_length=1, description='Inits to try; by default "text" (and "labels" for classification).'
     )
+    label_head: list[bool] | None = Field(
+        default=None,
+        min_length=1,
+        description="Label readouts to try (classification): false scores the label words, true a learned linear "
+        "head over the final hidden state; by default both for classification, neither for generation.",
+    )
     steps_per_trial: int = Field(default=200, ge=5, le=10_000, description="Steps a trial trains at most.")
 
     @field_validator("methods")

@@ -37,6 +37,8 @@ def trial_config(trial: optuna.Trial, options: TuneOptions, spec: TaskSpec, step
     values["learning_rate"] = trial.suggest_float(f"learning_rate_{method}", low, high, log=True)
     inits = search.init or (["text", "labels"] if spec.kind == "classification" else ["text"])
     values["init"] = trial.suggest_categorical("init", [i for i in inits if i != "labels" or spec.labels])
+    if spec.kind == "classification":
+        values["label_head"] = trial.suggest_categorical("label_head", search.label_head or [False, True])
     values["warmup_steps"] = min(default.warmup_steps, max(0, steps // 10))
     return parse_config(values)
 
