@@ -7,15 +7,22 @@
   passages to both training and test.
 - speaker: a turn of a 2016 US presidential or vice-presidential debate (6+ words, cut to 40) -> the speaker's
   surname (Trump, Clinton, Pence, Kaine, or a moderator), generated as text and scored by exact match; generation.
+  822 turns in all: 400 test examples leave at most 322 for training and validation.
+- plot: a sentence of a film's plot summary or a critic's snippet (8+ words, cut to 40) from the Rotten Tomatoes
+  corpus -> plot / review; classification. Word cues decide it (a name with its actor in brackets, "the film",
+  verdict words), so TF-IDF + logistic regression is strong here, unlike on sentiment. Films are split like
+  speeches: no film gives text to both training and test.
 
-Every split is seeded and disjoint (train, validation, test); sentiment and party are balanced per label.
+Every split is seeded and disjoint (train, validation, test); sentiment, party and plot are balanced per label.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +33,9 @@ Pair = tuple[str, str]  # (input, output)
 
 PASSAGE_MIN_WORDS = 12
 PASSAGE_MAX_WORDS = 40
-TEST_SPEECH_SHARE = 0.3
+SENTENCE_MIN_WORDS = 8  # plot: shorter sentences are mostly names and fragments
+TEST_SPEECH_SHARE = 0.3  # of speeches (party) and of films (plot) held out for the test split
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,34 @@ def draw_party(train: int, val: int, test: int, seed: int) -> Splits:
     return Splits(fit_train, fit_val, held_test)
 
 
+def _films() -> dict[str, dict[str, list[str]]]:
+    """film -> label -> its texts: plot summaries cut into sentences, critic snippets (fresh and rotten) whole."""
+    films: dict[str, dict[str, list[str]]] = {}
+    with bz2.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            text = " ".join(row["text"].split())
+            texts = SENTENCE_END.split(text) if row["category"] == "plot" else [text]
+            label = "plot" if row["category"] == "plot" else "review"
+            kept = [_cut(t) for t in texts if len(t.split()) >= SENTENCE_MIN_WORDS]
+            films.setdefault(row["movie_name"], {"plot": [], "review": []})[label] += kept
+    return films
+
+
+def draw_plot(train: int, val: int, test: int, seed: int) -> Splits:
+    rng = random.Random(seed)
+    films = _films()
+    names = sorted(films)
+    rng.shuffle(names)
+    held = set(names[: round(len(names) * TEST_SPEECH_SHARE)])
+    pools: dict[str, dict[str, list[str]]] = {"fit": {}, "test": {}}
+    for label in ("plot", "review"):
+        pools["test"][label] = [t for name in names if name in held for t in films[name][label]]
+        pools["fit"][label] = [t for name in names if name not in held for t in films[name][label]]
+    fit_train, fit_val = _balanced(pools["fit"], (train, val), rng)
+    (held_test,) = _balanced(pools["test"], (test,), rng)
+    return Splits(fit_train, fit_val, held_test)
+
+
 SPEAKERS = ("Trump", "Clinton", "Pence", "Kaine", "Holt", "Raddatz", "Cooper", "Wallace", "Quijano")
 
 
@@ -158,6 +195,14 @@ TASKS: dict[str, QualityTask] = {
             "\nQuote: {input}\nSpeaker:",
             " {output}",
             draw_speaker,
+        ),
+        _task(
+            "plot",
+            TaskSpec("classification", "Text: {input}\nSource:", ("plot", "review")),
+            "Is this text from a film's plot summary or from a critic's review? Answer plot or review."
+            "\nText: {input}\nAnswer:",
+            " {output}",
+            draw_plot,
         ),
     )
 }
