@@ -15,5 +15,6 @@ PAGE = files("app.ui").joinpath("index.html")
 
 @router.get("/ui", include_in_schema=False)
 def dashboard() -> HTMLResponse:
-    """The dashboard page: tasks, datasets, training with live curves, prompt versions, a playground."""
+    """The dashboard page: tasks, datasets, training with live curves, prompt versions with their evaluations and
+    traffic split, a playground."""
     return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
