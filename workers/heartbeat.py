@@ -100,8 +100,8 @@ class Heartbeat:
         acc = "" if report.val_accuracy is None else f", val_accuracy {report.val_accuracy:.4f}"
         self.beat(event=("metrics", f"step {report.step}: val_loss {report.val_loss:.4f}{acc}", data))
 
-    def trial(self, number: int, values: dict[str, Any]) -> None:
-        """Record a tune job's trial (JobTrial's columns); one that ended adds a `trial` event."""
+    def trial(self, number: int, values: dict[str, Any], details: dict[str, Any] | None = None, /) -> None:
+        """Record a tune job's trial (JobTrial's columns); one that ended adds a `trial` event (with details)."""
         with self._lock:
             try:
                 with self.worker.sessions.begin() as session:
@@ -111,7 +111,7 @@ class Heartbeat:
                         value = values.get("value")
                         shown = "no score" if value is None else f"value {value:.4f}"
                         message = f"trial {number} ({values.get('method')}) {values['state']}: {shown}"
-                        repo.add_event(self.job_id, "trial", message, {"number": number, **values})
+                        repo.add_event(self.job_id, "trial", message, {"number": number, **values, **(details or {})})
             except Exception:  # the curve and events are kept; a lost trial row is not worth the job
                 log.exception("recording trial %s of job %s failed", number, self.job_id)
 

@@ -3,7 +3,8 @@
 `train_prompts` trains several jobs at once: every step, the rows of each job's batch (each with its own job's
 prompt) share one forward/backward pass, while each job keeps its own optimizer, schedule, batch order,
 validation, best checkpoint, cancel and progress. One job failing or cancelled never disturbs the others.
-`train_prompt` is the same loop for one job.
+`train_prompt` is the same loop for one job. A caller may keep the pack full: `refill` hears of each job that ends
+and may hand over another to train in its place (a tune job's search, one trial per job).
 
 Training, validation and serving share one forward (app/engine/core/forward.py): a step scores the gold targets of the
 batches over the modules' current prompts with gradients; validation serves a job's current prompt through the
@@ -38,6 +39,7 @@ from workers.train_steps import (
 
 __all__ = [
     "Cancelled",
+    "Ended",
     "EvalReport",
     "StepReport",
     "TrainJob",
@@ -84,6 +86,20 @@ class TrainJob:
     on_eval: Callable[[EvalReport], None] | None = None
     should_stop: Callable[[], bool] | None = None
     objective: Objective | None = None
+
+
+@dataclass
+class Ended:
+    """A job of train_prompts that ended: its result or the exception that ended it, the steps it ran, and the most
+    other jobs that shared one pass with it."""
+
+    job: TrainJob
+    outcome: TrainResult | Exception
+    steps: int
+    packed_with: int
+
+
+Refill = Callable[[Ended], TrainJob | None]
 
 
 class _Run:
@@ -174,26 +190,40 @@ def _shared_pass(frozen: FrozenModel, runs: list[_Run], drawn: dict[_Run, list[i
     return {run: float(loss) for run, loss in zip(runs, losses.detach(), strict=True)}
 
 
-def train_prompts(frozen: FrozenModel, jobs: Sequence[TrainJob]) -> list[TrainResult | BaseException]:
+def train_prompts(
+    frozen: FrozenModel, jobs: Sequence[TrainJob], *, refill: Refill | None = None
+) -> list[TrainResult | BaseException]:
     """Train every job to its own number of steps; for each, its result or the exception that ended it.
 
     Jobs with the default objective share one pass per step; a job whose pass failed is retried alone that step,
-    so only the job at fault ends. KeyboardInterrupt and SystemExit still end the whole call.
+    so only the job at fault ends. KeyboardInterrupt and SystemExit still end the whole call. refill, when given,
+    is called as each job ends and may return a job to train in its place from the next step on; the outcomes of
+    the jobs it returned follow those of `jobs`, in the order they were returned.
     """
-    outcomes: list[TrainResult | BaseException | None] = [None] * len(jobs)
+    outcomes: list[TrainResult | BaseException | None] = []
     runs: dict[_Run, int] = {}
-    for number, job in enumerate(jobs):
-        try:
-            runs[_Run(frozen, job)] = number
-        except Exception as error:
-            outcomes[number] = error
+    waiting = list(jobs)
+
+    def finish(number: int, ended: Ended) -> None:
+        outcomes[number] = ended.outcome
+        if refill is not None and (job := refill(ended)) is not None:
+            waiting.append(job)
 
     def end(run: _Run, outcome: TrainResult | Exception) -> None:
-        outcomes[runs.pop(run)] = outcome
+        finish(runs.pop(run), Ended(run.job, outcome, run.loop.step, run.most_packed - 1))
 
-    while runs:
+    while True:
         for run in [run for run in runs if run.done]:
             end(run, run.result())
+        while waiting:  # a job that cannot start ends at once (and may be refilled in turn)
+            job = waiting.pop(0)
+            outcomes.append(None)
+            try:
+                runs[_Run(frozen, job)] = len(outcomes) - 1
+            except Exception as error:
+                finish(len(outcomes) - 1, Ended(job, error, 0, 0))
+        if not runs:
+            break
         started = time.perf_counter()
         drawn: dict[_Run, list[int]] = {}
         for run in list(runs):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
@@ -19,6 +19,17 @@ from app.engine.methods import TrainConfig
 from app.services.jobs import Planned
 from workers.inputs import Candidate, JobInputs, Pair, Source, load_inputs
 from workers.training import EvalReport, StepReport
+
+
+class RecordTrial(Protocol):
+    """Record a trial of a search: its JobTrial columns (values); details go with the `trial` event of one that
+    ended (a tune job's: how many trials shared its passes, the job's steps it lived between)."""
+
+    def __call__(self, number: int, values: dict[str, Any], details: dict[str, Any] | None = None, /) -> None: ...
+
+
+def _no_trials(number: int, values: dict[str, Any], details: dict[str, Any] | None = None, /) -> None:
+    """A context that records no trials (tests, bench)."""
 
 
 @dataclass
@@ -37,8 +48,8 @@ class JobContext:
     should_stop: Callable[[], bool]
     event: Callable[[str, str, dict[str, Any]], None]
     set_total_steps: Callable[[int], None] = field(default=lambda total: None)
-    # a trial of a search (number, JobTrial's columns): GET /v1/jobs/{id}/trials
-    record_trial: Callable[[int, dict[str, Any]], None] = field(default=lambda number, values: None)
+    # a trial of a search (number, JobTrial's columns, its ended event's details): GET /v1/jobs/{id}/trials
+    record_trial: RecordTrial = field(default=_no_trials)
     teachers: list[tuple[int, Artifact]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)

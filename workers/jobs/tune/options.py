@@ -15,7 +15,7 @@ class StepBudget(Strict):
 
 
 class TimeBudget(Strict):
-    minutes: float = Field(gt=0, le=24 * 60, description="Wall time of the search; the trial running then finishes.")
+    minutes: float = Field(gt=0, le=24 * 60, description="Wall time of the search; the trials running then finish.")
 
 
 class SearchSpace(Strict):
@@ -39,6 +39,13 @@ class SearchSpace(Strict):
         "head over the final hidden state; by default both for classification, neither for generation.",
     )
     steps_per_trial: int = Field(default=200, ge=5, le=10_000, description="Steps a trial trains at most.")
+    pack: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Trials trained at once in shared passes, a slot refilled as soon as its trial ends (1: one "
+        "after another).",
+    )
 
     @field_validator("methods")
     @classmethod

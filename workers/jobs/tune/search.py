@@ -1,27 +1,25 @@
-"""The search itself: an Optuna study over trials that train like train jobs, pruned on their validation curves;
-the best finished trial, an ensemble of the best, or one prompt distilled from them."""
+"""The search itself: an Optuna study over trials that train like train jobs, several at once in shared passes
+(trials.py), pruned on their validation curves; the best finished trial, an ensemble of the best, or one prompt
+distilled from them."""
 
 from __future__ import annotations
 
-import math
-import time
+import warnings
 from typing import Any
 
 import optuna
 import torch
-from pydantic import ValidationError
 
 from app.engine.core.text import TaskSpec
-from app.engine.methods import TrainConfig, get_method, parse_config
+from app.engine.methods import TrainConfig, parse_config
 from workers.jobs.base import JobContext, Trained
 from workers.jobs.distill.algorithm import distill_objective, prompts_teacher
 from workers.jobs.distill.options import Distillation
-from workers.jobs.tune.options import StepBudget, TuneOptions
+from workers.jobs.tune.options import TuneOptions
+from workers.jobs.tune.trials import Finished, Trials
 from workers.train_steps import split_validation
 from workers.training import EvalReport, StepReport, TrainResult, train_prompt
 
-ENDED = {"pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
-MAX_FAILED = 20  # trials that fail before the search gives up (a space where nothing trains)
 MIN_RANKING_EXAMPLES = 50  # below this many validation examples, a point of accuracy is noise between trials
 
 
@@ -44,7 +42,7 @@ def trial_config(trial: optuna.Trial, options: TuneOptions, spec: TaskSpec, step
 
 
 def search(ctx: JobContext, options: TuneOptions) -> Trained:
-    spec, frozen = ctx.task_spec, ctx.model
+    spec = ctx.task_spec
     train, val = ctx.labeled(ctx.train) or [], ctx.labeled(ctx.val)
     if not val:  # one held-out set for every trial, so their scores rank the same thing
         holdout = parse_config({"method": "prompt", "validation_fraction": 0.2, "seed": options.seed})
@@ -56,48 +54,15 @@ def search(ctx: JobContext, options: TuneOptions) -> Trained:
             f"{100 / len(val):.1f} points; give a validation_dataset_id of {MIN_RANKING_EXAMPLES}+ examples",
             {"validation_examples": len(val)},
         )
-    budget, search = options.budget, options.search
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=options.seed),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(),
-    )
-    started, spent = time.monotonic(), 0
-    finished: list[tuple[float, int, TrainResult, TrainConfig]] = []
-    ended: dict[str, int] = {"finished": 0, "pruned": 0, "failed": 0}
-
-    def left() -> int | None:
-        if isinstance(budget, StepBudget):
-            return budget.steps - spent
-        return None if time.monotonic() - started < budget.minutes * 60 else 0
-
-    while ((remaining := left()) is None or remaining >= 5) and ended["failed"] < MAX_FAILED:
-        steps = search.steps_per_trial if remaining is None else min(search.steps_per_trial, remaining)
-        total = budget.steps if isinstance(budget, StepBudget) else spent + steps
-        ctx.set_total_steps(total)
-        trial = study.ask()
-        number = trial.number
-        try:
-            config = trial_config(trial, options, spec, steps)
-            get_method(config.method).check(frozen, config)
-        except (ValidationError, ValueError) as exc:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            ctx.record_trial(number, _row(trial.params.get("method", "?"), {}, 0, [], None, "failed"))
-            ctx.event("warning", f"trial {number}: {exc}", {"number": number})
-            ended["failed"] += 1
-            continue
-        state, ran, scores, result = _train_trial(ctx, trial, config, train, val, spent, total)
-        value = result.value if result is not None else (max(scores) if scores and state == "pruned" else None)
-        if state == "finished":
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=ENDED[state])
-        ctx.record_trial(number, _row(config.method, config.model_dump(mode="json"), ran, scores, value, state))
-        ended[state] += 1
-        if result is not None and value is not None:
-            finished.append((value, number, result, config))
-        spent += ran
+    with warnings.catch_warnings():
+        # constant_liar (experimental in Optuna): a trial asked while others train is kept away from their points
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=options.seed, constant_liar=options.search.pack > 1)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=optuna.pruners.SuccessiveHalvingPruner())
+    trials = Trials(ctx, options, study, lambda trial, steps: trial_config(trial, options, spec, steps), train, val)
+    trials.run()
+    finished, ended, spent = trials.finished, trials.ended, trials.spent
     if not finished:
         raise ValueError(
             f"no trial finished within the budget ({ended['pruned']} pruned, {ended['failed']} failed); "
@@ -110,7 +75,13 @@ def search(ctx: JobContext, options: TuneOptions) -> Trained:
         f"kept trial {number} ({config.method}, value {value:.4f}) of {sum(ended.values())} trials",
         {"trial": number, "value": value, **ended},
     )
-    metrics = {**result.metrics, "best_trial": number, "trials": ended, "search_steps": spent}
+    metrics = {
+        **result.metrics,
+        "best_trial": number,
+        "trials": ended,
+        "search_steps": spent,
+        "pack": options.search.pack,
+    }
     lineage: dict[str, Any] = {"best_trial": number, "trials": list(range(len(study.trials)))}
     kept = ranked[: options.ensemble or 1]
     if options.ensemble is not None:
@@ -152,7 +123,7 @@ def search(ctx: JobContext, options: TuneOptions) -> Trained:
 
 def _distill(
     ctx: JobContext,
-    kept: list[tuple[float, int, TrainResult, TrainConfig]],
+    kept: list[Finished],
     config: TrainConfig,
     train: list[tuple[str, str]],
     val: list[tuple[str, str]],
@@ -191,61 +162,3 @@ def _distill(
         {"trials": numbers, "value": result.value},
     )
     return result
-
-
-def _train_trial(
-    ctx: JobContext,
-    trial: optuna.Trial,
-    config: TrainConfig,
-    train: list[tuple[str, str]],
-    val: list[tuple[str, str]],
-    offset: int,
-    total: int,
-) -> tuple[str, int, list[float], TrainResult | None]:
-    """Train one trial, reporting each evaluation to the study (which may prune it) and to the job's curve, its
-    steps counted after `offset`; (state, steps run, scores, result when it finished)."""
-    scores: list[float] = []
-    ran = 0
-    shown = config.model_dump(mode="json")
-
-    def on_step(report: StepReport) -> None:
-        nonlocal ran
-        ran = report.step
-        ctx.on_step(StepReport(offset + report.step, total, report.loss, report.lr))
-
-    def on_eval(report: EvalReport) -> None:
-        score = report.value
-        scores.append(score)
-        ctx.on_eval(EvalReport(offset + report.step, report.val_loss, report.val_accuracy))
-        ctx.record_trial(trial.number, _row(config.method, shown, report.step, scores, max(scores), "running"))
-        if report.step > 0:
-            trial.report(score, step=report.step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {report.step}")
-
-    ctx.record_trial(trial.number, _row(config.method, shown, 0, [], None, "running"))
-    try:
-        result = train_prompt(
-            ctx.model, ctx.task_spec, train, val, config, on_step=on_step, on_eval=on_eval, should_stop=ctx.should_stop
-        )
-    except optuna.TrialPruned:
-        return "pruned", ran, scores, None
-    except (ValueError, RuntimeError) as exc:  # this configuration fails; the search goes on
-        ctx.event("warning", f"trial {trial.number} failed: {exc}", {"number": trial.number})
-        return "failed", ran, scores, None
-    return "finished", ran, scores, result
-
-
-def _row(
-    method: str, hyperparameters: dict[str, Any], steps: int, scores: list[float], value: float | None, state: str
-) -> dict[str, Any]:
-    """A trial's JobTrial columns (non-finite scores stored as None-free floats are kept finite for JSON)."""
-    clean = [score if math.isfinite(score) else -1e30 for score in scores]
-    return {
-        "method": method,
-        "hyperparameters": hyperparameters,
-        "steps": steps,
-        "scores": clean,
-        "value": value,
-        "state": state,
-    }
