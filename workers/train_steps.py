@@ -15,7 +15,7 @@ from app.engine.core.forward import score_targets
 from app.engine.core.mixed import Row, label_scores, target_scores
 from app.engine.core.model import FrozenModel
 from app.engine.core.prompts import single
-from app.engine.core.segments import resolve
+from app.engine.core.segments import ServedPrompt, resolve
 from app.engine.core.text import EncodedExample, TaskSpec, encode_example
 from app.engine.methods import TrainConfig
 from app.engine.methods.base import PromptModule
@@ -102,6 +102,8 @@ def evaluate(
         return -float(sum(float(t.sum()) for t in totals)) / tokens, None
     scores = label_scores(frozen, pool, rows)
     gold = [spec.labels.index(output) for _, output in val]
+    if module.head is not None:  # a head's loss is per example, as it trains
+        tokens = len(examples)
     loss = -sum(float(row[g]) for row, g in zip(scores, gold, strict=True)) / tokens
     hits = sum(int(row.argmax()) == g for row, g in zip(scores, gold, strict=True))
     return loss, hits / len(val)
@@ -112,18 +114,27 @@ def batch_losses(frozen: FrozenModel, batches: Sequence[tuple[PromptModule, Sequ
 
     Every row carries its own module's prompt (keys/values resolved once per module), so the gradient of the sum
     reaches each module from its own rows only: summing and calling backward once trains every module exactly as
-    its own loss would, which is how packed training and meta-batches share a pass.
+    its own loss would, which is how packed training and meta-batches share a pass. A module with a label head
+    scores all its labels by the head, and its loss is the gold label's cross-entropy per example.
     """
     served = resolve(frozen, [module.segments() for module, _ in batches])
-    rows = [(prompt, example) for prompt, (_, examples) in zip(served, batches, strict=True) for example in examples]
+    rows: list[tuple[ServedPrompt, EncodedExample, list[list[int]]]] = []
+    for prompt, (module, examples) in zip(served, batches, strict=True):
+        labels = module.label_targets if prompt.head is not None else None
+        rows.extend((prompt, example, labels or [example.target_ids]) for example in examples)
     totals = score_targets(
-        frozen, [prompt for prompt, _ in rows], [ex.input_ids for _, ex in rows], [[ex.target_ids] for _, ex in rows]
+        frozen, [prompt for prompt, _, _ in rows], [ex.input_ids for _, ex, _ in rows], [t for _, _, t in rows]
     )
-    per_row = torch.cat(totals)
     losses, at = [], 0
-    for _, examples in batches:
-        tokens = sum(len(ex.target_ids) for ex in examples)
-        losses.append(-per_row[at : at + len(examples)].sum() / tokens)
+    for prompt, (module, examples) in zip(served, batches, strict=True):
+        own = totals[at : at + len(examples)]
+        if prompt.head is None:
+            tokens = sum(len(ex.target_ids) for ex in examples)
+            losses.append(-torch.cat(own).sum() / tokens)
+        else:
+            labels = module.label_targets or []
+            gold = [scores[labels.index(list(ex.target_ids))] for scores, ex in zip(own, examples, strict=True)]
+            losses.append(-torch.stack(gold).sum() / len(examples))
         at += len(examples)
     return torch.stack(losses)
 

@@ -14,10 +14,12 @@ from app.db.models import FINISHED_STATUSES, Job, JobEvent, JobMetric, JobStatus
 from app.db.repositories import JobRepository, PromptRepository
 from app.engine.core.model import FrozenModel
 from app.engine.methods import TrainConfig, get_method
+from app.engine.methods.base import prompt_shapes
 from app.errors import Conflict, InvalidInput, NotFound
-from app.services import audit
+from app.services import audit, holdout
 from app.services.context_length import first_overflow
 from app.services.datasets import check_labels, get_dataset, require_labeled
+from app.services.keys import Limits
 
 
 def check_fits_context(model: FrozenModel, task: Task, examples: list[dict[str, str]], virtual_tokens: int) -> None:
@@ -64,20 +66,26 @@ def check_method(session: Session, config: TrainConfig, model: FrozenModel | Non
                 code="init_prompt_invalid",
             )
         expected = method.expected_shapes(model, config)
-        if init.shapes != expected:
+        shapes = prompt_shapes(init.shapes or {})
+        if shapes != expected:
             raise InvalidInput(
-                f"init prompt {prompt_id} has shapes {init.shapes}; this job's prompt has {expected}: match "
+                f"init prompt {prompt_id} has shapes {shapes}; this job's prompt has {expected}: match "
                 "num_virtual_tokens and the method's options to it",
                 code="init_prompt_invalid",
             )
 
 
 def check_init_for_task(config: TrainConfig, task: Task) -> None:
-    """Refuse an init the task cannot give: label words of a task without labels."""
+    """Refuse what the task cannot give: label words or a label head for a task without labels."""
     if config.init == "labels" and task.kind != "classification":
         raise InvalidInput(
             f'init "labels" starts from the label words, and {task.kind} task {task.name!r} has none; use "text"',
             code="init_prompt_invalid",
+        )
+    if config.label_head and task.kind != "classification":
+        raise InvalidInput(
+            f"label_head reads a label, and {task.kind} task {task.name!r} has none; leave label_head out",
+            code="label_head_invalid",
         )
 
 
@@ -124,9 +132,16 @@ class Planned:
     validation_dataset_id: int | None = None
 
 
-def enqueue(session: Session, planned: Planned, *, priority: int, max_attempts: int, promote: str) -> Job:
-    """Queue a checked job of any kind: one row, one "queued" event; promote: the stored version's policy."""
+def enqueue(
+    session: Session, planned: Planned, *, priority: int, max_attempts: int, promote: str, limits: Limits
+) -> Job:
+    """Queue a checked job of any kind: one row, one "queued" event; promote: the stored version's policy. A job of
+    a task holds out (or skips) the task's evaluation set in the same transaction (app/services/holdout.py)."""
     repo = JobRepository(session)
+    held = None
+    if planned.task is not None and planned.dataset_id is not None:
+        seed = int(planned.config.get("seed", 0))
+        held = holdout.decide(session, planned.task, planned.dataset_id, seed, limits)
     job = repo.add(
         Job(
             type=planned.job_type,
@@ -140,10 +155,13 @@ def enqueue(session: Session, planned: Planned, *, priority: int, max_attempts: 
             progress={"step": 0, "total_steps": planned.total_steps},
             max_attempts=max_attempts,
             promote=promote,
+            evaluation_holdout=held.stored if held is not None else None,
         )
     )
     method = planned.config.get("method")
     repo.add_event(job.id, "queued", planned.message, {"priority": priority, "method": method})
+    if held is not None and held.event is not None:
+        repo.add_event(job.id, *held.event)
     return job
 
 

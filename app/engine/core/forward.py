@@ -145,20 +145,29 @@ def score_targets(
     """Total log-probability of each row's target sequences after its input: one float32 tensor [K_b] per row.
 
     A target's first token is read at the input's last state; the rest is fed as a branch of the same pass, so
-    the input runs once however many targets (labels) a row scores. Differentiable (training uses it).
+    the input runs once however many targets (labels) a row scores. A row whose prompt has a label head feeds no
+    branches: its K targets are its task's labels, scored by the head over the input's last state. Differentiable
+    (training uses it).
     """
     for row, row_targets in enumerate(targets):
         if any(not target for target in row_targets):
             raise ValueError(f"row {row} has an empty target.")
+        head = served[row].head
+        if head is not None and len(row_targets) != head.labels:
+            raise ValueError(
+                f"row {row}'s prompt has a label head over {head.labels} labels; the row scores {len(row_targets)}."
+            )
     queries = [
-        Query(ids, tuple(target[:-1] for target in row_targets if len(target) > 1))
-        for ids, row_targets in zip(inputs, targets, strict=True)
+        Query(ids, () if prompt.head is not None else tuple(target[:-1] for target in row_targets if len(target) > 1))
+        for prompt, ids, row_targets in zip(served, inputs, targets, strict=True)
     ]
     result = forward_rows(frozen, served, queries)
     slots: dict[tuple[int, int], int] = {}  # (row, hidden slot) -> row of `logits`: each state read once
     reads: list[tuple[int, int, int]] = []  # (state, target token, target number)
     count = 0
     for row, row_targets in enumerate(targets):
+        if served[row].head is not None:
+            continue
         source = int(result.last[row])
         starts = iter(result.branch_starts[row])
         for target in row_targets:
@@ -168,14 +177,24 @@ def score_targets(
                 at = source if step == 0 else branch + step - 1
                 reads.append((slots.setdefault((row, at), len(slots)), token, count))
             count += 1
-    where = torch.tensor(list(slots), device=frozen.device)
-    logits = frozen.logits(result.hidden[where[:, 0], where[:, 1]]).float()
-    # log p(token) = logit - logsumexp: no second [N, vocab] tensor for a full log_softmax.
-    normalizers = torch.logsumexp(logits, dim=-1)
-    state_index, target_ids, target_index = torch.tensor(reads, device=frozen.device).unbind(1)
-    picked = logits[state_index, target_ids] - normalizers[state_index]
-    totals = torch.zeros(count, device=frozen.device).index_add(0, target_index, picked)
-    return list(totals.split([len(row_targets) for row_targets in targets]))
+    worded: list[torch.Tensor] = []
+    if reads:
+        where = torch.tensor(list(slots), device=frozen.device)
+        logits = frozen.logits(result.hidden[where[:, 0], where[:, 1]]).float()
+        # log p(token) = logit - logsumexp: no second [N, vocab] tensor for a full log_softmax.
+        normalizers = torch.logsumexp(logits, dim=-1)
+        state_index, target_ids, target_index = torch.tensor(reads, device=frozen.device).unbind(1)
+        picked = logits[state_index, target_ids] - normalizers[state_index]
+        totals = torch.zeros(count, device=frozen.device).index_add(0, target_index, picked)
+        worded = list(totals.split([len(t) for row, t in enumerate(targets) if served[row].head is None]))
+    worded.reverse()
+    scores = []
+    for row, prompt in enumerate(served):
+        if prompt.head is None:
+            scores.append(worded.pop())
+        else:
+            scores.append(prompt.head.log_probs(result.hidden[row, result.last[row]][None])[0])
+    return scores
 
 
 def target_logits(

@@ -25,6 +25,24 @@ RowModule = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class LabelHead:
+    """A learned linear readout of a classification prompt (P-tuning v2): label k's score is weight[k] . h + bias[k],
+    h the row's final hidden state after its input, instead of the log-probability of label k's words."""
+
+    weight: torch.Tensor  # [K, H]
+    bias: torch.Tensor  # [K]
+
+    @property
+    def labels(self) -> int:
+        return int(self.weight.shape[0])
+
+    def log_probs(self, states: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the K labels, float32 [N, K], of final hidden states [N, H] (differentiable)."""
+        logits = torch.nn.functional.linear(states.float(), self.weight.float(), self.bias.float())
+        return torch.log_softmax(logits, dim=-1)
+
+
+@dataclass(frozen=True)
 class Overwrite:
     """Hidden states at the prompt positions replaced at some layers: states [len(layers), n, H], layers >= 1."""
 
@@ -42,6 +60,7 @@ class Segments:
     row_prefix: input embeddings [T, H] -> [k, H], a prompt made from each row's input (not cacheable);
     map_embeds: token embeddings [T, H] -> [T, H], applied to every token the row feeds (input, targets, decoded);
     after: [m, H] embeddings between the input and what follows it;
+    head: a classification prompt's label head, read instead of the label words' log-probabilities;
     modules: the nn.Modules behind row_prefix/map_embeds (counted in the pool's bytes).
     """
 
@@ -52,6 +71,7 @@ class Segments:
     row_prefix_length: int = 0
     map_embeds: RowModule | None = None
     after: torch.Tensor | None = None
+    head: LabelHead | None = None
     modules: tuple[nn.Module, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -72,6 +92,7 @@ class ServedPrompt:
     row_prefix_length: int = 0
     map_embeds: RowModule | None = None
     after: torch.Tensor | None = None
+    head: LabelHead | None = None
     modules: tuple[nn.Module, ...] = ()
 
     @property
@@ -90,9 +111,11 @@ class ServedPrompt:
 
     @property
     def nbytes(self) -> int:
-        """Device memory held: keys/values, the part after the input, the per-row modules' parameters."""
+        """Device memory held: keys/values, the part after the input, the label head, the per-row modules'
+        parameters."""
         size = 0 if self.kv is None else self.kv.nbytes
         size += 0 if self.after is None else self.after.nbytes
+        size += 0 if self.head is None else self.head.weight.nbytes + self.head.bias.nbytes
         size += sum(p.nbytes for module in self.modules for p in module.parameters())
         return int(size)
 
@@ -138,6 +161,9 @@ def resolve(frozen: FrozenModel, prompts: Sequence[Segments], *, max_batch_token
         after = segments.after
         if after is not None:
             after = after.to(device=frozen.device, dtype=frozen.dtype)
+        head = segments.head
+        if head is not None:  # kept in its own dtype: log_probs reads it in float32
+            head = LabelHead(head.weight.to(frozen.device), head.bias.to(frozen.device))
         served.append(
             ServedPrompt(
                 kv=resolved,
@@ -145,6 +171,7 @@ def resolve(frozen: FrozenModel, prompts: Sequence[Segments], *, max_batch_token
                 row_prefix_length=segments.row_prefix_length,
                 map_embeds=segments.map_embeds,
                 after=after,
+                head=head,
                 modules=segments.modules,
             )
         )

@@ -62,6 +62,11 @@ def to_peft(artifact: Artifact, frozen: FrozenModel, base_model_name: str) -> Pe
         "num_layers": layers,
         "inference_mode": True,
     }
+    if "head.weight" in artifact.tensors:
+        raise UnsupportedAdapter(
+            "this prompt reads its label with a learned label head, which PEFT's prompt adapters cannot hold; "
+            "export a version trained without label_head."
+        )
     if artifact.method == "prompt":
         prompt = artifact.tensor("prompt", 2)
         config = PromptTuningConfig(

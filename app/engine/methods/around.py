@@ -43,7 +43,7 @@ class Around(PromptModule):
     def positions(self) -> int:
         return int(self.before.shape[0] + self.after.shape[0])
 
-    def segments(self) -> Segments:
+    def prompt_segments(self) -> Segments:
         return Segments(prefix=self.before, after=self.after)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:

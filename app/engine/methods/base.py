@@ -10,6 +10,7 @@ Segments (app/engine/core/segments.py).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -17,12 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from app.engine.core.model import FrozenModel
-from app.engine.core.segments import Segments
-from app.engine.core.text import TaskSpec
+from app.engine.core.segments import LabelHead, Segments
+from app.engine.core.text import TaskSpec, label_token_ids
 from app.engine.formats.artifact import Artifact
 from app.text_checks import refuse_unstorable
 
 InitKind = Literal["text", "vocab", "random", "labels", "auto"]
+HEAD_TENSORS = ("head.weight", "head.bias")  # a label head's tensors in a stored artifact, beside the method's
+
+
+def prompt_shapes(shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """A stored version's shapes without its label head: what an init prompt must match (heads follow the task)."""
+    return {name: shape for name, shape in shapes.items() if name not in HEAD_TENSORS}
 
 
 class FromPrompt(BaseModel):
@@ -74,6 +81,13 @@ class TrainConfig(BaseModel):
     seed: int = Field(
         default=0, ge=0, le=2**32 - 1, description="Seeds the split, the initialisation and batch sampling."
     )
+    label_head: bool = Field(
+        default=False,
+        description="Classification only: read the label from a learned linear head over the final hidden state "
+        "(P-tuning v2), started from the label words' output embeddings and trained with the prompt, instead of "
+        "scoring the label words. The head is stored with the prompt (K x hidden floats); such a prompt has no "
+        "PEFT form.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -95,13 +109,37 @@ class TrainConfig(BaseModel):
 
 
 class PromptModule(nn.Module, ABC):
-    """A method's trainable prompt: describes itself as Segments, stores itself as an Artifact."""
+    """A method's trainable prompt: describes itself as Segments, stores itself as an Artifact. Any method's module
+    may carry a label head (`attach_head`), trained and stored with it."""
 
     method: ClassVar[str]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.head: nn.Linear | None = None
+        # a head's targets: each label's token ids, in the task's order (set by Method.build for training)
+        self.label_targets: list[list[int]] | None = None
+
     @abstractmethod
+    def prompt_segments(self) -> Segments:
+        """How this method's prompt enters a forward pass (differentiable w.r.t. the module's parameters)."""
+
     def segments(self) -> Segments:
-        """How this prompt enters a forward pass (differentiable w.r.t. the module's parameters)."""
+        """The prompt's Segments with its label head, if it has one."""
+        segments = self.prompt_segments()
+        if self.head is None:
+            return segments
+        return replace(segments, head=LabelHead(self.head.weight, self.head.bias))
+
+    def attach_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Give the module a label head [K, H] + [K] (a trainable parameter from now on)."""
+        if weight.dim() != 2 or bias.shape != (weight.shape[0],):
+            raise ValueError(f"a label head is [K, hidden] and [K], got {tuple(weight.shape)} and {tuple(bias.shape)}.")
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        self.head = head
 
     @abstractmethod
     def stored_tensors(self) -> dict[str, torch.Tensor]:
@@ -118,9 +156,14 @@ class PromptModule(nn.Module, ABC):
 
     def artifact(self) -> Artifact:
         """A detached float32 CPU snapshot, ready to store."""
+        stored = dict(self.stored_tensors())
+        config = self.stored_config()
+        if self.head is not None:
+            stored.update(zip(HEAD_TENSORS, (self.head.weight, self.head.bias), strict=True))
+            config = {**config, "label_head": True}
         with torch.no_grad():
-            tensors = {name: t.detach().to("cpu").clone() for name, t in self.stored_tensors().items()}
-        return Artifact(self.method, tensors, self.stored_config())
+            tensors = {name: t.detach().to("cpu").clone() for name, t in stored.items()}
+        return Artifact(self.method, tensors, config)
 
 
 class Method(ABC):
@@ -163,21 +206,59 @@ class Method(ABC):
         init: Artifact | None = None,
     ) -> PromptModule:
         """The trainable module on the model's device, started as config.init says or from `init`, a stored
-        version of this method and the shapes this config gives."""
+        version of this method and the shapes this config gives; with its label head when config.label_head (the
+        init's head when it has one of this task's size, else one started from the label words)."""
+        if config.label_head and spec.kind != "classification":
+            raise ValueError(f"label_head reads a label, and a {spec.kind} task has none; leave label_head out.")
         if init is None:
-            return self.fresh(frozen, config, spec, generator).to(frozen.device)
-        if init.method != self.name:
-            raise ValueError(
-                f"the init prompt is a {init.method!r} prompt; a {self.name!r} job needs a {self.name!r} prompt."
-            )
-        expected = self.expected_shapes(frozen, config)
-        if init.shapes != expected:
-            raise ValueError(f"the init prompt has shapes {init.shapes}; this job's prompt has {expected}.")
-        return self.restore(frozen, init).to(frozen.device)
+            module = self.fresh(frozen, config, spec, generator)
+        else:
+            if init.method != self.name:
+                raise ValueError(
+                    f"the init prompt is a {init.method!r} prompt; a {self.name!r} job needs a {self.name!r} prompt."
+                )
+            expected = self.expected_shapes(frozen, config)
+            if prompt_shapes(init.shapes) != expected:
+                raise ValueError(
+                    f"the init prompt has shapes {prompt_shapes(init.shapes)}; this job's prompt has {expected}."
+                )
+            module = self.restore(frozen, init)
+        if config.label_head:
+            module.label_targets = label_token_ids(frozen, spec)
+            stored = _stored_head(init)
+            if stored is not None and stored[0].shape == (len(spec.labels), frozen.hidden_size):
+                module.attach_head(*stored)
+            else:
+                module.attach_head(*_word_head(frozen, module.label_targets))
+        return module.to(frozen.device)
 
     def load(self, frozen: FrozenModel, artifact: Artifact) -> PromptModule:
-        """Rebuild a stored prompt for serving (no gradients, on the model's device)."""
-        return self.restore(frozen, artifact).to(frozen.device).requires_grad_(False)
+        """Rebuild a stored prompt for serving (no gradients, on the model's device), its label head included."""
+        module = self.restore(frozen, artifact)
+        stored = _stored_head(artifact)
+        if stored is not None:
+            if stored[0].shape[1] != frozen.hidden_size:
+                raise ValueError(
+                    f"the stored label head has width {stored[0].shape[1]}; this model's hidden size is "
+                    f"{frozen.hidden_size}."
+                )
+            module.attach_head(*stored)
+        return module.to(frozen.device).requires_grad_(False)
+
+
+def _stored_head(artifact: Artifact | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A stored version's label head (weight, bias), or None."""
+    if artifact is None or HEAD_TENSORS[0] not in artifact.tensors:
+        return None
+    return artifact.tensor(HEAD_TENSORS[0], 2).float(), artifact.tensor(HEAD_TENSORS[1], 1).float()
+
+
+def _word_head(frozen: FrozenModel, labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A head that starts where label-word scoring starts: row k is the output embedding of label k's first token
+    (the LM's logit of that token), no bias."""
+    output = frozen.model.get_output_embeddings().weight.detach()
+    weight = output[torch.tensor([ids[0] for ids in labels], device=output.device)].float().cpu().clone()
+    return weight, torch.zeros(len(labels))
 
 
 REGISTRY: dict[str, Method] = {}

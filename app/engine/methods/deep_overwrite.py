@@ -74,7 +74,7 @@ class DeepPrompt(PromptModule):
     def positions(self) -> int:
         return int(self.prompt.shape[0])
 
-    def segments(self) -> Segments:
+    def prompt_segments(self) -> Segments:
         return Segments(prefix=self.prompt, overwrite=Overwrite(self.layers, self.states))
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:

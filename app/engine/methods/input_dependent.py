@@ -52,7 +52,7 @@ class InputDependent(PromptModule):
     def positions(self) -> int:
         return self.generator.n
 
-    def segments(self) -> Segments:
+    def prompt_segments(self) -> Segments:
         return Segments(row_prefix=self.generator, row_prefix_length=self.generator.n, modules=(self.generator,))
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:

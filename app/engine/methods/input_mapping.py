@@ -53,7 +53,7 @@ class InputMapping(PromptModule):
     def positions(self) -> int:
         return int(self.prompt.shape[0])
 
-    def segments(self) -> Segments:
+    def prompt_segments(self) -> Segments:
         prefix = self.prompt if self.prompt.shape[0] else None
         return Segments(prefix=prefix, map_embeds=self.mapping, modules=(self.mapping,))
 

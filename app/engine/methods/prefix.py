@@ -75,7 +75,7 @@ class Prefix(PromptModule):
         offsets = self.mlp(self.embeddings).view(n, 2, layers, heads, dim).permute(1, 2, 3, 0, 4)
         return self.start_keys + offsets[0], self.start_values + offsets[1]
 
-    def segments(self) -> Segments:
+    def prompt_segments(self) -> Segments:
         keys, values = self.keys_values()
         return Segments(kv=PromptKV(keys=keys, values=values, last_hidden=None))
 

@@ -43,7 +43,7 @@ class SoftPrompt(PromptModule):
         """The prompt vectors [num_virtual_tokens, hidden], differentiable."""
         return self.embedding.weight
 
-    def segments(self) -> Segments:
+    def prompt_segments(self) -> Segments:
         return Segments(prefix=self.embedding.weight)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:

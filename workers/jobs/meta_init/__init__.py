@@ -76,6 +76,12 @@ class MetaInit(JobKind):
                 'use "text", "vocab", "random" or {"from_prompt": id}',
                 code="init_prompt_invalid",
             )
+        if config.label_head:
+            raise InvalidInput(
+                "a meta-initialisation serves tasks of any labels, and a label head has one row per label of one "
+                "task; leave label_head out",
+                code="label_head_invalid",
+            )
         check_method(session, config, model)
         sources: list[SourceTask] = []
         positions = get_method(config.method).positions(config)
