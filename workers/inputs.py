@@ -14,6 +14,7 @@ from app.engine.core.model import FrozenModel
 from app.engine.core.text import TaskSpec
 from app.engine.formats.artifact import Artifact
 from app.engine.methods import TrainConfig, get_method
+from app.services.holdout import excluded_rows
 from app.services.tasks import task_spec
 
 Pair = tuple[str, str | None]  # (input, output); output None in a dataset of inputs only
@@ -63,10 +64,15 @@ def load_inputs(session: Session, job: Job, config: TrainConfig, model: FrozenMo
         task = TaskRepository(session).get(job.task_id)
         assert task is not None  # jobs are deleted with their task
         spec = task_spec(task)
+    # The rows held out as the task's evaluation set are read by neither training nor validation: the job's own
+    # validation split is then drawn from what remains (app/services/holdout.py).
+    held, val_id = job.evaluation_holdout, job.validation_dataset_id
     inputs = JobInputs(
         spec=spec,
-        train=_pairs(session, job.dataset_id) if job.dataset_id is not None or job.task_id is not None else [],
-        val=_pairs(session, job.validation_dataset_id) if job.validation_dataset_id is not None else None,
+        train=_pairs(session, job.dataset_id, excluded_rows(held, job.dataset_id))
+        if job.dataset_id is not None or job.task_id is not None
+        else [],
+        val=_pairs(session, val_id, excluded_rows(held, val_id)) if val_id is not None else None,
         init=_artifact(session, config.init_prompt_id, "init prompt"),
     )
     if config.init == "auto":
@@ -74,11 +80,12 @@ def load_inputs(session: Session, job: Job, config: TrainConfig, model: FrozenMo
     return inputs
 
 
-def _pairs(session: Session, dataset_id: int | None) -> list[Pair]:
+def _pairs(session: Session, dataset_id: int | None, excluded: set[int] | None = None) -> list[Pair]:
     dataset = DatasetRepository(session).get(dataset_id, with_examples=True) if dataset_id is not None else None
     if dataset is None:
         raise ValueError(f"dataset {dataset_id} of this job was deleted")
-    return [(example["input"], example.get("output")) for example in dataset.examples]
+    skip = excluded or set()
+    return [(e["input"], e.get("output")) for row, e in enumerate(dataset.examples) if row not in skip]
 
 
 def read_teachers(session: Session, prompt_ids: list[int]) -> list[tuple[int, Artifact]]:

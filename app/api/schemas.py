@@ -41,11 +41,19 @@ class DatasetOut(BaseModel):
     num_examples: int
     labels: list[str]
     labeled: bool = Field(description="False for inputs without outputs (usable by distill jobs with alpha 0).")
+    source_dataset_id: int | None = Field(
+        default=None, description="A task's held-out evaluation set: the dataset its examples were taken from."
+    )
     created_at: datetime
 
 
 class DatasetDetail(DatasetOut):
     preview: list[dict[str, str]] = Field(description="The first few examples.")
+    source_rows: list[int] | None = Field(
+        default=None,
+        description="A held-out evaluation set: its examples' positions (from 0) in the source dataset, in order; "
+        "jobs of the task on that dataset never train on them.",
+    )
 
 
 class EnsembleTop(Strict):
@@ -78,6 +86,11 @@ class TaskCreate(Strict):
     template: str | None = Field(
         default=None, max_length=2000, description='Must contain "{input}"; a default is chosen per kind.'
     )
+    evaluation_holdout: bool = Field(
+        default=True,
+        description="The task's first job on a dataset of 100+ labeled examples holds a fifth of it (at most 500) "
+        "out as the task's evaluation set; false: none is held out.",
+    )
 
 
 class TaskOut(BaseModel):
@@ -95,6 +108,9 @@ class TaskOut(BaseModel):
         default=None, description="The split of requests between versions (weights sum to 1), if any."
     )
     evaluation_dataset_id: int | None = Field(default=None, description="The evaluation gate's dataset, if any.")
+    evaluation_holdout: bool = Field(
+        default=True, description="Whether a job holds the evaluation set out of its dataset while the task has none."
+    )
     created_at: datetime
 
 
@@ -120,13 +136,18 @@ class TaskUpdate(Strict):
 
     evaluation_dataset_id: RowId | None = Field(
         default=None,
-        description="A labeled dataset every new version is scored on (the evaluation gate), or null for none.",
+        description="A labeled dataset every new version is scored on (the evaluation gate), or null for none "
+        "(which also turns evaluation_holdout off, unless given).",
+    )
+    evaluation_holdout: bool = Field(
+        default=True,
+        description="Whether a job on a task without an evaluation set holds one out of its dataset (see POST).",
     )
 
     @model_validator(mode="after")
     def _something(self) -> TaskUpdate:
         if not self.model_fields_set:
-            raise ValueError('give "ensemble", "traffic" or "evaluation_dataset_id".')
+            raise ValueError('give "ensemble", "traffic", "evaluation_dataset_id" or "evaluation_holdout".')
         return self
 
 
@@ -145,6 +166,13 @@ class JobProgress(BaseModel):
     val_loss: float | None = None
 
 
+class JobHoldout(BaseModel):
+    evaluation_dataset_id: int | None = Field(description="The task's evaluation set when the job was queued.")
+    excluded: int = Field(description="Examples of the job's dataset it never trains on: that set's, held out of it.")
+    created: bool = Field(description="Whether this job held the set out of its dataset.")
+    reason: str | None = Field(description="Why no evaluation set was held out, when none was.")
+
+
 class JobOut(BaseModel):
     id: int
     type: str
@@ -161,6 +189,9 @@ class JobOut(BaseModel):
         "teacher, a meta_init job's name and tasks.",
     )
     promote: str = Field(default="always", description="Whether the stored version becomes active (see POST).")
+    evaluation_holdout: JobHoldout | None = Field(
+        default=None, description="The task's evaluation set and the dataset rows held out for it (a job of a task)."
+    )
     result_prompt_id: int | None
     error: str | None
     attempts: int

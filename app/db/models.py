@@ -95,6 +95,8 @@ class Task(Base):
     traffic: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     # the evaluation gate's set: every new version is scored on it (no FK: a deleted dataset just stops scoring)
     evaluation_dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # False: a job on a task without an evaluation set holds none out of its dataset (app/services/holdout.py)
+    evaluation_holdout: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     prompts: Mapped[list[Prompt]] = relationship(
@@ -118,6 +120,10 @@ class Dataset(Base):
     examples: Mapped[list[dict[str, str]]] = mapped_column(JSON)
     # False for inputs without outputs (only a distillation job with alpha = 0 trains on those)
     labeled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # a task's held-out evaluation set: the dataset its examples were taken from (no FK: the source may be deleted
+    # and this set stays) and their positions there, from 0, in this dataset's order
+    source_dataset_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    source_rows: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -141,6 +147,9 @@ class Job(Base):
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # whether the version the job stores becomes active: always, if_better (on the evaluation set), never
     promote: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # decided at enqueue (app/services/holdout.py): the task's evaluation set, the rows of the source dataset this
+    # job never trains on, whether this job held them out, and why none were; None for a job of no task
+    evaluation_holdout: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, name="job_status", native_enum=False, length=16), default=JobStatus.queued
     )

@@ -29,7 +29,7 @@ def _store(session: Session, name: str, examples: list[Example], limits: Limits)
         {"input": example.input, "output": example.output} if labeled else {"input": example.input}
         for example in examples
     ]
-    size = len(json.dumps(stored, ensure_ascii=False).encode())
+    size = stored_size(stored)
     quotas.check_dataset_size(limits, size)
     quotas.check_storage(session, limits, adding=size)
     dataset = Dataset(
@@ -41,6 +41,11 @@ def _store(session: Session, name: str, examples: list[Example], limits: Limits)
         size_bytes=size,
     )
     return DatasetRepository(session).add(dataset)
+
+
+def stored_size(examples: list[dict[str, Any]]) -> int:
+    """Bytes of examples as stored: what a dataset's size_bytes and the storage quota count."""
+    return len(json.dumps(examples, ensure_ascii=False).encode())
 
 
 def create_from_upload(

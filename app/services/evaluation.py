@@ -100,7 +100,13 @@ def references(session: Session, task: Task) -> list[dict[str, Any]]:
     held = datasets.get(task.evaluation_dataset_id, with_examples=True)
     if train is None or held is None:
         return []
-    pairs = [(e["input"], e["output"]) for e in train.examples if e.get("output") is not None]
+    # the references learn what the versions learned from: not the rows held out of that dataset as this very set
+    skip = set(held.source_rows or []) if held.source_dataset_id == train.id else set()
+    pairs = [
+        (e["input"], e["output"])
+        for row, e in enumerate(train.examples)
+        if e.get("output") is not None and row not in skip
+    ]
     gold = [e["output"] for e in held.examples if e.get("output") is not None]
     inputs = [e["input"] for e in held.examples if e.get("output") is not None]
     if not pairs or not gold:

@@ -72,14 +72,16 @@ def _validate_template(kind: str, template: str | None) -> str:
     return template
 
 
-def create_task(session: Session, *, name: str, kind: str, labels: list[str], template: str | None) -> Task:
+def create_task(
+    session: Session, *, name: str, kind: str, labels: list[str], template: str | None, evaluation_holdout: bool = True
+) -> Task:
     """Validate and store a new untrained task."""
     # Checked before the first query, so no work runs inside a transaction.
     labels, template = _validate_labels(kind, labels), _validate_template(kind, template)
     repo = TaskRepository(session)
     if repo.get_by_name(name) is not None:
         raise Conflict(f"a task named {name!r} already exists; pick another name", code="task_name_taken")
-    task = Task(name=name, kind=kind, labels=labels, template=template)
+    task = Task(name=name, kind=kind, labels=labels, template=template, evaluation_holdout=evaluation_holdout)
     try:
         with session.begin_nested():
             repo.add(task)
@@ -108,7 +110,8 @@ def list_tasks(session: Session, *, limit: int, offset: int) -> Sequence[Task]:
 
 def update_task(session: Session, task: Task, changes: dict[str, Any]) -> None:
     """Apply a PATCH: `ensemble` (default ensemble, or None) and `traffic` (a split between versions, or None);
-    only the keys given change. A task serves one of the two at most."""
+    `evaluation_dataset_id` and `evaluation_holdout` (app/services/holdout.py); only the keys given change. A task
+    serves one of the ensemble and the traffic split at most."""
     if "ensemble" in changes:
         set_ensemble(session, task, changes["ensemble"])
     if "traffic" in changes:
@@ -121,6 +124,10 @@ def update_task(session: Session, task: Task, changes: dict[str, Any]) -> None:
             if task.kind == "classification":
                 check_labels(dataset, task.labels)
         task.evaluation_dataset_id = dataset_id
+        if dataset_id is None:  # "no evaluation set" means none held out either, unless the PATCH says otherwise
+            task.evaluation_holdout = False
+    if "evaluation_holdout" in changes:
+        task.evaluation_holdout = changes["evaluation_holdout"]
     if task.ensemble is not None and task.traffic:
         raise InvalidInput(
             "a task serves a default ensemble or a traffic split, not both; set the other to null",

@@ -167,7 +167,8 @@ def get_dataset(dataset_id: IdPath, session: ReadSessionDep) -> DatasetDetail:
     """One dataset with a preview of its first examples."""
     dataset = service.get_dataset(session, dataset_id, with_examples=True)
     preview = dataset.examples[: service.PREVIEW_EXAMPLES]
-    return DatasetDetail(**DatasetOut.model_validate(dataset).model_dump(), preview=preview)
+    shown = DatasetOut.model_validate(dataset).model_dump()
+    return DatasetDetail(**shown, preview=preview, source_rows=dataset.source_rows)
 
 
 @router.delete(

@@ -31,6 +31,7 @@ from app.api.schemas import (
     ErrorResponse,
     JobCreate,
     JobEventOut,
+    JobHoldout,
     JobMetricOut,
     JobOut,
     JobProgress,
@@ -49,6 +50,17 @@ from workers.jobs import job_kind
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 
+def holdout_out(stored: dict[str, Any] | None) -> JobHoldout | None:
+    if stored is None:
+        return None
+    return JobHoldout(
+        evaluation_dataset_id=stored["evaluation_dataset_id"],
+        excluded=len(stored["rows"]),
+        created=stored["created"],
+        reason=stored["reason"],
+    )
+
+
 def job_out(session: Session, job: Job) -> JobOut:
     hyperparameters, options = job_kind(job.type).shown(job)
     return JobOut(
@@ -63,6 +75,7 @@ def job_out(session: Session, job: Job) -> JobOut:
         hyperparameters=hyperparameters,
         options=options,
         promote=job.promote or "always",
+        evaluation_holdout=holdout_out(job.evaluation_holdout),
         result_prompt_id=job.result_prompt_id,
         error=job.error,
         attempts=job.attempts,
@@ -96,7 +109,12 @@ def create_job(
     planned = kind.check(session, body, runtime.model)
     promote = body.promote or kind.default_promote
     job = service.enqueue(
-        session, planned, priority=body.priority, max_attempts=settings.max_job_attempts, promote=promote
+        session,
+        planned,
+        priority=body.priority,
+        max_attempts=settings.max_job_attempts,
+        promote=promote,
+        limits=principal.limits,
     )
     return job_out(session, job)
 

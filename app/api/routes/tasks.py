@@ -51,6 +51,7 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
             ensemble=t.ensemble,
             traffic=t.traffic,
             evaluation_dataset_id=t.evaluation_dataset_id,
+            evaluation_holdout=t.evaluation_holdout,
             created_at=t.created_at,  # type: ignore[arg-type]
         )
         for t in tasks
@@ -60,7 +61,14 @@ def task_out(session: Session, tasks: Sequence[Task]) -> list[TaskOut]:
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[TRAIN], responses={409: {"model": ErrorResponse}})
 def create_task(body: TaskCreate, session: SessionDep) -> TaskOut:
     """Create an untrained task."""
-    task = service.create_task(session, name=body.name, kind=body.kind, labels=body.labels, template=body.template)
+    task = service.create_task(
+        session,
+        name=body.name,
+        kind=body.kind,
+        labels=body.labels,
+        template=body.template,
+        evaluation_holdout=body.evaluation_holdout,
+    )
     return task_out(session, [task])[0]
 
 
@@ -87,6 +95,8 @@ def update_task(body: TaskUpdate, task: WritableTaskDep, session: SessionDep) ->
         changes["traffic"] = None if body.traffic is None else [share.model_dump() for share in body.traffic]
     if "evaluation_dataset_id" in body.model_fields_set:
         changes["evaluation_dataset_id"] = body.evaluation_dataset_id
+    if "evaluation_holdout" in body.model_fields_set:
+        changes["evaluation_holdout"] = body.evaluation_holdout
     service.update_task(session, task, changes)
     return task_out(session, [task])[0]
 

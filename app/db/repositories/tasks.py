@@ -43,6 +43,23 @@ class TaskRepository(Repository[Task]):
         )
         return {task_id for task_id in rows if task_id is not None}
 
+    def lock(self, task_id: int) -> Task | None:
+        """The tenant's task, re-read with its row held for the transaction (PostgreSQL; SQLite serialises writers):
+        two jobs queued at once for a task without an evaluation set see each other's holdout, not two."""
+        stmt = self._own(select(Task).where(Task.id == task_id)).with_for_update()
+        return self.session.scalar(stmt.execution_options(populate_existing=True))
+
+    def trained_on(self, task_id: int, dataset_id: int) -> tuple[builtins.list[int], builtins.list[int]]:
+        """The task's stored versions trained on the dataset, and its queued or running jobs that train on it."""
+        versions = select(Prompt.id).where(Prompt.task_id == task_id, Prompt.dataset_id == dataset_id)
+        jobs = select(Job.id).where(
+            Job.task_id == task_id, Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)
+        )
+        return (
+            builtins.list(self.session.scalars(versions.order_by(Prompt.id))),
+            builtins.list(self.session.scalars(jobs.order_by(Job.id))),
+        )
+
 
 class PromptRepository(Repository[Prompt]):
     model = Prompt
