@@ -17,6 +17,7 @@ from tests.tiny_model import build_tiny_llama_dir, build_tiny_model_dir, in_floa
 from workers.train_steps import batch_losses
 from workers.training import (
     Cancelled,
+    Ended,
     StepReport,
     TrainJob,
     TrainResult,
@@ -116,6 +117,31 @@ def test_a_cancelled_job_stops_at_its_next_step_while_the_others_finish(frozen: 
     alone = train_prompts(frozen, [_jobs()[1]])[0]
     assert isinstance(outcomes[1], TrainResult) and isinstance(alone, TrainResult)
     _same(outcomes[1], alone)
+
+
+def test_a_refilled_slot_trains_a_new_job_beside_the_running_ones_as_alone(frozen: FrozenModel) -> None:
+    jobs = _jobs()
+    bad = TrainJob(SENTIMENT, [("the day was good", "neutral")] * 3, None, _config("prompt", 6))
+    later = [jobs[2], bad, jobs[3], jobs[4]]
+    ended: list[Ended] = []
+
+    def refill(end: Ended) -> TrainJob | None:
+        ended.append(end)
+        return later.pop(0) if later else None
+
+    outcomes = train_prompts(frozen, jobs[:2], refill=refill)
+    # The given jobs' outcomes first, then those refill returned, in its order; a job that cannot start ends at once
+    # and its slot is refilled in turn.
+    assert len(outcomes) == 6 and isinstance(outcomes[3], ValueError) and later == []
+    assert [end.job for end in ended] == [jobs[0], jobs[1], bad, jobs[2], jobs[3], jobs[4]]
+    assert [end.steps for end in ended] == [5, 7, 0, 5, 3, 5]
+    # Steps 1-5: the first two jobs; 6-7: the second beside the third, refilled in the first's slot; 8-10: the third
+    # beside the fourth (refilled past the one that could not start); 11-15: the last alone.
+    assert [end.packed_with for end in ended] == [1, 1, 0, 1, 1, 0]
+    for packed, job in zip([*outcomes[:3], *outcomes[4:]], _jobs(), strict=True):
+        alone = train_prompts(frozen, [job])[0]
+        assert isinstance(packed, TrainResult) and isinstance(alone, TrainResult)
+        _same(packed, alone)
 
 
 def test_a_job_with_its_own_objective_trains_beside_packed_ones(frozen: FrozenModel) -> None:
