@@ -4,6 +4,7 @@ evaluation set, which the gate then scores every version on, and no job of the t
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -167,6 +168,31 @@ def test_the_set_is_the_tenants_own_and_the_storage_quota_counts_it(client_with:
     evaluation_id = jobs["roomy"]["evaluation_dataset_id"]
     assert evaluation_id is not None and len(roomy.get("/v1/datasets").json()) == 2
     assert tight.get(f"/v1/datasets/{evaluation_id}").status_code == 404
+
+
+def test_two_jobs_queued_at_once_hold_out_one_set(client_with: Callable[..., TestClient]) -> None:
+    client = client_with(run_worker=False)  # the jobs stay queued: only enqueue races
+    dataset = create_dataset(client, toy_examples(100))
+    for round_ in range(4):
+        create_task(client, f"task{round_}")
+        start, answers = threading.Barrier(2), []
+
+        def post(name: str = f"task{round_}", start: threading.Barrier = start, answers: list[Any] = answers) -> None:
+            start.wait()
+            answers.append(client.post("/v1/jobs", json={"task": name, "dataset_id": dataset["id"]}))
+
+        threads = [threading.Thread(target=post) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [answer.status_code for answer in answers] == [202, 202], [answer.text for answer in answers]
+        held = sorted((a.json()["evaluation_holdout"] for a in answers), key=lambda h: not h["created"])
+        assert [h["created"] for h in held] == [True, False]
+        assert held[0]["evaluation_dataset_id"] == held[1]["evaluation_dataset_id"] is not None
+        assert held[0]["excluded"] == held[1]["excluded"] == 20
+    names = [d["name"] for d in client.get("/v1/datasets").json()]
+    assert names == ["toy", *(f"task{n}-evaluation" for n in range(4))]
 
 
 def test_the_choice_is_seeded_keeps_label_shares_and_repeated_inputs_together() -> None:
