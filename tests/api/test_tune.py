@@ -49,11 +49,28 @@ def test_a_search_prunes_weak_trials_and_keeps_the_best_finished_one(client: Tes
     assert any(e["kind"] == "warning" and "validation examples rank the trials" in e["message"] for e in events)
     served = client.post("/v1/infer", json={"task": "sentiment", "inputs": ["good"]})
     assert served.status_code == 200 and served.json()["prompt_id"] == job["result_prompt_id"]
+    # Four trials trained at once (the default pack), a slot refilled as each ended: every trial event says how many
+    # trials shared its passes and the job steps it lived between; the job's curve counts every trial step.
+    ended = [event["data"] for event in events if event["kind"] == "trial"]
+    assert len(trials) > 4 and max(trial["packed_with"] for trial in ended) == 3
+    assert any(
+        a["began_at_step"] < b["ended_at_step"] and b["began_at_step"] < a["ended_at_step"]
+        for a in ended
+        for b in ended
+        if a is not b
+    )
+    steps = [point["step"] for point in client.get(f"/v1/jobs/{job['id']}/metrics").json()]
+    assert steps == sorted(steps) and steps[-1] == sum(trial["steps"] for trial in trials)
+    assert job["progress"]["total_steps"] == 120 and prompt["metrics"]["pack"] == 4
 
 
 def test_a_search_over_methods_tries_each_with_its_own_fields(client: TestClient) -> None:
-    search = {"methods": ["prompt", "input_mapping"], "num_virtual_tokens": [1, 2], "steps_per_trial": 5}
-    _, trials, _ = _tune(client, budget={"steps": 40}, search=search, seed=0)
+    search = {"methods": ["prompt", "input_mapping"], "num_virtual_tokens": [1, 2], "steps_per_trial": 5, "pack": 1}
+    _, trials, events = _tune(client, budget={"steps": 40}, search=search, seed=0)
+    # One trial at a time: none shared a pass, each began where the one before it ended.
+    ended = [event["data"] for event in events if event["kind"] == "trial"]
+    assert all(trial["packed_with"] == 0 for trial in ended)
+    assert all(b["began_at_step"] == a["ended_at_step"] for a, b in zip(ended, ended[1:], strict=False))
     assert {trial["method"] for trial in trials} <= {"prompt", "input_mapping"}
     for trial in trials:
         tokens = trial["hyperparameters"]["num_virtual_tokens"]
@@ -67,6 +84,7 @@ def test_a_tune_body_outside_its_space_is_refused_saying_what_to_fix(client: Tes
         ({"methods": ["nope"]}, "methods must be some of"),
         ({"learning_rate": [0.1, 0.01]}, "0 < low < high"),
         ({"num_virtual_tokens": [0]}, "between 1 and 256"),
+        ({"pack": 0}, "greater than or equal to 1"),
     ]:
         response = client.post(
             "/v1/jobs", json={"type": "tune", "task": "sentiment", "dataset_id": dataset["id"], "search": search}

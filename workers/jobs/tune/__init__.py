@@ -4,8 +4,10 @@ An Optuna study samples a method and its fields (length, learning rate, init) pe
 trains through the same loop as a train job, reports its validation score at every evaluation, and a successive
 halving pruner stops a trial whose curve falls behind the others at the same point. Every trial ranks on one
 held-out validation set (the job's validation dataset, or a seeded fifth of its dataset: never the test data);
-the search runs until its budget (optimizer steps over all trials, or minutes) is spent. The stored prompt is the
-best finished trial's best checkpoint; every trial is recorded (GET /v1/jobs/{id}/trials, a `trial` event each).
+the search runs until its budget (optimizer steps over all trials, or minutes) is spent. Up to `search.pack` trials
+train at once in shared passes, a slot refilled with a newly asked trial as soon as its trial ends (trials.py). The
+stored prompt is the best finished trial's best checkpoint; every trial is recorded (GET /v1/jobs/{id}/trials, a
+`trial` event each).
 """
 
 from __future__ import annotations

@@ -99,7 +99,8 @@ class Trials:
                 get_method(config.method).check(self.ctx.model, config)
             except (ValidationError, ValueError) as exc:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                self.ctx.record_trial(trial.number, _row(trial.params.get("method", "?"), {}, 0, [], None, "failed"))
+                row = _row(trial.params.get("method", "?"), {}, 0, [], None, "failed")
+                self.ctx.record_trial(trial.number, row, self._details(0, self.step))
                 self.ctx.event("warning", f"trial {trial.number}: {exc}", {"number": trial.number})
                 self.ended["failed"] += 1
                 continue
@@ -155,19 +156,25 @@ class Trials:
         else:
             self.fatal = outcome
             return None
-        value = outcome.value if isinstance(outcome, TrainResult) else (max(scores) if state == "pruned" else None)
+        value = max(scores) if scores and state == "pruned" else None  # a pruned trial ranks by what it reached
+        if isinstance(outcome, TrainResult):
+            value = outcome.value
         if state == "finished":
             self.study.tell(live.trial, value)
         else:
             self.study.tell(live.trial, state=ENDED[state])
-        details = {"packed_with": ended.packed_with, "began_at_step": live.began, "ended_at_step": self.step}
         row = _row(config.method, config.model_dump(mode="json"), ended.steps, scores, value, state)
-        self.ctx.record_trial(number, row, details)
+        self.ctx.record_trial(number, row, self._details(ended.packed_with, live.began))
         self.ended[state] += 1
         if isinstance(outcome, TrainResult) and value is not None:
             self.finished.append((value, number, outcome, config))
         self.spent += ended.steps
         return self.next()
+
+    def _details(self, packed_with: int, began: int) -> dict[str, Any]:
+        """An ended trial's event details: the most other trials that shared a pass with it, and the job's steps
+        it lived between (trials whose spans overlap trained side by side)."""
+        return {"packed_with": packed_with, "began_at_step": began, "ended_at_step": self.step}
 
 
 def _row(
