@@ -112,7 +112,10 @@ def read_source(session: Session, task_id: int, task_name: str, dataset_id: int)
     task = TaskRepository(session).get(task_id)
     if task is None:
         raise ValueError(f"source task {task_name!r} (id {task_id}) of this job was deleted")
-    pairs = _pairs(session, dataset_id)
+    # the task's evaluation set, when held out of this dataset, stays unseen by its meta-initialisation too
+    held = DatasetRepository(session).get(task.evaluation_dataset_id) if task.evaluation_dataset_id else None
+    excluded = set(held.source_rows or []) if held is not None and held.source_dataset_id == dataset_id else set()
+    pairs = _pairs(session, dataset_id, excluded)
     labeled = [(text, output) for text, output in pairs if output is not None]
     return Source(task.id, task.name, dataset_id, task_spec(task), labeled)
 

@@ -20,7 +20,7 @@ from app.engine.methods import parse_config
 from app.services.holdout import held_out_rows
 from tests.api.helpers import create_dataset, create_task, toy_examples, wait_for_job
 from tests.api.test_keys import ADMIN_KEY, as_key, new_key
-from workers.inputs import load_inputs
+from workers.inputs import load_inputs, read_source
 
 QUICK = {"steps": 2, "eval_every": 2, "num_virtual_tokens": 2}
 
@@ -193,6 +193,21 @@ def test_two_jobs_queued_at_once_hold_out_one_set(client_with: Callable[..., Tes
         assert held[0]["excluded"] == held[1]["excluded"] == 20
     names = [d["name"] for d in client.get("/v1/datasets").json()]
     assert names == ["toy", *(f"task{n}-evaluation" for n in range(4))]
+
+
+def test_a_meta_initialisation_never_reads_a_tasks_held_out_rows(
+    client_with: Callable[..., TestClient], db_engine: Engine
+) -> None:
+    client = client_with(run_worker=False)
+    task = create_task(client, "sentiment")
+    examples = toy_examples(100)
+    dataset = create_dataset(client, examples)
+    held = _queue(client, dataset["id"])["evaluation_holdout"]
+    rows = client.get(f"/v1/datasets/{held['evaluation_dataset_id']}").json()["source_rows"]
+    with Session(db_engine) as session:
+        source = read_source(scope_session(session, "default"), task["id"], "sentiment", dataset["id"])
+    assert len(source.examples) == 80
+    assert {text for text, _ in source.examples}.isdisjoint(examples[row]["input"] for row in rows)
 
 
 def test_the_choice_is_seeded_keeps_label_shares_and_repeated_inputs_together() -> None:
