@@ -1,136 +1,184 @@
-"""The tune job against what a user would pick instead, on the quality benchmark's classification tasks.
+"""The tune job against every single method at its defaults, PEFT's best and what a user might pick instead.
 
-Per task and seed (its own split, `bench/quality_data.py`): `prompt` at its defaults (200 steps), the tune job's
-own code (`workers/jobs/tune`, a budget of --budget steps over all trials), TF-IDF + logistic regression and a
-logistic-regression probe on the frozen model's mean-pooled hidden states (scikit-learn; C chosen on the
-validation split). Every score is accuracy on the test split, which nothing selects on.
+Per task and seed (its own split, bench/quality_data.py; seed s draws split s and seeds the training) every config
+is one cell, scored by accuracy on the test split, which nothing selects on:
+- every registered method (app/engine/methods) at its defaults, --single-steps steps (200: the defaults);
+- PEFT's PromptTuning, P-tuning and PrefixTuning as bench.quality runs them (bench/quality_peft.py: 20 virtual
+  tokens, the same steps, batch and schedule); the report's "PEFT's best" is the one best on validation;
+- tune: the tune job's own code (workers/jobs/tune) at a budget of --budget optimizer steps over all trials,
+  with `ensemble: k` (--ensemble). One search gives three rows: its best trial (what the job stores), the
+  ensemble of the k best finished trials (their label probabilities averaged, as the task's default ensemble is
+  served) and one prompt distilled from that ensemble (the distill job at its defaults, the best trial's config
+  as the student: what `distill: true` runs after the same search, whose steps it adds);
+- TF-IDF + logistic regression and a logistic-regression probe on the frozen model's mean-pooled hidden states
+  (bench/tune_baselines.py; scikit-learn, C chosen on validation).
 
-    python -m bench.tune --tasks sentiment,party --seeds 0,1,2 --budget 1000
+How each cell trains is bench/tune_cells.py. Every finished cell is appended to --out (bench/runs/tune/
+results.jsonl, committed with the figures it holds) as one JSON line: test accuracy, wall seconds, and for tune
+the trials finished / pruned / failed, each trial's method and the methods kept. A rerun with the same settings
+skips it, so the table can be filled across sessions; a failed cell is recorded and runs again. --report prints
+the markdown table of the cells of these settings (bench/tune_report.py) without training anything; --only picks
+configs for both.
+
+    python -m bench.tune                       # the issue's table: 3 tasks x seeds 0,1,2, budget 1000 (hours)
+    python -m bench.tune --only tune,prompt,classic --seeds 0
+    python -m bench.tune --report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from app.engine.core.mixed import Row, state_rows
 from app.engine.core.model import FrozenModel, load_frozen_model
-from app.engine.core.prompts import single
-from app.engine.core.segments import Segments
 from app.engine.formats.bundled import ensure_bundled_model
-from app.engine.methods import load_segments, parse_config
-from bench.quality import held_out
-from bench.quality_data import TASKS, Pair, QualityTask
-from bench.transfer_jobs import job_context
-from workers.jobs import KINDS
-from workers.jobs.tune.options import SearchSpace, StepBudget, TuneOptions
-from workers.training import train_prompt
-
-C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+from app.engine.methods import REGISTRY
+from bench.quality_data import TASKS, Splits
+from bench.quality_peft import peft_names
+from bench.tune_cells import DEFAULTS, RUNNERS
+from bench.tune_report import cell_key, read_records, report
 
 
-def _logistic(train_x: Any, train_y: list[str], val_x: Any, val_y: list[str], test_x: Any) -> tuple[list[str], float]:
-    """Predictions on test of the logistic regression whose C scored best on validation; and that C."""
-    from sklearn.linear_model import LogisticRegression
-
-    best: tuple[float, float, Any] | None = None
-    for c in C_GRID:
-        model = LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y)
-        score = float((model.predict(val_x) == val_y).mean())
-        if best is None or score > best[0]:
-            best = (score, c, model)
-    assert best is not None
-    return list(best[2].predict(test_x)), best[1]
+def configs() -> dict[str, str]:
+    """Every config's name and kind, in the order cells run (the cheap ones first)."""
+    return {
+        "tfidf_logreg": "classic",
+        "probe_logreg": "classic",
+        **{name: "single" for name in sorted(REGISTRY, key=lambda n: (n != "prompt", n))},
+        **{name: "peft" for name in peft_names()},
+        "tune": "tune",
+    }
 
 
-def tfidf(train: list[Pair], val: list[Pair], test: list[Pair]) -> tuple[float, float]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([t for t, _ in train])
-    predicted, c = _logistic(
-        vectorizer.transform([t for t, _ in train]),
-        [y for _, y in train],
-        vectorizer.transform([t for t, _ in val]),
-        [y for _, y in val],
-        vectorizer.transform([t for t, _ in test]),
-    )
-    return sum(p == y for p, (_, y) in zip(predicted, test, strict=True)) / len(test), c
+def settings(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """What a cell of this kind ran with: a cell of other settings is another cell."""
+    chosen: dict[str, Any] = {"train": args.train, "val": args.val, "test": args.test}
+    if kind in ("single", "peft"):
+        chosen["steps"] = args.single_steps
+    if kind == "tune":
+        chosen.update(budget=args.budget, steps_per_trial=args.steps_per_trial, methods=args.methods)
+        chosen["ensemble"] = args.ensemble
+    return chosen
 
 
-def probe(frozen: FrozenModel, task: QualityTask, train: list[Pair], val: list[Pair], test: list[Pair]) -> float:
-    """A logistic regression on the frozen model's mean-pooled final hidden states of the rendered inputs."""
-    bare = single(frozen, Segments())
-
-    def features(pairs: list[Pair]) -> Any:
-        rows = [Row(0, task.spec, text, pooling="mean") for text, _ in pairs]
-        with torch.no_grad():
-            return torch.stack(state_rows(frozen, bare, rows)).float().numpy()
-
-    predicted, _ = _logistic(features(train), [y for _, y in train], features(val), [y for _, y in val], features(test))
-    return sum(p == y for p, (_, y) in zip(predicted, test, strict=True)) / len(test)
+def names(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
 
 
-def run_one(frozen: FrozenModel, task: QualityTask, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    splits = task.draw(args.train, args.val, args.test, seed)
-    record: dict[str, Any] = {"task": task.name, "seed": seed}
-    started = time.perf_counter()
-    default = parse_config({"method": "prompt", "seed": seed})
-    trained = train_prompt(frozen, task.spec, splits.train, splits.val, default)
-    record["prompt_default"] = held_out(frozen, task, load_segments(frozen, trained.artifact), task.spec, splits.test)
-    record["prompt_default_minutes"] = (time.perf_counter() - started) / 60
-    print(f"[{task.name} seed {seed}] prompt at defaults: {record['prompt_default']:.3f}", flush=True)
-    started = time.perf_counter()
-    search = SearchSpace(
-        methods=args.methods.split(",") if args.methods != "all" else "all", steps_per_trial=args.steps_per_trial
-    )
-    options = TuneOptions(budget=StepBudget(steps=args.budget), search=search, seed=seed)
-    ctx = job_context(frozen, task.spec, default, options, list(splits.train), list(splits.val))
-    ctx.event = lambda kind, message, data: print(f"[{task.name} seed {seed}] {kind}: {message}", flush=True)
-    result = KINDS["tune"].run(ctx)
-    record["tune"] = held_out(frozen, task, load_segments(frozen, result.artifact), task.spec, splits.test)
-    record["tune_minutes"] = (time.perf_counter() - started) / 60
-    record["tune_method"] = result.hyperparameters["method"]
-    record["tune_trials"] = result.metrics["trials"]
-    record["tfidf_logreg"], record["tfidf_c"] = tfidf(splits.train, splits.val, splits.test)
-    record["probe_logreg"] = probe(frozen, task, splits.train, splits.val, splits.test)
-    return record
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="sentiment,party")
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--tasks", type=names, default=["sentiment", "party", "plot"])
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in names(text)], default=[0, 1, 2])
     parser.add_argument("--train", type=int, default=400)
-    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--val", type=int, default=100, help="the validation split every config selects on")
     parser.add_argument("--test", type=int, default=400)
+    parser.add_argument("--single-steps", type=int, default=DEFAULTS.steps, help="single methods' and PEFT's steps")
     parser.add_argument("--budget", type=int, default=1000, help="tune: optimizer steps over all trials")
     parser.add_argument("--steps-per-trial", type=int, default=200)
-    parser.add_argument("--methods", default="all")
+    parser.add_argument("--methods", default="all", help="tune's search space: all, or methods with commas")
+    parser.add_argument("--ensemble", type=int, default=3, help="tune's ensemble: k (2 to 8; 0: none, no distill)")
+    groups = "single, peft, classic"
+    parser.add_argument("--only", type=names, default=None, help=f"configs or groups ({groups}) to run or report")
+    parser.add_argument("--out", default="bench/runs/tune/results.jsonl", help="the results file, one cell a line")
+    parser.add_argument("--report", action="store_true", help="print the table of --out's cells; train nothing")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--out", default="bench/results/tune.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.tasks) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown tasks {unknown}; choose from {','.join(TASKS)}")
+    known = configs()
+    wanted = args.only or list(known)
+    chosen = [n for n in known if n in wanted or known[n] in wanted]
+    unknown = sorted(set(wanted) - set(known) - set(known.values()))
+    if unknown:
+        parser.error(f"unknown configs {unknown}; choose from {','.join(known)} or the groups {groups}")
+    args.configs = chosen
+    if args.ensemble and not 2 <= args.ensemble <= 8:
+        parser.error("--ensemble is 2 to 8, or 0 for none")
+    return args
+
+
+def key(args: argparse.Namespace, task: str, seed: int, config: str) -> str:
+    return cell_key({"task": task, "seed": seed, "config": config, "settings": settings(args, configs()[config])})
+
+
+def current(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The cells of these settings, tasks, seeds and configs, by key (a later line of a key wins: a rerun)."""
+    wanted = {key(args, t, s, c) for t in args.tasks for s in args.seeds for c in args.configs}
+    return {k: r for r in records if (k := cell_key(r)) in wanted}
+
+
+def title(args: argparse.Namespace) -> str:
+    return (
+        f"bench.tune: {args.train} training, {args.val} validation, {args.test} test examples per task and seed; "
+        f"single methods and PEFT {args.single_steps} steps; tune {args.budget} steps, {args.steps_per_trial} per "
+        f"trial, ensemble of {args.ensemble or 'none'}"
+    )
+
+
+def commit() -> str | None:
+    """The checkout's commit, marked when it has uncommitted changes (a cell says what code made it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def main(argv: list[str] | None = None, frozen: FrozenModel | None = None) -> str:
+    """Run the cells not yet in --out (none with --report) and print the report; frozen: the bundled model."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    done = current(args, read_records(out))
+    if not args.report:
+        run(args, out, {k for k, record in done.items() if not record.get("error")}, frozen)
+        done = current(args, read_records(out))
+    text = report(list(done.values()), args.tasks, title(args))
+    print("\n" + text)
+    return text
+
+
+def run(args: argparse.Namespace, out: Path, done: set[str], frozen: FrozenModel | None) -> None:
+    """Run every cell of these settings not in done, appending each to out as it finishes."""
+    kinds = configs()
+    cells = [(t, s, c) for s in args.seeds for t in args.tasks for c in args.configs]  # a whole seed first
+    todo = [cell for cell in cells if key(args, *cell) not in done]
+    print(f"{len(todo)} of {len(cells)} cells to run, the rest read back from {out}", flush=True)
+    if not todo:
+        return
     torch.manual_seed(0)
-    frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
-    records = []
-    for name in args.tasks.split(","):
-        for seed in map(int, args.seeds.split(",")):
-            record = run_one(frozen, TASKS[name], seed, args)
-            records.append(record)
-            print(json.dumps(record), flush=True)
-    print("\n| task | seed | prompt (defaults) | tune | tune's method | TF-IDF + LR | probe + LR | tune minutes |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|")
-    for r in records:
-        print(
-            f"| {r['task']} | {r['seed']} | {r['prompt_default']:.3f} | {r['tune']:.3f} | {r['tune_method']} | "
-            f"{r['tfidf_logreg']:.3f} | {r['probe_logreg']:.3f} | {r['tune_minutes']:.1f} |"
-        )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "records": records}, indent=2))
+    if frozen is None:
+        frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    code, began = commit(), time.perf_counter()
+    splits: dict[tuple[str, int], Splits] = {}
+    for number, (task_name, seed, config) in enumerate(todo, start=1):
+        task, kind = TASKS[task_name], kinds[config]
+        if (task_name, seed) not in splits:
+            splits[(task_name, seed)] = task.draw(args.train, args.val, args.test, seed)
+        record: dict[str, Any] = {"task": task_name, "seed": seed, "config": config, "kind": kind}
+        record["settings"] = settings(args, kind)
+        started = time.perf_counter()
+        try:
+            record.update(RUNNERS[kind](frozen, task, config, splits[(task_name, seed)], args, seed))
+        except Exception as error:  # the cell is recorded as failed and runs again next time; the others go on
+            traceback.print_exc()
+            record["error"] = f"{type(error).__name__}: {error}"
+        record.setdefault("wall_seconds", time.perf_counter() - started)
+        record["commit"] = code
+        with out.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        elapsed = (time.perf_counter() - began) / 60
+        shown = f"FAILED {record['error'][:200]}" if record.get("error") else f"accuracy {record['accuracy']:.3f}"
+        print(f"[{elapsed:6.1f} min, {number}/{len(todo)}] {task_name} seed {seed} {config}: {shown}", flush=True)
 
 
 if __name__ == "__main__":
