@@ -68,7 +68,12 @@ def _cell(task: str, config: str, kind: str, accuracy: float, **fields: Any) -> 
 
 
 def test_the_report_checks_each_target_with_its_margin_and_picks_peft_on_validation() -> None:
-    tune_fields: dict[str, Any] = {"ensemble_accuracy": 0.84, "distilled_accuracy": 0.79, "wall_seconds": 60, "search_seconds": 50}
+    tune_fields: dict[str, Any] = {
+        "ensemble_accuracy": 0.84,
+        "distilled_accuracy": 0.79,
+        "wall_seconds": 60,
+        "search_seconds": 50,
+    }
     tune_fields |= {"trials": {"finished": 3, "pruned": 2, "failed": 0}, "search_steps": 1000, "method": "prefix"}
     tune_fields |= {"hyperparameters": {"label_head": True}, "ensemble_methods": ["prefix", "prompt"]}
     records = [
@@ -86,6 +91,6 @@ def test_the_report_checks_each_target_with_its_margin_and_picks_peft_on_validat
     assert "| tune >= best single method - 1 | a (1 seed) | 0.800 | prefix 0.820 | -1.0 | no |" in text
     assert "| tune >= TF-IDF + LR | a (1 seed) | 0.800 | 0.700 | +10.0 | yes |" in text
     assert "| tune >= probe + LR | a (1 seed) | 0.800 | 0.850 | -5.0 | no |" in text
-    assert "| mean tune >= mean prompt + 3 | mean of 1 tasks | 0.800 | prompt 0.780 | -1.0 | no |" in text
+    assert "| mean tune >= mean prompt + 3 | mean of 1 task | 0.800 | prompt 0.780 | -1.0 | no |" in text
     assert "| prefix + label head | prefix, prompt | 0.8 | - | 0.800 | +4.0 | -1.0 |" in text
     assert "(4 checked)" in text
