@@ -1,6 +1,7 @@
 """The skeleton every training loop shares (a train job's steps, each length of a length search, each generation
 of a distillation, a meta_init job's outer steps): the cancel check, a report after every step, an evaluation every
-`eval_every` steps and at the last, the best checkpoint by validation, and the summary metrics."""
+`eval_every` steps and at the last, the best checkpoint by validation, early stopping on the validation curve, and
+the summary metrics."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class Cancelled(Exception):
 
 class Loop:
     """One run's steps: evaluates the start at once (step 0), then after each `stepped` when due, keeping the
-    module's best artifact. `evaluate` scores the module as it is now; the callbacks relay to the job's progress."""
+    module's best artifact. `evaluate` scores the module as it is now; the callbacks relay to the job's progress.
+    With `patience`, the run is done after that many evaluations in a row without a better score."""
 
     def __init__(
         self,
@@ -61,17 +63,20 @@ class Loop:
         on_eval: Callable[[EvalReport], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         unit: str = "step",
+        patience: int | None = None,
     ) -> None:
         self.module, self.total_steps, self.eval_every = module, total_steps, eval_every
         self._evaluate, self.on_step, self.on_eval, self.should_stop = evaluate, on_step, on_eval, should_stop
         self.unit = unit  # how a cancel names the step it stopped at ("outer step")
         self.step, self.train_loss, self.seconds = 0, float("nan"), 0.0
+        self.stopped_early_at: int | None
+        self.patience, self.stale, self.stopped_early_at = patience, 0, None
         self.best = self.first = self.evaluate()
         self.best_step, self.best_artifact = 0, module.artifact()
 
     @property
     def done(self) -> bool:
-        return self.step >= self.total_steps
+        return self.step >= self.total_steps or self.stopped_early_at is not None
 
     def evaluate(self) -> Score:
         """Score the module now and report it."""
@@ -94,8 +99,12 @@ class Loop:
         if self.step % self.eval_every == 0 or self.step == self.total_steps:
             current = self.evaluate()
             if is_better(*current, self.best):
-                self.best, self.best_step = current, self.step
+                self.best, self.best_step, self.stale = current, self.step, 0
                 self.best_artifact = self.module.artifact()
+            else:
+                self.stale += 1
+                if self.patience is not None and self.stale >= self.patience and self.step < self.total_steps:
+                    self.stopped_early_at = self.step
 
     def metrics(self) -> dict[str, float | int | None]:
         """What every run reports: the best checkpoint's step and scores, the start's, time per step, size."""
@@ -105,8 +114,9 @@ class Loop:
             "best_val_accuracy": self.best[1],
             "init_val_loss": self.first[0],
             "init_val_accuracy": self.first[1],
-            "seconds_per_step": self.seconds / self.total_steps,
+            "seconds_per_step": self.seconds / max(1, self.step),
             "steps": self.total_steps,
+            "stopped_early_at": self.stopped_early_at,
             "trainable_parameters": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
         }
 

@@ -140,6 +140,7 @@ class _Run:
             on_step=job.on_step,
             on_eval=job.on_eval,
             should_stop=job.should_stop,
+            patience=config.patience,
         )
 
     @property

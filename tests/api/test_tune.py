@@ -25,7 +25,14 @@ def _tune(client: TestClient, **body: Any) -> tuple[dict[str, Any], list[dict[st
 
 def test_a_search_prunes_weak_trials_and_keeps_the_best_finished_one(client: TestClient) -> None:
     # Learning rates from far too small to useful: some configurations learn, the others fall behind and are cut.
-    search = {"methods": ["prompt"], "num_virtual_tokens": [2], "learning_rate": [1e-6, 1.0], "steps_per_trial": 10}
+    # No early stopping: the pruner alone ends trials before their last step here.
+    search = {
+        "methods": ["prompt"],
+        "num_virtual_tokens": [2],
+        "learning_rate": [1e-6, 1.0],
+        "steps_per_trial": 10,
+        "patience": None,
+    }
     job, trials, events = _tune(client, budget={"steps": 120}, search=search, seed=3)
     states = [trial["state"] for trial in trials]
     assert "pruned" in states and "finished" in states and "running" not in states

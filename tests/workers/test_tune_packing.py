@@ -24,7 +24,14 @@ from workers.training import Cancelled, train_prompt
 
 SENTIMENT = TaskSpec("classification", "Review: {input}\nSentiment:", ("positive", "negative"))
 # Learning rates from far too small to useful: some trials learn, the others fall behind and are pruned.
-WIDE = {"methods": ["prompt"], "num_virtual_tokens": [2], "learning_rate": [1e-6, 1.0], "label_head": [False]}
+# No early stopping (patience): these tests count the steps trials run to their end or to the pruner.
+WIDE = {
+    "methods": ["prompt"],
+    "num_virtual_tokens": [2],
+    "learning_rate": [1e-6, 1.0],
+    "label_head": [False],
+    "patience": None,
+}
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,13 @@ class TrainConfig(BaseModel):
     )
     max_grad_norm: float = Field(default=1.0, gt=0, le=1e6, description="Gradient norm clipping threshold.")
     eval_every: int = Field(default=25, ge=1, description="Validate every this many steps (and at 0 and end).")
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Early stopping on the validation curve: stop after this many evaluations in a row without a "
+        "better score (the best checkpoint is stored); off when absent.",
+    )
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=0.9, description="Share of the training set held out when no validation set is given."
     )

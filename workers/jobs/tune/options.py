@@ -38,6 +38,13 @@ class SearchSpace(Strict):
         description="Label readouts to try (classification): false scores the label words, true a learned linear "
         "head over the final hidden state; by default both for classification, neither for generation.",
     )
+    patience: int | None = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="A trial stops after this many of its evaluations (five per trial) in a row without a better "
+        "score, and the steps it did not run go back to the budget; null trains every trial to its end.",
+    )
     steps_per_trial: int = Field(default=200, ge=5, le=10_000, description="Steps a trial trains at most.")
     pack: int = Field(
         default=4,

@@ -27,7 +27,13 @@ def trial_config(trial: optuna.Trial, options: TuneOptions, spec: TaskSpec, step
     """The config a trial trains with: its sampled method and fields, the search's seed, `steps` steps."""
     search = options.search
     method = trial.suggest_categorical("method", search.method_names())
-    values: dict[str, Any] = {"method": method, "steps": steps, "eval_every": max(1, steps // 5), "seed": options.seed}
+    values: dict[str, Any] = {
+        "method": method,
+        "steps": steps,
+        "eval_every": max(1, steps // 5),
+        "seed": options.seed,
+        "patience": search.patience,
+    }
     default = parse_config({"method": method})
     if default.num_virtual_tokens > 0:  # input_mapping adds no positions of its own
         values["num_virtual_tokens"] = trial.suggest_categorical("num_virtual_tokens", search.num_virtual_tokens)
