@@ -8,7 +8,9 @@ lowercased), both after stripping whitespace. The first of each list is what `if
 
 from __future__ import annotations
 
-from collections import Counter
+import copy
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,9 +91,17 @@ def record(session: Session, prompt_id: int, dataset_id: int, metrics: dict[str,
         repo.add(prompt_id, dataset_id, metrics)
 
 
+# Reference rows computed once per (training set, evaluation set, rows held out, labels): datasets never change and
+# ids are never reused, so a dashboard that refreshes does not refit TF-IDF + logistic regression every time.
+_MEMO: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+_MEMO_SIZE = 64
+_MEMO_LOCK = threading.Lock()
+
+
 def references(session: Session, task: Task) -> list[dict[str, Any]]:
     """What a user might pick instead, scored on the same evaluation set (classification): the majority class and
-    TF-IDF + logistic regression, both trained on the dataset the active version was trained on."""
+    TF-IDF + logistic regression, both trained on the dataset the active version was trained on (each pair of sets
+    fitted once per process)."""
     if task.kind != "classification" or task.evaluation_dataset_id is None or task.active_prompt_id is None:
         return []
     active = PromptRepository(session).get(task.active_prompt_id)
@@ -111,6 +121,22 @@ def references(session: Session, task: Task) -> list[dict[str, Any]]:
     inputs = [e["input"] for e in held.examples if e.get("output") is not None]
     if not pairs or not gold:
         return []
+    key = (train.id, held.id, tuple(sorted(skip)), tuple(task.labels))
+    with _MEMO_LOCK:
+        if key in _MEMO:
+            _MEMO.move_to_end(key)
+            return copy.deepcopy(_MEMO[key])
+    rows = _reference_rows(task, train.id, pairs, inputs, gold)
+    with _MEMO_LOCK:
+        _MEMO[key] = rows
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return copy.deepcopy(rows)
+
+
+def _reference_rows(
+    task: Task, train_id: int, pairs: list[tuple[str, str]], inputs: list[str], gold: list[str]
+) -> list[dict[str, Any]]:
     majority = Counter(label for _, label in pairs).most_common(1)[0][0]
     scored = [("majority", [{label: float(label == majority) for label in task.labels} for _ in gold])]
     if len({label for _, label in pairs}) > 1:
@@ -118,7 +144,7 @@ def references(session: Session, task: Task) -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "training_dataset_id": train.id,
+            "training_dataset_id": train_id,
             "metrics": {**classification_metrics(gold, scores), "examples": len(gold)},
         }
         for name, scores in scored
