@@ -155,6 +155,17 @@ class Settings(BaseSettings):
     public_docs: bool = Field(
         default=True, description="/docs and /openapi.json without a key (off: they need a key with read scope)."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis (redis://[:password@]host:port/db, rediss://, unix://) where every API process shares "
+        "the rate limits and failed-key counts; unset: each process counts on its own.",
+    )
+    redis_key_prefix: str = Field(
+        default="promptbank",
+        min_length=1,
+        max_length=64,
+        description="Prefix of the keys written to Redis (services sharing one Redis use different prefixes).",
+    )
     key_requests_per_second: float = Field(
         default=20.0, ge=0, description="Default rate limit of a key (0: none); bursts of twice as many pass."
     )
@@ -191,6 +202,17 @@ class Settings(BaseSettings):
                 f"not {bad[0]!r}"
             )
         return names
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str | None) -> str | None:
+        if not value:  # PROMPTBANK_REDIS_URL= (empty) is unset
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://", "redis+unix://")):
+            raise ValueError(
+                "PROMPTBANK_REDIS_URL takes a Redis URL: redis://host:6379/0, rediss:// (TLS) or unix:///path/to/socket"
+            )
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -17,7 +17,7 @@ from app.api.body_limits import BodyLimits
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.local_guard import LocalGuard
-from app.api.metrics import Metrics, ServiceCollector
+from app.api.metrics import Metrics, ServiceCollector, SharedLimitsCollector
 from app.api.request_ids import RequestIds
 from app.api.routes import datasets, health, infer, jobs, keys, methods, openai, prompts, tasks, ui
 from app.config import Settings
@@ -27,6 +27,7 @@ from app.engine.serving.runtime import ModelRuntime, ServingOptions
 from app.logs import configure_logging
 from app.migrate import upgrade
 from app.model_loading import load_configured_model
+from app.services.shared_limits import SharedLimits
 from app.threads import process_budget
 from workers.cli import worker_settings
 from workers.main import Worker
@@ -49,6 +50,19 @@ def serving_options(settings: Settings) -> ServingOptions:
     )
 
 
+def _shared_limits(settings: Settings) -> SharedLimits | None:
+    """Redis for the limits every API process shares, when PROMPTBANK_REDIS_URL is set; a Redis that does not
+    answer yet is no reason not to start (each process limits on its own until it does)."""
+    if settings.redis_url is None:
+        return None
+    shared = SharedLimits(settings.redis_url, settings.redis_key_prefix)
+    if shared.ping():
+        log.info("rate limits and failed-key counts are shared through Redis at %s", shared.where)
+    else:
+        log.warning("Redis at %s does not answer: each API process limits on its own until it does", shared.where)
+    return shared
+
+
 def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None) -> FastAPI:
     """The ASGI app; runtime is injectable so tests can serve a tiny in-process model."""
     settings = settings or Settings()
@@ -65,7 +79,9 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             (lambda: load_configured_model(settings)) if settings.load_model else None, serving_options(settings)
         )
         app.state.settings = settings
-        app.state.auth = AuthState(settings)
+        shared = _shared_limits(settings)
+        app.state.shared_limits = shared
+        app.state.auth = AuthState(settings, shared)
         # An admitted model request never waits for a thread: the pool is larger than the admission limit.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, settings.max_inflight_requests + 32)
@@ -87,6 +103,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
                 thread.join(timeout=60)
             model_runtime.close()
             engine.dispose()
+            if shared is not None:
+                shared.close()
 
     public = settings.public_docs
     app = FastAPI(
@@ -107,6 +125,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     metrics.add_collector(
         ServiceCollector(lambda: getattr(app.state, "runtime", None), lambda: app.state.read_session_factory)
     )
+    metrics.add_collector(SharedLimitsCollector(lambda: getattr(app.state, "shared_limits", None)))
     app.state.metrics = metrics
     # outermost: every response carries X-Request-ID, every log line the id; it measures every request, refusals of
     # the middlewares included, for the access line and the metrics

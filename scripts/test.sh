@@ -39,6 +39,13 @@ case "$PROMPTBANK_TEST_POSTGRES_URL" in
   *@127.0.0.1:5432/* | *@localhost:5432/*) ensure_postgres ;;
   *) echo "test: using the PostgreSQL at PROMPTBANK_TEST_POSTGRES_URL as it is" ;;
 esac
+# The shared-limits tests need Redis (tests/redis_server.py): start one, in memory only, when none answers.
+export PROMPTBANK_TEST_REDIS_URL="${PROMPTBANK_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+if [[ "$PROMPTBANK_TEST_REDIS_URL" == redis://127.0.0.1:6379/* ]] && command -v redis-server >/dev/null \
+    && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "test: starting redis-server on 127.0.0.1:6379"
+  redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no --daemonize yes >/dev/null
+fi
 echo "test: ruff"
 "$PYTHON" -m ruff check app workers tests bench migrations
 echo "test: mypy"

@@ -26,7 +26,8 @@ from app.db.models import DEFAULT_TENANT
 from app.errors import Forbidden, Unauthorized
 from app.services import keys
 from app.services.keys import SCOPES, Limits
-from app.services.quotas import RateLimiter
+from app.services.rate_limits import RateLimiter
+from app.services.shared_limits import SharedLimits
 
 ALL_SCOPES = frozenset(SCOPES)
 
@@ -47,14 +48,15 @@ class Principal:
 
 
 class AuthState:
-    """Per-process: whether auth is on (once on, it stays on), the rate limiter and the failed-key throttle."""
+    """Per-process: whether auth is on (once on, it stays on), the rate limiter and the failed-key throttle (their
+    counts in Redis when `shared` is given)."""
 
     RECHECK_SECONDS = 1.0  # a key created by another process (the CLI, another replica) counts within this
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: SharedLimits | None = None) -> None:
         self.required = settings.admin_key is not None
-        self.rate_limiter = RateLimiter()
-        self.failed_keys = FailedKeys(settings.failed_key_limit, settings.failed_key_window_seconds)
+        self.rate_limiter = RateLimiter(shared)
+        self.failed_keys = FailedKeys(settings.failed_key_limit, settings.failed_key_window_seconds, shared=shared)
         self._checked = -self.RECHECK_SECONDS
 
     def known(self) -> bool | None:

@@ -21,12 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.engine.serving.runtime import ModelRuntime
 from app.services.operations import job_gauges
+from app.services.shared_limits import SharedLimits
 
 log = logging.getLogger(__name__)
 
 # What a model route leaves in the request's state for the middleware: the task served and its rows.
 TASK_NAME, TASK_ROWS = "promptbank_metrics_task", "promptbank_metrics_rows"
 TASK_VERSION = "promptbank_metrics_version"
+TASK_TOP_SCORES = "promptbank_metrics_top_scores"
 OTHER = "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -90,6 +92,13 @@ class Metrics:
             ["task", "prompt_id"],
             registry=self.registry,
         )
+        self.version_top_score = Histogram(
+            "promptbank_inference_version_top_score",
+            "The top label's probability of each classified row, by task and the prompt version (id) that served it.",
+            ["task", "prompt_id"],
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+            registry=self.registry,
+        )
         self.inference_latency = Histogram(
             "promptbank_inference_duration_seconds",
             "Model request latency by task (queue wait included).",
@@ -110,6 +119,8 @@ class Metrics:
                 version = state.get(TASK_VERSION)
                 if version is not None and label != OTHER:  # version labels only for the tasks named above
                     self.version_requests.labels(label, str(version)).inc()
+                    for top in state.get(TASK_TOP_SCORES) or ():
+                        self.version_top_score.labels(label, str(version)).observe(top)
                 self.inference_latency.labels(label).observe(seconds)
 
     def version_counts(self) -> dict[str, dict[str, int]]:
@@ -120,6 +131,23 @@ class Metrics:
                 if sample.name.endswith("_total"):
                     counts.setdefault(sample.labels["task"], {})[sample.labels["prompt_id"]] = int(sample.value)
         return counts
+
+    def version_scores(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Classified rows per task and version with their mean top label probability:
+        {task: {prompt id: {"rows": n, "mean_top_score": p}}}."""
+        sums: dict[tuple[str, str], list[float]] = {}
+        for family in self.version_top_score.collect():
+            for sample in family.samples:
+                entry = sums.setdefault((sample.labels["task"], sample.labels["prompt_id"]), [0.0, 0.0])
+                if sample.name.endswith("_count"):
+                    entry[0] = sample.value
+                elif sample.name.endswith("_sum"):
+                    entry[1] = sample.value
+        scores: dict[str, dict[str, dict[str, float]]] = {}
+        for (task, prompt_id), (rows, total) in sums.items():
+            if rows:
+                scores.setdefault(task, {})[prompt_id] = {"rows": int(rows), "mean_top_score": total / rows}
+        return scores
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -161,6 +189,32 @@ class ServiceCollector(Collector):
         for worker, age in sorted(jobs.heartbeat_age.items()):
             beats.add_metric([worker], age)
         yield beats
+
+
+class SharedLimitsCollector(Collector):
+    """Read at scrape time: whether the limits are shared through Redis, and how its outages went."""
+
+    def __init__(self, shared: Callable[[], SharedLimits | None]) -> None:
+        self.shared = shared
+
+    def collect(self) -> Iterator[Any]:
+        shared = self.shared()
+        yield GaugeMetricFamily(
+            "promptbank_shared_limits_enabled",
+            "1 when rate limits and failed-key counts are shared through Redis (PROMPTBANK_REDIS_URL), else 0.",
+            value=int(shared is not None),
+        )
+        if shared is None:
+            return
+        yield GaugeMetricFamily(
+            "promptbank_shared_limits_up", "0 while Redis does not answer (each process limits alone).", value=shared.up
+        )
+        yield CounterMetricFamily("promptbank_shared_limits_errors", "Redis calls that failed.", value=shared.errors)
+        yield CounterMetricFamily(
+            "promptbank_shared_limits_local_decisions",
+            "Limit checks this process decided alone because Redis did not answer (fail open).",
+            value=shared.alone,
+        )
 
 
 def _engine_families(stats: dict[str, Any]) -> Iterator[Any]:

@@ -388,3 +388,7 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     model: ModelHealth
     database: bool
+    shared_limits: Literal["off", "up", "down"] = Field(
+        description='Whether rate limits are shared through Redis (PROMPTBANK_REDIS_URL) and it answers; "down" '
+        "does not make the service degraded: each process then limits on its own."
+    )

@@ -1,13 +1,9 @@
-"""Per-key rate limits and per-tenant quotas, answered with 429 and Retry-After.
+"""Per-tenant quotas, answered with 429 and Retry-After.
 
-The rate limit is a token bucket per key in this process (a service run as several API processes allows each
-process the rate); the quotas count rows in the database, so they hold across processes.
+The quotas count rows in the database, so they hold across API processes (rate limits: app/services/rate_limits.py).
 """
 
 from __future__ import annotations
-
-import threading
-import time
 
 from sqlalchemy.orm import Session
 
@@ -16,30 +12,6 @@ from app.errors import TooManyRequests
 from app.services.keys import Limits
 
 QUOTA_RETRY_SECONDS = 60  # a quota frees up when a job finishes or something is deleted: look again in a minute
-
-
-class RateLimiter:
-    """Token buckets by key id: `rate` requests per second on average, bursts of 2 x rate (at least 1)."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, time of the last refill)
-        self._lock = threading.Lock()
-
-    def take(self, key_id: int, rate: float, now: float | None = None) -> None:
-        """Spend one token of the key's bucket, or raise TooManyRequests saying when one will be there."""
-        if rate <= 0:
-            return
-        now = time.monotonic() if now is None else now
-        capacity = max(1.0, 2 * rate)
-        with self._lock:
-            tokens, last = self._buckets.get(key_id, (capacity, now))
-            tokens = min(capacity, tokens + (now - last) * rate)
-            if tokens < 1:
-                self._buckets[key_id] = (tokens, now)
-                raise TooManyRequests(
-                    f"this key may make {rate:g} requests per second; slow down", retry_after=(1 - tokens) / rate
-                )
-            self._buckets[key_id] = (tokens - 1, now)
 
 
 def check_new_job(session: Session, limits: Limits) -> None:

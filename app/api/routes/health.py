@@ -1,12 +1,13 @@
-"""Liveness and readiness: the model is loaded and the database answers.
+"""Liveness and readiness: the model is loaded and the database answers (and whether the shared limits' Redis does).
 
-Answered on the event loop, with its two blocking reads (the database ping, and a key lookup for the details) on
-threads of their own: never queued behind model requests waiting in the server's thread pool.
+Answered on the event loop, with its blocking reads (the database and Redis pings, and a key lookup for the details)
+on threads of their own: never queued behind model requests waiting in the server's thread pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -18,6 +19,7 @@ from app.api.deps import OPERATOR
 from app.api.schemas import Health, ModelHealth
 from app.engine.serving.runtime import ModelRuntime
 from app.errors import AppError
+from app.services.shared_limits import SharedLimits
 
 router = APIRouter(tags=["health"])
 
@@ -34,6 +36,7 @@ async def healthz(request: Request) -> JSONResponse:
         database = True
     except Exception:
         database = False
+    shared_limits = await _shared_limits(request.app.state.shared_limits)
     model = runtime.model
     model_health = ModelHealth(
         loaded=model is not None,
@@ -45,7 +48,7 @@ async def healthz(request: Request) -> JSONResponse:
     ok = database and (model is not None or not runtime.enabled)
     if not await asyncio.to_thread(_sees_details, request):
         model_health = ModelHealth(loaded=model is not None, name=None, fingerprint=None, device=None, error=None)
-    body = Health(status="ok" if ok else "degraded", model=model_health, database=database)
+    body = Health(status="ok" if ok else "degraded", model=model_health, database=database, shared_limits=shared_limits)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
@@ -59,6 +62,16 @@ def metrics(request: Request) -> Response:
     """Prometheus metrics of this API process (admin scope): HTTP requests, model requests per task, the engine's
     queue, batches and prompt pool, and the jobs in the database."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _shared_limits(shared: SharedLimits | None) -> Literal["off", "up", "down"]:
+    # Redis down is not "degraded": requests are still served, each process limiting on its own
+    if shared is None:
+        return "off"
+    try:
+        return "up" if await asyncio.wait_for(asyncio.to_thread(shared.ping), PING_SECONDS) else "down"
+    except TimeoutError:
+        return "down"
 
 
 def _ping(request: Request) -> None:
