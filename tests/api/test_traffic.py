@@ -49,6 +49,25 @@ def test_a_split_serves_each_version_its_share_and_a_user_always_the_same_one(cl
     assert {_served(client, f"user-{i}") for i in range(20)} == {new}
 
 
+def test_stats_give_each_version_its_classified_rows_and_mean_top_score(client: TestClient) -> None:
+    old, new = _two_versions(client)
+    client.patch(
+        "/v1/tasks/sentiment", json={"traffic": [{"prompt_id": old, "weight": 1}, {"prompt_id": new, "weight": 1}]}
+    )
+    tops: dict[int, list[float]] = {old: [], new: []}
+    for i in range(12):
+        body = {"task": "sentiment", "inputs": ["a fine film", "an awful plot"], "user": f"u{i}"}
+        answer = client.post("/v1/infer", json=body).json()
+        tops[answer["prompt_id"]] += [max(output["scores"].values()) for output in answer["outputs"]]
+    scores = client.get("/v1/stats").json()["version_scores"]["sentiment"]
+    for version, seen in tops.items():
+        if seen:
+            assert scores[str(version)]["rows"] == len(seen)
+            assert abs(scores[str(version)]["mean_top_score"] - sum(seen) / len(seen)) < 1e-6
+            assert 0.5 <= scores[str(version)]["mean_top_score"] <= 1.0
+    assert 'promptbank_inference_version_top_score_count{prompt_id="' in client.get("/metrics").text
+
+
 def test_a_deleted_version_s_share_falls_to_the_active_one(client: TestClient) -> None:
     old, new = _two_versions(client)
     client.patch(

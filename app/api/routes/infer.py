@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import AUTH_RESPONSES, INFER, OPERATOR, ReadSessionDep, RuntimeDep, SettingsDep, request_budget
-from app.api.metrics import TASK_NAME, TASK_ROWS, TASK_VERSION
+from app.api.metrics import TASK_NAME, TASK_ROWS, TASK_TOP_SCORES, TASK_VERSION
 from app.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, InferRequest, InferResponse, ensemble_spec
 from app.errors import InvalidInput
 from app.services.inference import embed, infer
@@ -23,11 +23,17 @@ MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def note_task(request: Request, task: str, rows: int, prompt_id: int | None = None) -> None:
-    """Tell the metrics middleware which task this request served, with how many rows, and by which version."""
+def note_task(
+    request: Request, task: str, rows: int, prompt_id: int | None = None, outputs: list[dict[str, Any]] | None = None
+) -> None:
+    """Tell the metrics middleware which task this request served, with how many rows, by which version, and (a
+    classification) each row's top label probability."""
     setattr(request.state, TASK_NAME, task)
     setattr(request.state, TASK_ROWS, rows)
     setattr(request.state, TASK_VERSION, prompt_id)
+    if outputs is not None:
+        top = [max(output["scores"].values()) for output in outputs if output.get("scores")]
+        setattr(request.state, TASK_TOP_SCORES, top)
 
 
 def check_count(inputs: list[str], limit: int) -> None:
@@ -57,7 +63,7 @@ def run_inference(
         ensemble=ensemble_spec(body.ensemble),
         user=body.user,
     )
-    note_task(request, result.task.name, len(body.inputs), result.prompt_id)
+    note_task(request, result.task.name, len(body.inputs), result.prompt_id, result.outputs)
     return InferResponse.model_validate(
         {
             "task": result.task.name,
@@ -100,5 +106,7 @@ def run_embedding(
 @router.get("/stats", dependencies=[OPERATOR])
 def stats(runtime: RuntimeDep, request: Request) -> dict[str, Any]:
     """Engine counters: prompt pool (size, hits, misses, evictions), batches, queue time; requests answered by
-    each task's versions (a traffic split's shares, as served by this process)."""
-    return {"engine": runtime.stats(), "versions": request.app.state.metrics.version_counts()}
+    each task's versions (a traffic split's shares, as served by this process), and for classification the rows
+    each version labelled with their mean top label probability (its confidence, to compare a canary with)."""
+    metrics = request.app.state.metrics
+    return {"engine": runtime.stats(), "versions": metrics.version_counts(), "version_scores": metrics.version_scores()}
