@@ -1,7 +1,8 @@
 """scripts/cluster.sh: hosts in network namespaces (PostgreSQL, Redis, two API replicas, two workers, HAProxy), all
-driven through the load balancer's URL as a client would; then `down` leaves nothing behind.
+driven through the load balancer's URL as a client would; then `down` leaves nothing behind. docker-compose.yml runs
+the same layout from the same files.
 
-Needs root and `ip netns`; the hosts run the tiny model, so the whole module takes about a minute.
+The cluster needs root and `ip netns` (skipped without them); its hosts run the tiny model: about a minute.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from app.config import Settings
 from tests.api.helpers import FAST, toy_examples
 from tests.tiny_model import build_tiny_model_dir
 
@@ -27,6 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 UP_TIMEOUT = 300.0  # four processes importing torch at once on a busy 2-core runner
 REPLICA = "x-promptbank-replica"  # the header naming the API host that answered
+ROLES = {"api": ROOT / "deploy" / "api.env", "worker": ROOT / "deploy" / "worker.env"}  # shared with docker-compose
+
+
+def role_settings(role: str) -> dict[str, str]:
+    lines = [line for line in ROLES[role].read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 def namespaces_unavailable() -> str | None:
@@ -145,10 +159,25 @@ def test_up_prints_the_balancer_url_last_and_every_host_is_healthy(cluster: Clus
     assert status.returncode == 0, status.stdout + status.stderr
     hosts = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()}
     assert hosts == dict.fromkeys(["lb", "db", "redis", "api1", "api2", "worker1", "worker2"], "up"), status.stdout
-    assert cluster.client.get("/healthz").json()["status"] == "ok"
+    for _ in range(2):  # round robin: each replica once, each sharing its limits through the Redis host
+        health = cluster.client.get("/healthz").json()
+        assert health["status"] == "ok" and health["shared_limits"] == "up", health
     again = cluster.script("up")
     assert again.returncode == 0 and "already up" in again.stdout
     assert again.stdout.strip().splitlines()[-1] == cluster.url
+
+
+def test_every_host_runs_its_roles_settings_from_the_files_compose_reads(cluster: Cluster) -> None:
+    threads = set()
+    for host, role in [("api1", "api"), ("api2", "api"), ("worker1", "worker"), ("worker2", "worker")]:
+        env = environ(int((cluster.state / "run" / f"{host}.pid").read_text()))
+        assert role_settings(role).items() <= env.items(), host
+        threads.add(env["PROMPTBANK_TORCH_THREADS"])
+        assert env["OMP_NUM_THREADS"] == env["PROMPTBANK_TORCH_THREADS"]
+    # one budget for every process: this machine's cores shared by 4 processes (at least 1 thread each)
+    assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 4))}
+    lb = (cluster.state / "run" / "lb.pid").read_text().strip()
+    assert str(ROOT / "deploy" / "haproxy" / "haproxy.cfg") in Path(f"/proc/{lb}/cmdline").read_bytes().decode()
 
 
 def test_a_job_queued_through_the_balancer_is_trained_on_a_worker_host(
@@ -223,3 +252,64 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return "Z"
+
+
+# --- docker-compose.yml: the same layout, from the same files -------------------------------------------------------
+
+
+def test_compose_runs_the_clusters_layout_from_the_same_files() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "lb"}
+    assert services["api"]["deploy"]["replicas"] == "${PROMPTBANK_CLUSTER_APIS:-2}"
+    assert services["worker"]["deploy"]["replicas"] == "${PROMPTBANK_CLUSTER_WORKERS:-2}"
+    assert services["api"]["env_file"] == ["deploy/api.env"]
+    assert services["worker"]["env_file"] == ["deploy/worker.env"]
+    assert "ports" not in services["api"], "only the balancer is reached from outside"
+    lb = services["lb"]
+    assert lb["volumes"] == ["./deploy/haproxy:/usr/local/etc/haproxy:ro"]
+    assert lb["command"] == [
+        "haproxy",
+        "-f",
+        "/usr/local/etc/haproxy/haproxy.cfg",
+        "-f",
+        "/usr/local/etc/haproxy/compose.cfg",
+    ]
+    assert lb["environment"]["PROMPTBANK_CLUSTER_APIS"] == "${PROMPTBANK_CLUSTER_APIS:-2}"
+
+
+def test_the_role_files_name_only_real_settings() -> None:
+    known = {f"PROMPTBANK_{name.upper()}" for name in Settings.model_fields} | {"OMP_WAIT_POLICY"}
+    for role in ROLES:
+        assert set(role_settings(role)) <= known, role
+    assert role_settings("api")["PROMPTBANK_RUN_WORKER"] == "false"
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="HAProxy is not installed (scripts/cluster.sh up installs it)"
+)
+def test_haproxy_accepts_the_compose_configuration(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PROMPTBANK_LB_BIND": ":8000",
+        "PROMPTBANK_LB_STATS_SOCKET": str(tmp_path / "haproxy.sock"),
+        "PROMPTBANK_CLUSTER_APIS": "2",
+    }
+    configs = [
+        "-f",
+        str(ROOT / "deploy" / "haproxy" / "haproxy.cfg"),
+        "-f",
+        str(ROOT / "deploy" / "haproxy" / "compose.cfg"),
+    ]
+    checked = subprocess.run(["haproxy", "-c", *configs], env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode
+    ):
+        pytest.skip("docker compose is not installed here (the file's layout is checked above)")
+    env = {**os.environ, "PROMPTBANK_ADMIN_KEY": "k" * 40}
+    checked = subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
