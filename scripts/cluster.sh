@@ -22,9 +22,17 @@ WORKERS="${PROMPTBANK_CLUSTER_WORKERS:-2}"
 NET="${PROMPTBANK_CLUSTER_SUBNET:-10.77.0}"               # a /24 that exists only inside the namespaces
 START_SECONDS="${PROMPTBANK_CLUSTER_START_SECONDS:-600}"  # longest wait for a host to become healthy
 API_PORT=8000
+# Every host's data directory: the model, converted once by the first host to start (the others wait for it)
+DATA=$(realpath -m "${PROMPTBANK_DATA_DIR:-data}")
 
-[[ "$NAME" =~ ^[a-z][a-z0-9-]{0,11}$ ]] || { echo "cluster: PROMPTBANK_CLUSTER_NAME must be 1-12 of a-z, 0-9, -" >&2; exit 2; }
-[[ "$APIS" =~ ^[1-9]$ && "$WORKERS" =~ ^[1-9]$ ]] || { echo "cluster: 1 to 9 API hosts and workers" >&2; exit 2; }
+if [[ ! "$NAME" =~ ^[a-z][a-z0-9-]{0,11}$ ]]; then
+  echo "cluster: PROMPTBANK_CLUSTER_NAME takes 1-12 of a-z, 0-9 and -, starting with a letter" >&2
+  exit 2
+fi
+if [[ ! "$APIS" =~ ^[1-9]$ || ! "$WORKERS" =~ ^[1-9]$ ]]; then
+  echo "cluster: PROMPTBANK_CLUSTER_APIS and PROMPTBANK_CLUSTER_WORKERS take 1 to 9" >&2
+  exit 2
+fi
 
 addr() {  # a host's address
   case "$1" in
@@ -35,13 +43,14 @@ addr() {  # a host's address
 hosts() { echo lb db redis; seq -f 'api%g' "$APIS"; seq -f 'worker%g' "$WORKERS"; }
 ours() { ip netns list | awk '{print $1}' | grep -E "^$NAME-(net|lb|db|redis|api[0-9]+|worker[0-9]+)$" || true; }
 log() { echo "cluster: $*"; }
+# shellcheck disable=SC2012  # Debian's version folders: 15, 16, ...
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
 # --- what every process runs with ---------------------------------------------------------------------------------
 
 # The thread budget of every compute process, set here and nowhere else: the hosts share this machine's cores, so each
-# of the APIS + WORKERS processes gets its share (README "Processes and threads on one host"). docker-compose.yml sets
-# the same from PROMPTBANK_CLUSTER_THREADS.
+# of the APIS + WORKERS processes gets its share (README "PostgreSQL and many workers": thread budgets, what to run).
+# docker-compose.yml sets the same from PROMPTBANK_CLUSTER_THREADS.
 process_threads() {
   local threads="${PROMPTBANK_CLUSTER_THREADS:-$(($(nproc) / (APIS + WORKERS)))}"
   echo $((threads > 0 ? threads : 1))
@@ -53,8 +62,11 @@ role_env() {  # api|worker: the settings of deploy/<role>.env (shared with docke
   grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$ROOT/deploy/$1.env"
   echo "PROMPTBANK_TORCH_THREADS=$threads"
   echo "OMP_NUM_THREADS=$threads"
-  echo "PROMPTBANK_DATABASE_URL=postgresql+psycopg://promptbank:$(cat "$STATE/secrets/db_password")@$(addr db):5432/promptbank"
-  echo "PROMPTBANK_MODEL_PATH=$(cat "$STATE/model_path")"
+  local password
+  password=$(cat "$STATE/secrets/db_password")
+  echo "PROMPTBANK_DATABASE_URL=postgresql+psycopg://promptbank:$password@$(addr db):5432/promptbank"
+  echo "PROMPTBANK_DATA_DIR=$DATA"
+  if [[ -n "${PROMPTBANK_MODEL_PATH:-}" ]]; then echo "PROMPTBANK_MODEL_PATH=$(realpath "$PROMPTBANK_MODEL_PATH")"; fi
   if [[ $1 == api ]]; then
     echo "PROMPTBANK_ADMIN_KEY=$(cat "$STATE/admin_key")"
     echo "PROMPTBANK_REDIS_URL=redis://$(addr redis):6379/0"
@@ -66,6 +78,7 @@ start() {  # host, command...: run it in the host's namespace (its own host name
   local host=$1
   shift
   mkdir -p "$STATE/hosts/$host"
+  # shellcheck disable=SC2016  # $0 and $@ are the inner shell's
   (cd "$STATE/hosts/$host" && exec setsid ip netns exec "$NAME-$host" unshare --uts \
     sh -c 'hostname "$0" && exec "$@"' "$NAME-$host" "$@" >>"$STATE/logs/$host.log" 2>&1 </dev/null) &
   echo $! >"$STATE/run/$host.pid"
@@ -92,6 +105,7 @@ wait_for() {  # host, what, command...: poll the command until it succeeds; fail
 }
 
 in_ns() { local host=$1; shift; ip netns exec "$NAME-$host" "$@"; }
+as_postgres() { runuser -u postgres -- "$@"; }
 api_healthy() { in_ns lb curl -fsS -o /dev/null --max-time 5 "http://$(addr "$1"):$API_PORT/healthz"; }
 worker_started() { grep -q "worker $NAME-$1:[0-9]*:[0-9a-f]* started" "$STATE/logs/$1.log"; }
 lb_healthy() { curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$PORT/healthz"; }
@@ -140,21 +154,10 @@ network() {  # a bridge in $NAME-net, each host on it through a veth pair
 }
 
 secrets() {
-  mkdir -p -m 700 "$STATE/secrets"
+  mkdir -m 700 "$STATE/secrets"
   openssl rand -hex 24 >"$STATE/secrets/db_password"
   # the operator's key: PROMPTBANK_ADMIN_KEY when set, else a new one (read it from this file)
   (umask 077 && echo "${PROMPTBANK_ADMIN_KEY:-pb_$(openssl rand -hex 24)}" >"$STATE/admin_key")
-}
-
-model() {  # the model every host loads: PROMPTBANK_MODEL_PATH, or the bundled one converted once, before any starts
-  local path="${PROMPTBANK_MODEL_PATH:-}"
-  if [[ -z $path ]]; then
-    local data="${PROMPTBANK_DATA_DIR:-data}"
-    path=$("$PYTHON" -c 'import sys; from pathlib import Path
-from app.engine.formats.bundled import ensure_bundled_model
-print(ensure_bundled_model(Path(sys.argv[1]).resolve() / "models"))' "$data" | tail -n 1)
-  fi
-  realpath "$path" >"$STATE/model_path"
 }
 
 database() {  # PostgreSQL of its own: initdb, then pg_ctl as the postgres user, listening on the db host's address
@@ -165,15 +168,21 @@ database() {  # PostgreSQL of its own: initdb, then pg_ctl as the postgres user,
   chown -R postgres: "$db" "$STATE/logs/db.log"
   chmod 700 "$db"
   cp "$STATE/secrets/db_password" "$db/password" && chown postgres: "$db/password"
-  cd "$db"  # the postgres user's commands start where it can read
-  runuser -u postgres -- "$bin/initdb" -D "$db/data" -U promptbank --pwfile="$db/password" \
-    --auth-local=trust --auth-host=scram-sha-256 >>"$STATE/logs/db.log" 2>&1
+  if ! (cd "$db" && as_postgres "$bin/initdb" -D "$db/data" -U promptbank --pwfile="$db/password" \
+    --auth-local=trust --auth-host=scram-sha-256 >>"$STATE/logs/db.log" 2>&1); then
+    log "initdb failed (can the postgres user reach $STATE?); the end of $STATE/logs/db.log:" >&2
+    tail -n 20 "$STATE/logs/db.log" >&2
+    return 1
+  fi
   rm -f "$db/password"
   echo "host all all $NET.0/24 scram-sha-256" >>"$db/data/pg_hba.conf"
-  in_ns db runuser -u postgres -- "$bin/pg_ctl" -D "$db/data" -l "$STATE/logs/db.log" -w -t 60 \
-    -o "-c listen_addresses=$(addr db) -p 5432 -k $db/run" start >/dev/null
-  runuser -u postgres -- "$bin/createdb" -h "$db/run" -U promptbank promptbank
-  cd "$ROOT"
+  if ! (cd "$db" && in_ns db runuser -u postgres -- "$bin/pg_ctl" -D "$db/data" -l "$STATE/logs/db.log" -w -t 60 \
+    -o "-c listen_addresses=$(addr db) -p 5432 -k $db/run" start >/dev/null); then
+    log "PostgreSQL did not start; the end of $STATE/logs/db.log:" >&2
+    tail -n 20 "$STATE/logs/db.log" >&2
+    return 1
+  fi
+  (cd "$db" && as_postgres "$bin/createdb" -h "$db/run" -U promptbank promptbank)
 }
 
 balancer() {  # HAProxy on 127.0.0.1:$PORT with deploy/haproxy/haproxy.cfg and the API hosts as its servers
@@ -208,11 +217,16 @@ up() {
     return 0
   fi
   [[ -z "$(ours)" && ! -e "$STATE" ]] || { log "removing what an earlier run left"; down >/dev/null; }
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    log "127.0.0.1:$PORT is taken: set PROMPTBANK_CLUSTER_PORT to a free port" >&2
+    exit 1
+  fi
   install
   trap 'log "up failed: taking down what started"; down >/dev/null 2>&1 || true' ERR
-  mkdir -p -m 755 "$STATE" "$STATE/logs" "$STATE/run" "$STATE/hosts"
+  mkdir -p "$STATE"
+  chmod 755 "$STATE"  # the postgres user reaches its files in it
+  mkdir "$STATE/logs" "$STATE/run" "$STATE/hosts"
   secrets
-  model
   network
   log "db: PostgreSQL on $(addr db):5432"
   database
@@ -253,9 +267,9 @@ running() {  # pid: a process that has not ended (one ended but not yet reaped b
 }
 
 stop_pids() {  # pids: TERM, then KILL what still runs 10 s later
-  local pid i left
+  local pid left
   kill -TERM "$@" 2>/dev/null || true
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     left=()
     for pid in "$@"; do if running "$pid"; then left+=("$pid"); fi; done
     ((${#left[@]})) || return 0
@@ -272,8 +286,7 @@ down() {
   done
   ((${#pids[@]} == 0)) || stop_pids "${pids[@]}"
   if [[ -f "$STATE/db/data/postmaster.pid" ]]; then
-    (cd "$STATE/db" && runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$STATE/db/data" -m fast -w stop) >/dev/null 2>&1 \
-      || true
+    (cd "$STATE/db" && as_postgres "$(pg_bin)/pg_ctl" -D "$STATE/db/data" -m fast -w stop) >/dev/null 2>&1 || true
   fi
   for ns in $(ours); do  # whatever still runs inside one of our hosts
     mapfile -t pids < <(ip netns pids "$ns")

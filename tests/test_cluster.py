@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -113,6 +114,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         PROMPTBANK_CLUSTER_PORT=str(free_port()),
         PROMPTBANK_CLUSTER_START_SECONDS="240",
         PROMPTBANK_MODEL_PATH=str(model),
+        PROMPTBANK_DATA_DIR=str(tmp_path_factory.mktemp("cluster-data")),
         PROMPTBANK_DEVICE="cpu",
         PROMPTBANK_WORKER_POLL_SECONDS="0.2",
     )
@@ -230,6 +232,20 @@ def test_tasks_spread_over_both_replicas_and_each_keeps_its_own(cluster: Cluster
     assert {client.get("/v1/tasks").headers[REPLICA] for _ in range(4)} == {"api1", "api2"}
     servers = {row["svname"]: int(row["stot"]) for row in cluster.balancer_stats() if row["pxname"] == "api"}
     assert servers["api1"] > 0 and servers["api2"] > 0, servers
+
+
+def test_a_killed_api_host_loses_no_request_and_status_reports_it(cluster: Cluster) -> None:
+    pid = int((cluster.state / "run" / "api2.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    # at once, before any health check noticed: refused connections are retried on api1
+    answers = [cluster.client.post("/v1/infer", json={"task": f"task-{i}", "inputs": ["x"]}) for i in range(12)]
+    assert {(a.status_code, a.headers.get(REPLICA)) for a in answers} == {(404, "api1")}
+    deadline = time.monotonic() + 10
+    while (status := cluster.script("status")).returncode == 0:
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(0.5)
+    lines = {line.split()[0]: line for line in status.stdout.splitlines()}
+    assert "down" in lines["api2"] and "up" in lines["api1"], status.stdout
 
 
 def test_down_stops_every_process_and_removes_every_namespace_and_file(cluster: Cluster) -> None:
