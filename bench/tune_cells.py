@@ -134,6 +134,14 @@ def run_tune(
 
     def record_trial(number: int, values: dict[str, Any], details: dict[str, Any] | None = None, /) -> None:
         trials[number] = values  # a trial's last row is how it ended
+        if values["state"] != "running":  # progress: each ended trial, as the job's `trial` event says it
+            shown = "-" if values["value"] is None else f"{values['value']:.3f}"
+            head = values["hyperparameters"].get("label_head")
+            print(
+                f"  [{task.name} seed {seed}] trial {number} {values['state']}: {values['method']} "
+                f"(label_head {head}) {values['steps']} steps, value {shown}",
+                flush=True,
+            )
 
     ctx.record_trial = record_trial
     ctx.event = lambda kind, message, data: print(f"  [{task.name} seed {seed}] {kind}: {message}", flush=True)
