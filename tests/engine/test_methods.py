@@ -37,9 +37,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=["gpt2", "llama", "gemma"])
 def model(request: pytest.FixtureRequest) -> FrozenModel:
-    return request.getfixturevalue("frozen" if request.param == "gpt2" else "tiny_llama")  # type: ignore[no-any-return]
+    fixture = {"gpt2": "frozen", "llama": "tiny_llama", "gemma": "tiny_gemma"}[request.param]
+    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
 
 
 def build(frozen: FrozenModel, method: str, seed: int = 0, **overrides: Any) -> PromptModule:

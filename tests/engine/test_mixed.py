@@ -14,7 +14,7 @@ from app.engine.core.segments import Segments
 from app.engine.core.text import TaskSpec, encode_example, label_token_ids
 from app.engine.serving.pool import PromptPool
 from tests.engine.reading_pool import ReadingPool
-from tests.engine.reference import plain_logits
+from tests.engine.reference import greedy_without_cache, plain_logits
 
 PROMPT_LENGTHS = (1, 3, 5, 8, 13, 20)  # prompt id i has PROMPT_LENGTHS[i] vectors
 SENTIMENT = TaskSpec("classification", "Input: {input}\nLabel:", ("positive", "negative"))
@@ -29,9 +29,10 @@ TEXTS = (
 )
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=["gpt2", "llama", "gemma"])
 def model(request: pytest.FixtureRequest) -> FrozenModel:
-    fixture = "frozen" if request.param == "gpt2" else "tiny_llama"
+    # gemma: sliding-window layers (4 positions) that most rows here cross, checked against the model's own masks
+    fixture = {"gpt2": "frozen", "llama": "tiny_llama", "gemma": "tiny_gemma"}[request.param]
     return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
 
 
@@ -107,6 +108,14 @@ def test_mixed_generation_equals_generate_of_each_row_alone(model: FrozenModel) 
         assert text == alone
     assert any(len(text) > 3 for text in mixed)
     assert all(text == "" for row, text in zip(rows, mixed, strict=True) if row.max_new_tokens == 0)
+
+
+def test_generation_past_a_sliding_window_is_the_uncached_models(tiny_gemma: FrozenModel) -> None:
+    # Decoding appends keys one by one behind left pads and cached prompts: each sliding layer must still see
+    # exactly the last 4 positions, as the model's own forward over the whole row does.
+    rows = [Row(p, spec, TEXTS[p % len(TEXTS)], max_new_tokens=16) for p in range(6) for spec in (ANSWER, QUESTION)]
+    for row, text in zip(rows, generate_rows(tiny_gemma, pool_of(tiny_gemma, 8), rows), strict=True):
+        assert text == greedy_without_cache(tiny_gemma, load(row.prompt_id), row.spec, row.text, 16)
 
 
 def test_each_row_stops_at_its_own_stop_string(model: FrozenModel) -> None:

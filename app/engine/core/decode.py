@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from app.engine.core.attention import attention_mask
 from app.engine.core.forward import Query, forward_rows
 from app.engine.core.model import FrozenModel
 from app.engine.core.prompt_cache import full_attention_layers
@@ -219,9 +220,13 @@ class DecodeBatch:
             return done
         assert self._cache is not None
         self._key_real = torch.cat([self._key_real, self._key_real.new_ones(len(self.rows), 1)], dim=1)
+        # A row's real keys hold positions 0, 1, ... in slot order (prompt, its own part, what it generated), and
+        # the new token is its last one.
+        key_positions = self._key_real.long().cumsum(dim=1) - 1
+        mask = attention_mask(frozen, self._key_real.unsqueeze(1), self._positions.unsqueeze(1), key_positions)
         output = frozen.model.base_model(
             inputs_embeds=_next_embeds(frozen, [entry.prompt for entry in self.rows], next_ids),
-            attention_mask=self._key_real.long(),
+            attention_mask=mask,
             position_ids=self._positions.unsqueeze(1),
             cache=self._cache,  # transformers >= 5.24 name; past_key_values is deprecated
             use_cache=True,

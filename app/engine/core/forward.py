@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from app.engine.core.attention import attention_mask
 from app.engine.core.model import FrozenModel
 from app.engine.core.prompt_cache import batch_cache
 from app.engine.core.segments import ServedPrompt
@@ -125,10 +126,10 @@ def forward_rows(frozen: FrozenModel, served: Sequence[ServedPrompt], queries: S
     # A query sees real keys at or before it that are prompt, shared part, or its own branch (never a sibling).
     same = (key_segments.unsqueeze(1) == 0) | (key_segments.unsqueeze(1) == segments.unsqueeze(2))
     allowed = key_real.unsqueeze(1) & causal & same
-    # An additive float mask works for both the eager and the SDPA attention paths; no query row is fully masked
-    # since every real query sees itself (pad queries see nothing real and are never read).
-    mask = torch.zeros(allowed.shape, dtype=frozen.dtype, device=device)
-    mask = mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min).unsqueeze(1)
+    # No query row is fully masked since every real query sees itself (pad queries see nothing real and are
+    # never read). A cached prompt's real keys sit at positions 0..n_b-1, in slot order.
+    key_positions = torch.cat([prompt_real.long().cumsum(dim=1) - 1, positions], dim=1)
+    mask = attention_mask(frozen, allowed, positions, key_positions)
     output = frozen.model.base_model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
     )

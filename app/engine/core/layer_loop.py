@@ -9,12 +9,14 @@ on the input: the result is cacheable per prompt version like a plain prompt's k
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from app.engine.core.attention import causal_mask, layer_mask
 from app.engine.core.model import FrozenModel
 from app.engine.core.prompt_cache import PromptKV, split_cache
 
@@ -28,11 +30,13 @@ def decoder_layers(frozen: FrozenModel) -> int:
     return len(stack)
 
 
-def _causal_mask(frozen: FrozenModel, width: int) -> torch.Tensor:
-    """An additive causal mask [1, 1, width, width]: valid for the eager and the SDPA attention paths alike."""
-    allowed = torch.ones(width, width, dtype=torch.bool, device=frozen.device).tril()
-    mask = torch.zeros(width, width, dtype=frozen.dtype, device=frozen.device)
-    return mask.masked_fill(~allowed, torch.finfo(frozen.dtype).min)[None, None]
+def _rotary(body: Any, hidden: torch.Tensor, positions: torch.Tensor, types: Sequence[str] | None) -> list[Any]:
+    """Each layer's rotary (cos, sin): one for all, or one per layer type where types differ in RoPE (Gemma 3)."""
+    if types is not None and "layer_type" in inspect.signature(body.rotary_emb.forward).parameters:
+        per_type = {kind: body.rotary_emb(hidden, positions, kind) for kind in set(types)}
+        return [per_type[kind] for kind in types]
+    shared = body.rotary_emb(hidden, position_ids=positions)
+    return [shared] * len(body.layers)
 
 
 def overwrite_kvs(
@@ -62,17 +66,18 @@ def overwrite_kvs(
     slot = {layer: index for index, layer in enumerate(layers)}
     body: Any = frozen.model.base_model
     positions = torch.arange(width, device=device).unsqueeze(0).expand(len(prompts), width)
-    mask = _causal_mask(frozen, width)
+    mask = causal_mask(frozen, [width] * len(prompts))
     cache = DynamicCache()
-    if hasattr(body, "rotary_emb") and hasattr(body, "layers") and hasattr(body, "norm"):  # Llama family
-        rotary = body.rotary_emb(hidden, position_ids=positions)
+    if hasattr(body, "rotary_emb") and hasattr(body, "layers") and hasattr(body, "norm"):  # Llama, Gemma families
+        # The embeddings arrive as the body's input (an embedding scale, as Gemma's, is already in them).
+        rotary = _rotary(body, hidden, positions, getattr(frozen.model.config, "layer_types", None))
         for index, layer in enumerate(body.layers[:total]):
             if replaced is not None and index in slot:
                 hidden = replaced[slot[index]]
             hidden = layer(
                 hidden,
-                attention_mask=mask,
-                position_embeddings=rotary,
+                attention_mask=layer_mask(frozen, mask, index),
+                position_embeddings=rotary[index],
                 position_ids=positions,
                 cache=cache,
                 use_cache=True,
@@ -83,10 +88,10 @@ def overwrite_kvs(
         for index, block in enumerate(body.h):
             if replaced is not None and index in slot:
                 hidden = replaced[slot[index]]
-            hidden = block(hidden, cache, mask, use_cache=True, position_ids=positions)
+            hidden = block(hidden, cache, layer_mask(frozen, mask, index), use_cache=True, position_ids=positions)
         last = body.ln_f(hidden)
     else:
-        raise ValueError(f"deep prompts support Llama- and GPT-2-style decoders, not {type(body).__name__}.")
+        raise ValueError(f"deep prompts support Llama-, Gemma- and GPT-2-style decoders, not {type(body).__name__}.")
     return split_cache(cache, last, [width] * len(prompts))
 
 

@@ -74,6 +74,16 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
+def lead_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens the tokenizer puts before every text by default (Gemma's <bos>; none for SmolLM2 or GPT-2)."""
+    bare = list(tokenizer.encode("a", add_special_tokens=False))
+    full = list(tokenizer.encode("a", add_special_tokens=True))
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return tuple(full[:start])
+    return ()
+
+
 class FrozenModel:
     """A frozen causal LM plus its tokenizer; holds no per-request state (prompts travel as arguments)."""
 
@@ -97,6 +107,7 @@ class FrozenModel:
         if eos is None:
             raise ValueError("neither the tokenizer nor the model config defines an end-of-sequence token.")
         self.eos_token_id: int = int(eos)
+        self.lead_ids: tuple[int, ...] = lead_tokens(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text, without special tokens (we add eos ourselves where a target needs it)."""
@@ -109,14 +120,19 @@ class FrozenModel:
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
 
     def embedding_matrix(self) -> torch.Tensor:
-        """The input embedding table [vocab, hidden] (read-only by convention: the model is frozen)."""
+        """The input embedding table [vocab, hidden] (read-only by convention: the model is frozen).
+
+        The stored weights: a model whose embedding layer scales them (Gemma, by sqrt(hidden)) feeds its body
+        `embed(ids)`, not these rows.
+        """
         weight = self.model.get_input_embeddings().weight
         if not isinstance(weight, torch.Tensor):
             raise TypeError("the model's input embeddings have no weight tensor.")
         return weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings of token ids: [...] long -> [..., hidden] in the model dtype."""
+        """Input embeddings of token ids as the body receives them (any embedding scale applied):
+        [...] long -> [..., hidden] in the model dtype."""
         return self.model.get_input_embeddings()(ids.to(self.device))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from app.engine.core.attention import causal_mask
 from app.engine.core.model import FrozenModel
 
 
@@ -40,7 +41,11 @@ class PromptKV:
 
 
 def full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
-    """The cache's layers, refusing sliding-window or other layer kinds whose stored keys are not the whole past."""
+    """The cache's layers, refusing sliding-window or other layer kinds whose stored keys are not the whole past.
+
+    The engine makes every cache itself (a plain DynamicCache), so a model's sliding layers keep their whole past
+    too and their window is applied by the mask (core/attention.py).
+    """
     layers = list(cache.layers)
     odd = sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
     if odd:
@@ -74,10 +79,15 @@ def compute_prompt_kvs(frozen: FrozenModel, prompts: Sequence[torch.Tensor]) -> 
     )
     # Right padding leaves every real position at 0..n_i-1 (the default positions) and, attention being causal,
     # its keys untouched by the pads after it; the mask only hides the pads from the pads' own queries.
-    mask = None
-    if min(lengths) < width:
-        mask = (torch.arange(width) < torch.tensor(lengths).unsqueeze(1)).long().to(frozen.device)
-    output = frozen.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+    positions = torch.arange(width, device=frozen.device).expand(len(prompts), width)
+    # A cache made here keeps every layer's whole past; the body's own would be shorter on sliding layers.
+    output = frozen.model.base_model(
+        inputs_embeds=embeds,
+        attention_mask=causal_mask(frozen, lengths),
+        position_ids=positions,
+        cache=DynamicCache(),
+        use_cache=True,
+    )
     return split_cache(output.cache, output.last_hidden_state, lengths)
 
 

@@ -20,6 +20,7 @@ class Tokenizes(Protocol):
     """What this module needs from a FrozenModel (kept structural so text.py stays torch-free)."""
 
     eos_token_id: int
+    lead_ids: tuple[int, ...]
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -77,9 +78,13 @@ def output_text(rendered: str, generated: str) -> str:
 
 
 def encode_example(frozen: Tokenizes, spec: TaskSpec, text: str, output: str | None) -> EncodedExample:
-    """Tokenize prompt and target separately (the boundary inference scores labels at); eos ends outputs."""
+    """Tokenize prompt and target separately (the boundary inference scores labels at); eos ends outputs.
+
+    The input opens with the tokens the tokenizer puts before any text (Gemma's <bos>, which that model reads
+    badly without): after the row's prompt, where PEFT's prompts leave them too.
+    """
     rendered = render(spec.template, text)
-    input_ids = frozen.encode(rendered)
+    input_ids = [*frozen.lead_ids, *frozen.encode(rendered)]
     if output is None:
         return EncodedExample(input_ids=input_ids, target_ids=[])
     target_ids = frozen.encode(target_text(rendered, output))

@@ -37,8 +37,13 @@ def initial_vectors(
         raise ValueError('init "auto" picks a stored prompt before training; the job resolves it, not the method.')
     table = frozen.embedding_matrix()
     if config.init == "random":
-        # Match the scale of real token embeddings so the frozen layers see familiar magnitudes.
-        std = float(table.detach().float().std())
+        # Match the scale of real token embeddings as the body receives them so the frozen layers see familiar
+        # magnitudes: the table's spread times the embedding layer's own scale (Gemma's sqrt(hidden); exactly 1
+        # where the layer returns its rows as they are).
+        with torch.no_grad():
+            rows = torch.arange(0, int(table.shape[0]), max(1, int(table.shape[0]) // 64))
+            scale = float(frozen.embed(rows).float().norm() / table[rows].float().norm())
+            std = float(table.detach().float().std()) * scale
         return torch.randn(n, frozen.hidden_size, generator=generator) * std
     if config.init == "vocab":
         # The embedding table can be padded past the tokenizer; sample only ids that are real tokens.
