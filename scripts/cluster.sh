@@ -3,6 +3,10 @@
 #   bash scripts/cluster.sh up       bring it up; the last line printed is the load balancer's base URL
 #   bash scripts/cluster.sh status   each host's health (exit 1 when one is not healthy)
 #   bash scripts/cluster.sh down     stop every process and remove the namespaces and the state directory
+# Faults, as bench/cluster.py makes them (HOST: lb, redis, apiN or workerN; link: any host):
+#   bash scripts/cluster.sh kill HOST        SIGKILL the host's process, as a crash would
+#   bash scripts/cluster.sh start HOST       start it again (same settings as up), return once it is healthy
+#   bash scripts/cluster.sh link HOST down   pull the host's cable (its port on the bridge); `link HOST up` again
 # Hosts: db (PostgreSQL), redis, api1..apiN, worker1..workerN, lb (HAProxy), on a bridge in a namespace of their own
 # ($NAME-net); nothing of it is routed from this machine. HAProxy runs here, listens on 127.0.0.1:$PORT and opens
 # its connections to the API hosts from the lb host's namespace. docker-compose.yml describes the same layout.
@@ -21,6 +25,7 @@ APIS="${PROMPTBANK_CLUSTER_APIS:-2}"
 WORKERS="${PROMPTBANK_CLUSTER_WORKERS:-2}"
 NET="${PROMPTBANK_CLUSTER_SUBNET:-10.77.0}"               # a /24 that exists only inside the namespaces
 START_SECONDS="${PROMPTBANK_CLUSTER_START_SECONDS:-600}"  # longest wait for a host to become healthy
+AFFINITY="${PROMPTBANK_CLUSTER_AFFINITY:-on}"             # off: model requests go round robin too (read by start lb)
 API_PORT=8000
 # Every host's data directory: the model, converted once by the first host to start (the others wait for it)
 DATA=$(realpath -m "${PROMPTBANK_DATA_DIR:-data}")
@@ -31,6 +36,10 @@ if [[ ! "$NAME" =~ ^[a-z][a-z0-9-]{0,11}$ ]]; then
 fi
 if [[ ! "$APIS" =~ ^[1-9]$ || ! "$WORKERS" =~ ^[1-9]$ ]]; then
   echo "cluster: PROMPTBANK_CLUSTER_APIS and PROMPTBANK_CLUSTER_WORKERS take 1 to 9" >&2
+  exit 2
+fi
+if [[ $AFFINITY != on && $AFFINITY != off ]]; then
+  echo "cluster: PROMPTBANK_CLUSTER_AFFINITY takes on or off" >&2
   exit 2
 fi
 
@@ -107,7 +116,9 @@ wait_for() {  # host, what, command...: poll the command until it succeeds; fail
 in_ns() { local host=$1; shift; ip netns exec "$NAME-$host" "$@"; }
 as_postgres() { runuser -u postgres -- "$@"; }
 api_healthy() { in_ns lb curl -fsS -o /dev/null --max-time 5 "http://$(addr "$1"):$API_PORT/healthz"; }
-worker_started() { grep -q "worker $NAME-$1:[0-9]*:[0-9a-f]* started" "$STATE/logs/$1.log"; }
+worker_started() {  # the worker id names the host and its process: the line of this start, not of an earlier one
+  grep -q "worker $NAME-$1:$(cat "$STATE/run/$1.pid"):[0-9a-f]* started" "$STATE/logs/$1.log"
+}
 lb_healthy() { curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$PORT/healthz"; }
 
 lb_stat() {  # the balancer's runtime API: "show stat" as CSV
@@ -196,6 +207,8 @@ balancer() {  # HAProxy on 127.0.0.1:$PORT with deploy/haproxy/haproxy.cfg and t
         if [[ $backend == api_affinity* ]]; then check=check; else check="track api_affinity/$host"; fi
         echo "    server $host $(addr "$host"):$API_PORT $check namespace $NAME-lb"
       done
+      # PROMPTBANK_CLUSTER_AFFINITY=off: what task affinity gains is measured against round robin (bench.cluster)
+      if [[ $backend == api_affinity* && $AFFINITY == off ]]; then echo "    balance roundrobin"; fi
     done
   } >"$STATE/lb/backends.cfg"
   export PROMPTBANK_LB_BIND="127.0.0.1:$PORT" PROMPTBANK_LB_STATS_SOCKET="$STATE/lb/haproxy.sock"
@@ -203,6 +216,34 @@ balancer() {  # HAProxy on 127.0.0.1:$PORT with deploy/haproxy/haproxy.cfg and t
   haproxy -q -c "${configs[@]}"
   (exec setsid haproxy -db "${configs[@]}" >>"$STATE/logs/lb.log" 2>&1 </dev/null) &
   echo $! >"$STATE/run/lb.pid"
+}
+
+launch() {  # host: start its process, as up does (redis, apiN, workerN, lb)
+  local host=$1 env
+  case $host in
+    redis)
+      start redis redis-server --bind "$(addr redis)" --port 6379 --save "" --appendonly no --protected-mode no \
+        --dir "$STATE/hosts/redis"
+      ;;
+    api*)
+      mapfile -t env < <(role_env api)
+      start "$host" env "${env[@]}" "$PYTHON" -m app.cli serve --host "$(addr "$host")" --port "$API_PORT"
+      ;;
+    worker*)
+      mapfile -t env < <(role_env worker)
+      start "$host" env "${env[@]}" "$PYTHON" -m workers
+      ;;
+    lb) balancer ;;
+  esac
+}
+
+ready() {  # host: wait until it is healthy (an API host answers /healthz, a worker logged its start, ...)
+  case $1 in
+    redis) wait_for redis "an answer" in_ns redis redis-cli -h "$(addr redis)" ping ;;
+    api*) wait_for "$1" "healthy /healthz" api_healthy "$1" ;;
+    worker*) wait_for "$1" "start" worker_started "$1" ;;
+    lb) wait_for lb "every API host up" all_up && wait_for lb "healthy /healthz" lb_healthy ;;
+  esac
 }
 
 all_up() {  # every API host is UP in the balancer's view
@@ -231,28 +272,23 @@ up() {
   log "db: PostgreSQL on $(addr db):5432"
   database
   log "redis: $(addr redis):6379"
-  start redis redis-server --bind "$(addr redis)" --port 6379 --save "" --appendonly no --protected-mode no \
-    --dir "$STATE/hosts/redis"
-  wait_for redis "an answer" in_ns redis redis-cli -h "$(addr redis)" ping
+  launch redis
+  ready redis
   local host env
   mapfile -t env < <(role_env api)
   log "migrating the database"
   (cd "$STATE/hosts" && in_ns api1 env "${env[@]}" "$PYTHON" -m app.migrate >>"$STATE/logs/api1.log" 2>&1)
   for host in $(seq -f 'api%g' "$APIS"); do
     log "$host: $(addr "$host"):$API_PORT"
-    start "$host" env "${env[@]}" "$PYTHON" -m app.cli serve --host "$(addr "$host")" --port "$API_PORT"
+    launch "$host"
   done
-  mapfile -t env < <(role_env worker)
   for host in $(seq -f 'worker%g' "$WORKERS"); do
     log "$host: $(addr "$host")"
-    start "$host" env "${env[@]}" "$PYTHON" -m workers
+    launch "$host"
   done
   log "lb: HAProxy on 127.0.0.1:$PORT, from $(addr lb) to the API hosts"
-  balancer
-  for host in $(seq -f 'api%g' "$APIS"); do wait_for "$host" "healthy /healthz" api_healthy "$host"; done
-  for host in $(seq -f 'worker%g' "$WORKERS"); do wait_for "$host" "start" worker_started "$host"; done
-  wait_for lb "every API host up" all_up
-  wait_for lb "healthy /healthz" lb_healthy
+  launch lb
+  for host in $(seq -f 'api%g' "$APIS") $(seq -f 'worker%g' "$WORKERS") lb; do ready "$host"; done
   trap - ERR
   echo "http://127.0.0.1:$PORT" >"$STATE/url"
   log "up; admin key in $STATE/admin_key, logs in $STATE/logs, stop with: bash scripts/cluster.sh down"
@@ -329,9 +365,55 @@ status() {  # a line per host: name, address, up or down (and what the balancer 
   return $ok
 }
 
-case "${1:-}" in
-  up) up ;;
-  down) down ;;
-  status) status ;;
-  *) echo "usage: bash scripts/cluster.sh up|down|status" >&2; exit 2 ;;
+# --- faults: kill, start, link ------------------------------------------------------------------------------------
+
+is_up() { [[ -f "$STATE/url" ]] || { log "not up (bash scripts/cluster.sh up starts it)" >&2; exit 1; }; }
+
+known() { local host; for host in $(hosts); do [[ $host != "$1" ]] || return 0; done; return 1; }
+
+process_host() {  # host: refuse one without a process of ours (db: PostgreSQL is not killed or started here)
+  if ! known "$1" || [[ $1 == db ]]; then
+    echo "cluster: kill and start take lb, redis, api1..api$APIS or worker1..worker$WORKERS" >&2
+    exit 2
+  fi
+}
+
+kill_host() {  # host: SIGKILL its process, as a crash would (no clean shutdown: its jobs and connections just end)
+  is_up
+  process_host "$1"
+  alive "$1" || { log "$1 is not running"; return 0; }
+  local pid
+  pid=$(cat "$STATE/run/$1.pid")
+  kill -KILL "$pid"
+  for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
+  log "$1 killed (process $pid)"
+}
+
+start_host() {  # host: start its process again with up's settings; return once it is healthy
+  is_up
+  process_host "$1"
+  if alive "$1"; then log "$1 is already running"; return 0; fi
+  launch "$1"
+  ready "$1"
+  log "$1 started (process $(cat "$STATE/run/$1.pid"))"
+}
+
+link() {  # host, down|up: the host's port on the bridge; packets to and from it are dropped while down
+  is_up
+  if ! known "$1" || [[ $2 != down && $2 != up ]]; then
+    echo "cluster: usage: link HOST down|up (HOST: one of $(hosts | paste -sd ' '))" >&2
+    exit 2
+  fi
+  ip -n "$NAME-net" link set "v-$1" "$2"
+  log "$1: link $2"
+}
+
+case "${1:-} ${2:-}" in
+  "up "*) up ;;
+  "down "*) down ;;
+  "status "*) status ;;
+  "kill "?*) kill_host "$2" ;;
+  "start "?*) start_host "$2" ;;
+  "link "?*) link "$2" "${3:-}" ;;
+  *) echo "usage: bash scripts/cluster.sh up|down|status, kill HOST, start HOST, link HOST down|up" >&2; exit 2 ;;
 esac
