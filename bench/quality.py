@@ -2,14 +2,16 @@
 
     python -m bench.quality [--steps 20] [--seeds 2] [--train-size 200] [--val-size 24] [--test-size 80]
                             [--tasks sentiment,party,speaker] [--methods prompt,prefix,...,peft_prefix_tuning]
-                            [--batch-size 8] [--out bench/results/quality.json]
+                            [--batch-size 8] [--model smollm2-135m] [--out bench/results/quality.json]
 
 Trains promptbank's methods (prompt, prefix, deep_overwrite, around, input_mapping, input_dependent; each with
 its own default hyperparameters, --options to change them) and PEFT's PromptTuning, P-tuning and PrefixTuning
 (bench/quality_peft.py) on the same tasks (bench/quality_data.py: Rotten Tomatoes sentiment, the party of a
 convention-speech passage, the speaker of a debate turn generated as text), the same seeded splits, steps, batch
 size and validation points (step 0, every --eval-every, the end; the best checkpoint is kept), on the frozen
-SmolLM2-135M-Instruct. Per task and method: held-out accuracy (exact match of the greedy text for the generation
+SmolLM2-135M-Instruct (--model gemma3-270m: the same tasks and budget on the optional Gemma 3 270M, installed by
+`bash scripts/install.sh --gemma`, written to bench/results/quality-gemma3-270m.json; or a local Hugging Face
+folder's path). Per task and method: held-out accuracy (exact match of the greedy text for the generation
 task), mean ± sd over seeds (seed s draws split s and seeds training), trainable parameters, bytes stored
 (len(artifact.to_bytes()); PEFT: its saved state dict as safetensors), seconds per training step. Baselines on the
 same test sets: the majority output of the training set, a zero-shot English instruction and a few-shot prompt
@@ -46,7 +48,7 @@ from app.engine.core.model import FrozenModel, load_frozen_model
 from app.engine.core.one_prompt import Prompt, classify, generate
 from app.engine.core.text import TaskSpec
 from app.engine.formats.artifact import Artifact
-from app.engine.formats.bundled import ensure_bundled_model
+from app.engine.formats.bundled import BUNDLED_MODELS, DEFAULT_MODEL, ensure_bundled_model
 from app.engine.methods import load_segments, parse_config
 from bench.quality_data import TASKS, Pair, QualityTask, Splits, few_shot_template
 from bench.quality_peft import peft_names, train_peft
@@ -85,9 +87,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--serve-rows", type=int, default=32, help="held-out inputs per method in the serving run")
     parser.add_argument("--serve-repeats", type=int, default=3)
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a bundled model ({', '.join(BUNDLED_MODELS)}; converted once into --data-dir) or a local HF folder",
+    )
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--out", default="bench/results/quality.json")
+    parser.add_argument("--out", default=None, help="default bench/results/quality.json (-<model> for another)")
     args = parser.parse_args()
+    if args.model not in BUNDLED_MODELS and not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a folder")
+    if args.out is None:
+        suffix = "" if args.model == DEFAULT_MODEL else "-" + Path(args.model).name
+        args.out = f"bench/results/quality{suffix}.json"
     for kind, chosen, known in (
         ("tasks", args.tasks, list(TASKS)),
         ("methods", args.methods, METHODS + peft_names()),
@@ -100,6 +112,13 @@ def parse_args() -> argparse.Namespace:
         parser.error("--steps and --seeds must be at least 1")
     args.eval_every = args.eval_every or max(1, args.steps // 2)
     return args
+
+
+def load_model(args: argparse.Namespace) -> FrozenModel:
+    """The frozen model --model names: a bundled one (converted on first use) or a local folder."""
+    if args.model in BUNDLED_MODELS:
+        return load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models", args.model), device="cpu")
+    return load_frozen_model(args.model, device="cpu")
 
 
 def held_out(frozen: FrozenModel, task: QualityTask, prompt: Prompt, spec: TaskSpec, test: list[Pair]) -> float:
@@ -175,7 +194,7 @@ def main() -> None:
     args = parse_args()
     began = time.perf_counter()
     torch.manual_seed(0)
-    frozen = load_frozen_model(ensure_bundled_model(Path(args.data_dir) / "models"), device="cpu")
+    frozen = load_model(args)
     tasks = [TASKS[name] for name in args.tasks]
     total = len(tasks) * args.seeds * len(args.methods)
     records: list[dict[str, Any]] = []
@@ -183,18 +202,22 @@ def main() -> None:
     to_serve: dict[str, Artifact] = {}
     serve_texts: list[str] = []
     trained = 0
+    model = frozen.identity.name
 
     def progress(message: str) -> None:
         elapsed = time.perf_counter() - began
         left = f", about {elapsed / trained * (total - trained) / 60:.0f} min left" if 0 < trained < total else ""
         print(f"[{elapsed / 60:5.1f} min{left}] {message}", flush=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {total} trainings", flush=True)
+    print(
+        f"{frozen.identity.name}; torch {torch.__version__}, {torch.get_num_threads()} threads; {total} trainings",
+        flush=True,
+    )
     for task in tasks:
         for seed in range(args.seeds):
             splits = task.draw(args.train_size, args.val_size, args.test_size, seed)
             for name in args.baselines:
-                record = {"task": task.name, "seed": seed, "name": name, "kind": "baseline"}
+                record = {"task": task.name, "seed": seed, "name": name, "kind": "baseline", "model": model}
                 started = time.perf_counter()
                 record.update(attempt(baseline, frozen, task, name, splits, args, seed))
                 record["wall_seconds"] = time.perf_counter() - started
@@ -202,7 +225,7 @@ def main() -> None:
                 progress(f"{task.name} seed {seed} {name}: {describe(record)}")
             for name in args.methods:
                 kind = "peft" if name in peft_names() else "method"
-                record = {"task": task.name, "seed": seed, "name": name, "kind": kind}
+                record = {"task": task.name, "seed": seed, "name": name, "kind": kind, "model": model}
                 run = run_peft if kind == "peft" else train_method
                 started = time.perf_counter()
                 outcome = attempt(run, frozen, task, name, splits, args, seed)
@@ -219,7 +242,7 @@ def main() -> None:
     if served_task is not None and to_serve:
         progress(f"serving {len(to_serve)} methods' {served_task.name} prompts from one pool")
         served = served_rates(frozen, served_task.spec, to_serve, serve_texts, repeats=args.serve_repeats)
-    report(args, records, served, served_task, time.perf_counter() - began)
+    report(args, model, records, served, served_task, time.perf_counter() - began)
 
 
 def attempt(run: Callable[..., dict[str, Any]], *arguments: Any) -> dict[str, Any]:
@@ -240,13 +263,17 @@ def describe(record: dict[str, Any]) -> str:
 
 def report(
     args: argparse.Namespace,
+    model: str,
     records: list[dict[str, Any]],
     served: dict[str, float] | None,
     served_task: QualityTask | None,
     seconds: float,
 ) -> None:
     summary = summarize(records)
-    parts = [f"## Prompt methods on real tasks ({args.steps} steps, batch {args.batch_size}, {args.seeds} seeds)"]
+    parts = [
+        f"## Prompt methods on real tasks, frozen {model} ({args.steps} steps, batch {args.batch_size}, "
+        f"{args.seeds} seeds)"
+    ]
     for task, rows in summary.items():
         spec = TASKS[task].spec
         scored = "exact match of the greedy text" if spec.kind == "generation" else "label-scored accuracy"
@@ -262,7 +289,13 @@ def report(
     print("\n" + text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {"args": vars(args), "records": records, "summary": summary, "served_rows_per_s": served}
+    figures: dict[str, Any] = {
+        "args": vars(args),
+        "model": model,
+        "records": records,
+        "summary": summary,
+        "served_rows_per_s": served,
+    }
     figures["wall_seconds"] = seconds
     out.write_text(json.dumps(figures, indent=2, default=str))
     out.with_suffix(".md").write_text(text + "\n")
