@@ -61,7 +61,7 @@ def served_tasks(client: httpx.Client, cluster: Cluster, args: argparse.Namespac
         for name in names
         for text in inputs
     ]
-    first = client.get("/v1/jobs/" + str(ids[0])).json()
+    first = client.get(f"/v1/jobs/{ids[0]}").json()
     return samples, int(first["result_prompt_id"])
 
 
@@ -114,24 +114,29 @@ class Scenario:
         what = f"kill -9 {host} mid-load, started again {self.args.api_down_seconds:g} s later"
         self.record("api", "API host killed", what, "its restart", began, ended, ids)
 
+    def mid_job(self, ids: list[int]) -> tuple[str, int, int]:
+        """Wait for a job among ids to be running at --kill-at-step or later: its (worker host, step, total)."""
+        return cluster_jobs.wait_until(  # type: ignore[no-any-return]
+            lambda: cluster_jobs.running_mid_job(self.cluster, ids, self.args.kill_at_step),
+            self.args.job_timeout,
+            f"job running at step {self.args.kill_at_step} or later",
+        )
+
     def worker(self) -> None:
         ids = self.queue_jobs()
-        host = cluster_jobs.wait_until(
-            lambda: cluster_jobs.running_mid_job(self.cluster, ids), self.args.job_timeout, "job mid-training"
-        )
+        host, step, total = self.mid_job(ids)
         began = time.monotonic()
         self.cluster.kill(host)
         time.sleep(self.args.worker_down_seconds)
         ended = time.monotonic()
         self.cluster.start(host)
-        what = f"kill -9 {host} mid-job, started again {self.args.worker_down_seconds:g} s later"
+        again = f"started again {self.args.worker_down_seconds:g} s later"
+        what = f"kill -9 {host} with a job at step {step} of {total}, {again}"
         self.record("worker", "worker host killed", what, "its restart", began, ended, ids)
 
     def db(self) -> None:
         ids = self.queue_jobs()
-        cluster_jobs.wait_until(
-            lambda: cluster_jobs.running_mid_job(self.cluster, ids), self.args.job_timeout, "job mid-training"
-        )
+        self.mid_job(ids)
         began = time.monotonic()
         self.cluster.link("db", "down")
         time.sleep(self.args.db_down_seconds)
@@ -220,6 +225,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--train-steps", type=int, default=30, help="steps of each served task's training")
     add("--jobs", type=int, default=4, help="train jobs queued at each fault")
     add("--job-steps", type=int, default=40, help="steps of each fault's jobs (long enough to be mid-job)")
+    add("--kill-at-step", type=int, default=1, help="the worker dies (or the db's link) once a job reached this step")
     add("--api-down-seconds", type=float, default=5.0)
     add("--worker-down-seconds", type=float, default=2.0)
     add("--db-down-seconds", type=float, default=10.0)

@@ -94,16 +94,17 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, poll: float 
     raise TimeoutError(f"no {what} within {timeout:.0f} s")
 
 
-def running_mid_job(cluster: Cluster, ids: list[int]) -> str | None:
-    """The worker host of a job among ids that has taken an optimizer step and is not done (None: none yet)."""
+def running_mid_job(cluster: Cluster, ids: list[int], at_step: int) -> tuple[str, int, int] | None:
+    """(worker host, step, total steps) of a job among ids running at step at_step or later and not done; None
+    while there is none (a job's step is what its heartbeat last wrote)."""
     rows = cluster.rows(
         "SELECT worker_id, progress FROM jobs WHERE id = ANY(%s) AND status = 'running' AND worker_id IS NOT NULL",
         (ids,),
     )
     for worker_id, progress in rows:
         step, total = int((progress or {}).get("step", 0)), int((progress or {}).get("total_steps", 0))
-        if 0 < step < total:
-            return str(worker_id).split(":")[0].removeprefix(f"{cluster.name}-")
+        if at_step <= step < max(total, 1):
+            return str(worker_id).split(":")[0].removeprefix(f"{cluster.name}-"), step, total
     return None
 
 

@@ -34,7 +34,7 @@ def scenario(
         [
             *("--apis", "2", "--workers", "1", "--faults", "api,worker,db", "--rate", "10"),
             *("--tasks", "2", "--generation-tasks", "1", "--inputs", "4", "--train-steps", "20"),
-            *("--jobs", "2", "--job-steps", "300", "--heartbeat-timeout", "8", "--settle", "2"),
+            *("--jobs", "2", "--job-steps", "300", "--kill-at-step", "0", "--heartbeat-timeout", "8", "--settle", "2"),
             *("--api-down-seconds", "3", "--worker-down-seconds", "1", "--db-down-seconds", "10"),
             *("--healthy-timeout", "120", "--job-timeout", "180", "--affinity-tasks", "0"),
             *("--model-path", str(tiny_model_dir), "--data-dir", str(tmp_path_factory.mktemp("faults-data"))),
