@@ -133,7 +133,7 @@ def decide(session: Session, task: Task, dataset_id: int, seed: int, limits: Lim
             held = _store(session, task, dataset, rows, examples)
     if held is None:
         message = f"no evaluation set held out: {reason}; PATCH /v1/tasks/{task.name} evaluation_dataset_id sets one"
-        return Decision(_stored(None, dataset_id, [], reason=reason), ("warning", message, {"reason": reason}))
+        return Decision(_stored(None, dataset_id, [], reason=reason), (EVENT, message, {"reason": reason}))
     message = (
         f"held out {len(rows)} of dataset {dataset.id}'s {dataset.num_examples} examples as task {task.name!r}'s "
         f"evaluation set (dataset {held.id}, {held.name!r}); this job and later ones on dataset {dataset.id} train "

@@ -109,8 +109,9 @@ def test_a_small_dataset_gets_no_holdout_and_the_job_says_why(client: TestClient
     assert held["evaluation_dataset_id"] is None and held["excluded"] == 0 and not held["created"]
     assert "24 examples" in held["reason"] and "100" in held["reason"]
     events = client.get(f"/v1/jobs/{job['id']}/events").json()
-    warning = next(e for e in events if e["kind"] == "warning")
-    assert "no evaluation set held out" in warning["message"] and "evaluation_dataset_id" in warning["message"]
+    said = next(e for e in events if e["kind"] == "evaluation_holdout")
+    assert "no evaluation set held out" in said["message"] and "evaluation_dataset_id" in said["message"]
+    assert said["data"]["reason"] and "warning" not in [e["kind"] for e in events]
     _, metrics = _finished(client, job)
     assert metrics["train_size"] + metrics["val_size"] == 24
     assert client.get("/v1/tasks/sentiment").json()["evaluation_dataset_id"] is None
@@ -123,7 +124,7 @@ def test_the_holdout_can_be_turned_off_and_never_flatters_versions_trained_on_ev
     dataset = create_dataset(client, toy_examples(150))
     job = _queue(client, dataset["id"])
     assert job["evaluation_holdout"]["reason"] == "the task's evaluation_holdout is off"
-    assert "warning" not in _kinds(client, job["id"])  # the user asked for it
+    assert "evaluation_holdout" not in _kinds(client, job["id"])  # the user asked for it
     done, metrics = _finished(client, job)
     assert metrics["train_size"] + metrics["val_size"] == 150
 
