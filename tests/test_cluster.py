@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from app.config import Settings
+from bench.cluster_hosts import free_port, namespaces_unavailable
 from tests.api.helpers import FAST, toy_examples
 from tests.tiny_model import build_tiny_model_dir
 
@@ -42,26 +43,6 @@ def role_settings(role: str) -> dict[str, str]:
 def environ(pid: int) -> dict[str, str]:
     entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
     return dict(entry.split("=", 1) for entry in entries if "=" in entry)
-
-
-def namespaces_unavailable() -> str | None:
-    """Why this machine cannot run the cluster, or None when it can."""
-    if os.geteuid() != 0:
-        return "scripts/cluster.sh needs root (ip netns add)"
-    if shutil.which("ip") is None:
-        return "scripts/cluster.sh needs iproute2's ip command"
-    probe = f"pbprobe-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"this machine refuses network namespaces: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "delete", probe], check=True)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
